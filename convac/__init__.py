@@ -4,7 +4,7 @@ Public names only; see ``DESIGN`` section 3 of the project documentation.
 """
 from convac.leaves import Bernoulli, Categorical, Gaussian
 from convac.model import ConvAC, CPConvAC, HTConvAC
-from convac.zoo import create_model, list_models, load_pretrained, register_model
+from convac.zoo import create_model, list_models, register_model
 
 __all__ = [
     "Bernoulli",
@@ -15,7 +15,6 @@ __all__ = [
     "HTConvAC",
     "create_model",
     "list_models",
-    "load_pretrained",
     "register_model",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,242 @@
+"""Representation layer (leaves): ``M`` fully factorized components per patch position.
+
+A leaf *spec* (:class:`Categorical`, :class:`Bernoulli`, :class:`Gaussian`) is a small
+description of the family; the model turns it into a *leaf layer* holding the parameters of
+every position ``i``, variable ``v`` and component ``d``:
+
+    log P(x_i | d) = sum_v log f_{i,d,v}(x_v)                       (DESIGN section 1, step 2)
+
+Tensors use the position-major layout of the model: ``P`` positions, ``B`` batch, ``V``
+variables per patch (``C * p * p``), ``M`` components.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Mapping, Union
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def _sample_indices(logits: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
+    """Draw (``mode="sample"``) or take the argmax (``mode="mpe"``) of categorical logits.
+
+    ``logits`` (..., K) unnormalized log-probabilities -> (...) long. Sampling uses the
+    Gumbel-max trick, ``argmax(logits + G)`` with ``G ~ Gumbel(0, 1)``, which draws exactly
+    from ``softmax(logits)``.
+    """
+    if mode == "mpe":
+        return logits.argmax(-1)
+    if mode != "sample":
+        raise ValueError(f"mode must be 'sample' or 'mpe', got {mode!r}")
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    tiny = torch.finfo(logits.dtype).tiny
+    exponential = -torch.log(uniform.clamp_min(tiny))  # Exp(1) draws
+    gumbel = -torch.log(exponential.clamp_min(tiny))
+    return (logits + gumbel).argmax(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Specs
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Categorical:
+    """Categorical leaves over ``{0, ..., num_values - 1}``: ``f(x) = softmax(theta)[x]``."""
+
+    num_values: int
+
+    def __post_init__(self) -> None:
+        if int(self.num_values) < 2:
+            raise ValueError(f"Categorical needs num_values >= 2, got {self.num_values}")
+
+    is_discrete = True
+
+    def make_layer(self, num_positions: int, num_vars: int, num_components: int, shared: bool) -> "CategoricalLayer":
+        return CategoricalLayer(self.num_values, num_positions, num_vars, num_components, shared, self._name())
+
+    def _name(self) -> str:
+        return f"Categorical({self.num_values})"
+
+    def to_dict(self) -> dict:
+        return {"name": "categorical", **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Bernoulli(Categorical):
+    """Bernoulli leaves over ``{0, 1}`` (a two-valued categorical)."""
+
+    num_values: int = 2
+
+    def __post_init__(self) -> None:
+        if self.num_values != 2:
+            raise ValueError(f"Bernoulli has exactly 2 values, got num_values={self.num_values}")
+
+    def _name(self) -> str:
+        return "Bernoulli() (values 0/1)"
+
+    def to_dict(self) -> dict:
+        return {"name": "bernoulli"}
+
+
+@dataclass(frozen=True)
+class Gaussian:
+    """Diagonal Gaussian leaves: ``f(x) = N(x; mu, sigma^2)``, ``sigma = min_std + softplus(rho)``."""
+
+    min_std: float = 1e-3
+
+    is_discrete = False
+
+    def make_layer(self, num_positions: int, num_vars: int, num_components: int, shared: bool) -> "GaussianLayer":
+        return GaussianLayer(num_positions, num_vars, num_components, shared, self.min_std)
+
+    def to_dict(self) -> dict:
+        return {"name": "gaussian", **asdict(self)}
+
+
+LeafSpec = Union[Categorical, Gaussian]
+_FAMILIES = {"categorical": Categorical, "bernoulli": Bernoulli, "gaussian": Gaussian}
+
+
+def make_leaf(leaf: LeafSpec | Mapping | str) -> LeafSpec:
+    """A leaf spec from a spec, a name (``"bernoulli"``) or a mapping ``{"name": ..., **kwargs}``."""
+    if isinstance(leaf, (Categorical, Gaussian)):
+        return leaf
+    if isinstance(leaf, str):
+        leaf = {"name": leaf}
+    if isinstance(leaf, Mapping):
+        kwargs = dict(leaf)
+        name = str(kwargs.pop("name", "")).lower()
+        if name not in _FAMILIES:
+            raise ValueError(f"unknown leaf family {name!r}; expected one of {sorted(_FAMILIES)}")
+        try:
+            return _FAMILIES[name](**kwargs)
+        except TypeError as err:
+            raise ValueError(f"bad arguments for leaf {name!r}: {kwargs} ({err})") from None
+    raise ValueError(f"leaf must be a spec, a name or a mapping, got {type(leaf).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------
+class LeafLayer(nn.Module):
+    """Per-position leaf parameters; shared parameters have a position axis of size 1."""
+
+    def __init__(self, num_positions: int, num_vars: int, num_components: int, shared: bool):
+        super().__init__()
+        self.num_positions = num_positions
+        self.num_vars = num_vars
+        self.num_components = num_components
+        self.shared = shared
+
+    @property
+    def _param_positions(self) -> int:
+        return 1 if self.shared else self.num_positions
+
+    def _position_index(self, device: torch.device) -> torch.Tensor:
+        """``(P, 1)`` index of each position's parameters (all 0 when shared)."""
+        idx = torch.arange(self.num_positions, device=device)
+        if self.shared:
+            idx = torch.zeros_like(idx)
+        return idx.view(-1, 1)
+
+    def log_prob(self, x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+        """``x``, ``missing`` (P, B, V) -> (P, B, M): ``log P(x_i | d)``, missing variables give 0."""
+        per_var = self.log_prob_per_variable(x, missing)
+        return per_var.masked_fill(missing.unsqueeze(-1), 0.0).sum(2)
+
+    def entropy(self) -> torch.Tensor:
+        """(P, M): ``H(x_i | d)`` in nats, the sum over the patch's variables (exact)."""
+        return self.entropy_per_variable().expand(self.num_positions, -1, -1).sum(1)
+
+
+class CategoricalLayer(LeafLayer):
+    """Categorical leaves; logits ``theta`` of shape ``(P or 1, V, num_values, M)``."""
+
+    def __init__(self, num_values: int, num_positions: int, num_vars: int, num_components: int, shared: bool, name: str):
+        super().__init__(num_positions, num_vars, num_components, shared)
+        self.num_values = num_values
+        self.family_name = name
+        self.logits = nn.Parameter(torch.randn(self._param_positions, num_vars, num_values, num_components))
+
+    def log_probabilities(self) -> torch.Tensor:
+        """(P or 1, V, num_values, M): ``log softmax(theta)`` over the values."""
+        return F.log_softmax(self.logits, dim=2)
+
+    def check_values(self, x: torch.Tensor, observed: torch.Tensor) -> None:
+        values = x[observed]
+        if values.numel() == 0:
+            return
+        if values.is_floating_point() and not torch.equal(values, values.round()):
+            raise ValueError(f"{self.family_name} leaves expect integer values, got non-integer floats")
+        low, high = values.min().item(), values.max().item()
+        if low < 0 or high > self.num_values - 1:
+            raise ValueError(
+                f"{self.family_name} leaves expect values in [0, {self.num_values - 1}], "
+                f"got values in [{low:g}, {high:g}]"
+            )
+
+    def prepare(self, x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+        """Integer codes for the look-up (missing entries set to 0)."""
+        return x.masked_fill(missing, 0).long()
+
+    def log_prob_per_variable(self, x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+        # Advanced indexing of the (P, V, num_values, M) table: its backward is a sparse
+        # index_put, never a (B, M, V, P) dense tensor (DESIGN section 6).
+        table = self.log_probabilities()
+        var_idx = torch.arange(self.num_vars, device=x.device).view(1, 1, -1)
+        return table[self._position_index(x.device).unsqueeze(-1), var_idx, self.prepare(x, missing)]
+
+    def entropy_per_variable(self) -> torch.Tensor:
+        """(P or 1, V, M): ``-sum_x f(x) log f(x)``."""
+        logp = self.log_probabilities()
+        return -(logp.exp() * logp).sum(2)
+
+    def sample(self, components: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
+        """``components`` (P, n) -> (P, n, V) long values drawn from (or the mode of) ``f_{i,d,v}``."""
+        logits = self.log_probabilities().permute(0, 3, 1, 2)  # (P or 1, M, V, nv)
+        return _sample_indices(logits[self._position_index(components.device), components], mode, generator)
+
+
+class GaussianLayer(LeafLayer):
+    """Gaussian leaves; means ``mu`` and raw scales ``rho`` of shape ``(P or 1, V, M)``."""
+
+    family_name = "Gaussian()"
+
+    def __init__(self, num_positions: int, num_vars: int, num_components: int, shared: bool, min_std: float):
+        super().__init__(num_positions, num_vars, num_components, shared)
+        self.min_std = float(min_std)
+        self.mean = nn.Parameter(torch.rand(self._param_positions, num_vars, num_components))
+        self.raw_std = nn.Parameter(torch.full((self._param_positions, num_vars, num_components), -1.0))
+
+    def std(self) -> torch.Tensor:
+        return self.min_std + F.softplus(self.raw_std)
+
+    def check_values(self, x: torch.Tensor, observed: torch.Tensor) -> None:
+        if not x.is_floating_point():
+            raise ValueError(f"Gaussian leaves expect a floating point input, got dtype {x.dtype}")
+        if not torch.isfinite(x[observed]).all():
+            raise ValueError("Gaussian leaves expect finite observed values (NaN marks a missing value; inf is not allowed)")
+
+    def prepare(self, x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+        return x.masked_fill(missing, 0.0).to(self.mean.dtype)
+
+    def log_prob_per_variable(self, x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+        std = self.std()
+        z = (self.prepare(x, missing).unsqueeze(-1) - self.mean.unsqueeze(1)) / std.unsqueeze(1)
+        return -0.5 * z * z - torch.log(std).unsqueeze(1) - 0.5 * math.log(2 * math.pi)
+
+    def entropy_per_variable(self) -> torch.Tensor:
+        """(P or 1, V, M): differential entropy ``0.5 log(2 pi e sigma^2)``."""
+        return 0.5 * math.log(2 * math.pi * math.e) + torch.log(self.std())
+
+    def sample(self, components: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
+        """``components`` (P, n) -> (P, n, V) float values."""
+        pos = self._position_index(components.device)
+        mean = self.mean.permute(0, 2, 1)[pos, components]  # (P, n, V)
+        if mode == "mpe":
+            return mean
+        std = self.std().permute(0, 2, 1)[pos, components]
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + std * noise

@@ -1,0 +1,354 @@
+"""The ConvAC: leaves, fusion layers (sum + product pooling) and a root, with exact queries.
+
+CP and HT ConvACs are one machine with two pooling schedules (DESIGN section 1):
+
+* CP (paper eq. 10): one fusion layer of ``rank`` channels, pooled over the whole grid,
+  ``P(X | y) = sum_z a^y_z prod_i sum_d a^{z,i}_d P(x_i | d)``.
+* HT (paper eq. 20): fusion layers with small windows (2 for sequences, 2x2 for images)
+  down to a 1x1 grid.
+
+Levels are ``l = 0..L``: level 0 holds the ``M`` leaf components on grid ``(H_0, W_0)``; level
+``l`` holds ``K_l`` product nodes on grid ``(H_l, W_l)``. Public tensors are image-like
+``(B, K, H, W)``; internally the position-major ``(P, B, K)`` layout of :mod:`convac.layers`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from convac.layers import Grid, ProductPool, SumLayer
+from convac.leaves import LeafSpec, _sample_indices, make_leaf
+
+
+def _pair(value, what: str) -> Grid:
+    if isinstance(value, int):
+        return (value, value)
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2:
+        raise ValueError(f"{what} must be an int or an (h, w) pair, got {value!r}")
+    return pair
+
+
+class ConvAC(nn.Module):
+    """A ConvAC with an explicit schedule of pooling windows (use :class:`CPConvAC` / :class:`HTConvAC`).
+
+    Args:
+        in_shape: ``(C, H, W)`` of one input (a sequence of ``N`` variables is ``(1, 1, N)``).
+        leaf: leaf family, a spec (``Categorical(17)``), a name or a mapping ``{"name": ...}``.
+        num_components: ``M``, leaf components per position.
+        channels: ``[K_1, ..., K_L]``, one per fusion layer.
+        windows: ``[(ph, pw), ...]``, the pooling window of each fusion layer, ending at 1x1.
+        patch_size: side ``p`` of the non-overlapping patches of level 0.
+        num_classes: number of root weight vectors ``P(X | y)``.
+        share_leaves / share_weights: one set of leaf / sum parameters for every position.
+        class_prior: ``"uniform"`` (a fixed buffer) or ``"learned"``.
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        leaf: LeafSpec | Mapping | str,
+        num_components: int,
+        channels: Sequence[int],
+        windows: Sequence[Grid],
+        patch_size: int = 1,
+        num_classes: int = 1,
+        share_leaves: bool = False,
+        share_weights: bool = False,
+        class_prior: str = "uniform",
+    ):
+        super().__init__()
+        self.in_shape = tuple(int(s) for s in in_shape)
+        if len(self.in_shape) != 3 or min(self.in_shape) < 1:
+            raise ValueError(f"in_shape must be (C, H, W) with positive sizes, got {tuple(in_shape)}")
+        for name, value in (("num_components", num_components), ("patch_size", patch_size), ("num_classes", num_classes)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if len(channels) != len(windows):
+            raise ValueError(f"channels has {len(channels)} entries but there are {len(windows)} fusion layers")
+        if any(int(k) < 1 for k in channels):
+            raise ValueError(f"channels must be positive integers, got {list(channels)}")
+        if class_prior not in ("uniform", "learned"):
+            raise ValueError(f"class_prior must be 'uniform' or 'learned', got {class_prior!r}")
+
+        self.leaf_spec = make_leaf(leaf)
+        self.patch_size = int(patch_size)
+        self.num_classes = int(num_classes)
+        c, h, w = self.in_shape
+        p = self.patch_size
+        grid = (math.ceil(h / p), math.ceil(w / p))
+        self.grids: list[Grid] = [grid]
+        self.channels: list[int] = [int(num_components)] + [int(k) for k in channels]
+
+        self.leaves = self.leaf_spec.make_layer(grid[0] * grid[1], c * p * p, int(num_components), share_leaves)
+        self.sums = nn.ModuleList()
+        self.pools = nn.ModuleList()
+        for k_in, k_out, window in zip(self.channels[:-1], self.channels[1:], windows):
+            window = _pair(window, "a pooling window")
+            self.sums.append(SumLayer(grid, k_in, k_out, share_weights))
+            self.pools.append(ProductPool(grid, window))
+            grid = self.pools[-1].out_grid
+            self.grids.append(grid)
+        if grid != (1, 1):
+            raise ValueError(f"the pooling schedule {list(windows)} ends on grid {grid}, not 1x1")
+        self.root = SumLayer((1, 1), self.channels[-1], self.num_classes, shared=True)
+        if class_prior == "learned":
+            self.class_logits = nn.Parameter(torch.zeros(self.num_classes))
+        else:
+            self.register_buffer("class_logits", torch.zeros(self.num_classes))
+
+    # ---------------------------------------------------------------- structure
+    @property
+    def num_levels(self) -> int:
+        """``L``, the number of fusion layers."""
+        return len(self.sums)
+
+    @property
+    def num_variables(self) -> int:
+        """``D = C * H * W``."""
+        return math.prod(self.in_shape)
+
+    def log_class_prior(self) -> torch.Tensor:
+        """(num_classes,): ``log P(y)``."""
+        return F.log_softmax(self.class_logits, dim=0)
+
+    # ---------------------------------------------------------------- input handling
+    def _check_input(self, x: torch.Tensor, missing: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate ``x`` (B, C, H, W) and build the missing mask (mask or NaN)."""
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"expected a torch.Tensor input, got {type(x).__name__}")
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.in_shape:
+            raise ValueError(
+                f"expected input of shape (B, {', '.join(map(str, self.in_shape))}), got {tuple(x.shape)}"
+            )
+        if missing is None:
+            missing = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+        else:
+            if not isinstance(missing, torch.Tensor) or tuple(missing.shape) != tuple(x.shape):
+                found = tuple(missing.shape) if isinstance(missing, torch.Tensor) else type(missing).__name__
+                raise ValueError(f"missing must be a bool mask of the input's shape {tuple(x.shape)}, got {found}")
+            missing = missing.to(device=x.device, dtype=torch.bool)
+        if x.is_floating_point():
+            missing = missing | torch.isnan(x)
+        self.leaves.check_values(x, ~missing)
+        return x, missing
+
+    def _to_patches(self, x: torch.Tensor, fill) -> torch.Tensor:
+        """(B, C, H, W) -> (P_0, B, V): the variables of every patch, position-major; the
+        padding that completes the last patches holds ``fill``."""
+        b, (c, h, w), p = x.shape[0], self.in_shape, self.patch_size
+        h0, w0 = self.grids[0]
+        x = F.pad(x, (0, w0 * p - w, 0, h0 * p - h), value=fill)
+        return x.view(b, c, h0, p, w0, p).permute(2, 4, 0, 1, 3, 5).reshape(h0 * w0, b, c * p * p)
+
+    def _from_patches(self, values: torch.Tensor) -> torch.Tensor:
+        """(P_0, n, V) -> (n, C, H, W), the inverse of :meth:`_to_patches` (padding cropped)."""
+        n, (c, h, w), p = values.shape[1], self.in_shape, self.patch_size
+        h0, w0 = self.grids[0]
+        x = values.reshape(h0, w0, n, c, p, p).permute(2, 3, 0, 4, 1, 5).reshape(n, c, h0 * p, w0 * p)
+        return x[:, :, :h, :w]
+
+    # ---------------------------------------------------------------- bottom-up pass
+    def _upward(self, x: torch.Tensor, missing: torch.Tensor | None) -> list[torch.Tensor]:
+        """Log-values of the product nodes of every level, position-major ``(P_l, B, K_l)``."""
+        x, missing = self._check_input(x, missing)
+        # padded variables are missing, hence marginalized (leaf log-likelihood 0)
+        h = self.leaves.log_prob(self._to_patches(x.masked_fill(missing, 0), 0), self._to_patches(missing, True))
+        levels = [h]
+        for sum_layer, pool in zip(self.sums, self.pools):
+            h = pool(sum_layer(h))
+            levels.append(h)
+        return levels
+
+    def _grid_layout(self, level: int, values: torch.Tensor) -> torch.Tensor:
+        """(P_l, B, K) -> (B, K, H_l, W_l)."""
+        h, w = self.grids[level]
+        return values.view(h, w, *values.shape[1:]).permute(2, 3, 0, 1)
+
+    def forward(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) -> (B, num_classes): ``log P(x | y)``, missing variables marginalized."""
+        return self.root(self._upward(x, missing)[-1])[0]
+
+    def log_prob(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) -> (B,): ``log P(x) = logsumexp_y log P(x | y) + log P(y)``."""
+        return torch.logsumexp(self(x, missing) + self.log_class_prior(), dim=1)
+
+    def log_posterior(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) -> (B, num_classes): ``log P(y | x)`` by Bayes' rule."""
+        return F.log_softmax(self(x, missing) + self.log_class_prior(), dim=1)
+
+    def level_log_probs(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """List over levels ``0..L`` of ``(B, K_l, H_l, W_l)``: log-values of every product node
+        (level 0: the leaf components ``log P(x_i | d)``); each is a normalized distribution
+        over its scope."""
+        return [self._grid_layout(level, v) for level, v in enumerate(self._upward(x, missing))]
+
+    # ---------------------------------------------------------------- top-down quantities
+    def latent_marginals(self) -> list[torch.Tensor]:
+        """List over levels ``0..L`` of ``(K_l, H_l, W_l)``: ``P(Z_{l,i} = k)`` under ancestral sampling.
+
+        ``pi_L = sum_y P(y) w_root[y]``; for a child position ``c`` of parent ``i``,
+        ``pi_{l-1,c}(a) = sum_j pi_{l,i}(j) w_{l,c}[j, a]`` (DESIGN section 2, "prior flow").
+        """
+        top = (self.log_class_prior().exp().unsqueeze(1) * self.root.weights()[0]).sum(0)
+        flows = [top.view(-1, 1, 1)]
+        for level in range(self.num_levels, 0, -1):
+            parent = self.pools[level - 1].expand(flows[0])  # (K_l, H_{l-1}, W_{l-1})
+            k_l, h, w = parent.shape
+            weights = self.sums[level - 1].position_weights()  # (P, K_l, K_{l-1})
+            child = torch.einsum("pj,pja->ap", parent.reshape(k_l, h * w).t(), weights)
+            flows.insert(0, child.reshape(-1, h, w))
+        return flows
+
+    def _descend(
+        self, y: torch.Tensor, evidence: list[torch.Tensor] | None, mode: str, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Top-down pass choosing one channel per sum node, then the leaf values.
+
+        With ``evidence`` (the ``(P_l, n, K_l)`` values of :meth:`_upward`) each choice follows
+        the posterior ``P(a | j, x_obs) ∝ w[j, a] exp(h_a(x_obs))``; without, the prior
+        ``w[j, a]``. Returns values ``(n, C, H, W)`` and latents ``[(n, H_l, W_l)]`` for ``l = 0..L``.
+        """
+        n = y.shape[0]
+        logits = self.root.log_weights()[0][y]  # (n, K_L)
+        if evidence is not None:
+            logits = logits + evidence[-1][0]
+        latents = [_sample_indices(logits, mode, generator).view(n, 1, 1)]
+        for level in range(self.num_levels, 0, -1):
+            parent = self.pools[level - 1].expand(latents[0])  # (n, H_{l-1}, W_{l-1})
+            h, w = parent.shape[1:]
+            layer = self.sums[level - 1]
+            positions = torch.arange(h * w, device=y.device) if not layer.shared else torch.zeros(h * w, dtype=torch.long, device=y.device)
+            logits = layer.log_weights()[positions.unsqueeze(0), parent.reshape(n, h * w)]  # (n, P, K_in)
+            if evidence is not None:
+                logits = logits + evidence[level - 1].transpose(0, 1)
+            latents.insert(0, _sample_indices(logits, mode, generator).view(n, h, w))
+        values = self.leaves.sample(latents[0].reshape(n, -1).t(), mode, generator)  # (P_0, n, V)
+        return self._from_patches(values), latents
+
+    def _class_labels(self, n: int, y, device: torch.device) -> torch.Tensor:
+        if y is None:
+            return None
+        y = torch.as_tensor(y, device=device, dtype=torch.long).reshape(-1)
+        if y.numel() == 1:
+            y = y.expand(n)
+        if y.shape != (n,) or y.min() < 0 or y.max() >= self.num_classes:
+            raise ValueError(f"y must be an int or a ({n},) tensor of labels in [0, {self.num_classes - 1}], got {y.tolist()}")
+        return y
+
+    @torch.no_grad()
+    def sample(self, n: int, y=None, generator: torch.Generator | None = None, return_latents: bool = False):
+        """Exact ancestral samples ``(n, C, H, W)`` (long for discrete leaves, float for Gaussian).
+
+        ``y`` is an int or an ``(n,)`` tensor of classes, drawn from ``P(y)`` when None. With
+        ``return_latents`` also the chosen channel of every level, ``[(n, H_l, W_l)]``, ``l = 0..L``.
+        """
+        device = self.class_logits.device
+        labels = self._class_labels(n, y, device)
+        if labels is None:
+            labels = _sample_indices(self.log_class_prior().expand(n, -1), "sample", generator)
+        values, latents = self._descend(labels, None, "sample", generator)
+        return (values, latents) if return_latents else values
+
+    @torch.no_grad()
+    def inpaint(
+        self,
+        x: torch.Tensor,
+        missing: torch.Tensor | None = None,
+        mode: str = "sample",
+        y=None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Fill the missing variables of ``x`` (B, C, H, W) from the posterior given the observed ones.
+
+        ``mode="sample"`` draws an exact sample of ``P(x_mis | x_obs)`` (and of ``y | x_obs``
+        unless ``y`` is given); ``mode="mpe"`` takes the most probable choice at every node
+        of the same top-down pass (the greedy posterior mode).
+        """
+        x, missing = self._check_input(x, missing)
+        evidence = self._upward(x, missing)
+        labels = self._class_labels(x.shape[0], y, x.device)
+        if labels is None:
+            class_logits = self.root(evidence[-1])[0] + self.log_class_prior()
+            labels = _sample_indices(class_logits, mode, generator)
+        filled, _ = self._descend(labels, evidence, mode, generator)
+        return torch.where(missing, filled.to(x.dtype), x)
+
+    def extra_repr(self) -> str:
+        return f"in_shape={self.in_shape}, leaf={self.leaf_spec}, grids={self.grids}, channels={self.channels}"
+
+
+class HTConvAC(ConvAC):
+    """Hierarchical Tucker ConvAC (paper eq. 20): product pooling over small windows down to 1x1.
+
+    ``pool`` is an int (that window along every axis longer than 1: 2 means 2x2 for images and
+    1x2 for sequences), an ``(ph, pw)`` pair applied the same way, or a list of pairs (one per
+    fusion layer). ``channels`` is an int (every layer) or a list (one per layer).
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        leaf: LeafSpec | Mapping | str,
+        num_components: int,
+        channels: int | Sequence[int],
+        pool=2,
+        patch_size: int = 1,
+        num_classes: int = 1,
+        share_leaves: bool = False,
+        share_weights: bool = False,
+        class_prior: str = "uniform",
+    ):
+        in_shape = tuple(int(s) for s in in_shape)
+        if len(in_shape) != 3:
+            raise ValueError(f"in_shape must be (C, H, W), got {in_shape}")
+        grid = (math.ceil(in_shape[1] / patch_size), math.ceil(in_shape[2] / patch_size))
+        windows = self._schedule(grid, pool)
+        if isinstance(channels, int):
+            channels = [channels] * len(windows)
+        super().__init__(in_shape, leaf, num_components, list(channels), windows, patch_size,
+                         num_classes, share_leaves, share_weights, class_prior)
+
+    @staticmethod
+    def _schedule(grid: Grid, pool) -> list[Grid]:
+        """The windows that take ``grid`` to 1x1."""
+        if isinstance(pool, (list, tuple)) and pool and not isinstance(pool[0], int):
+            return [_pair(w, "a pooling window") for w in pool]
+        window = _pair(pool, "pool")
+        windows = []
+        h, w = grid
+        while (h, w) != (1, 1):
+            step = (window[0] if h > 1 else 1, window[1] if w > 1 else 1)
+            if step == (1, 1):
+                raise ValueError(f"pool={pool!r} cannot reduce grid {(h, w)} to 1x1")
+            windows.append(step)
+            h, w = math.ceil(h / step[0]), math.ceil(w / step[1])
+        return windows
+
+
+class CPConvAC(ConvAC):
+    """CP (shallow) ConvAC (paper eq. 10): one fusion layer of ``rank`` channels with global
+    product pooling, ``P(X | y) = sum_z a^y_z prod_i sum_d a^{z,i}_d P(x_i | d)``."""
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        leaf: LeafSpec | Mapping | str,
+        num_components: int,
+        rank: int,
+        patch_size: int = 1,
+        num_classes: int = 1,
+        share_leaves: bool = False,
+        share_weights: bool = False,
+        class_prior: str = "uniform",
+    ):
+        in_shape = tuple(int(s) for s in in_shape)
+        if len(in_shape) != 3:
+            raise ValueError(f"in_shape must be (C, H, W), got {in_shape}")
+        grid = (math.ceil(in_shape[1] / patch_size), math.ceil(in_shape[2] / patch_size))
+        super().__init__(in_shape, leaf, num_components, [int(rank)], [grid], patch_size,
+                         num_classes, share_leaves, share_weights, class_prior)

@@ -1,0 +1,31 @@
+"""Shared fixtures and helpers: tiny discrete models and exhaustive enumeration of their inputs."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def all_inputs(in_shape, num_values: int) -> torch.Tensor:
+    """Every input of a discrete model: (num_values ** D, C, H, W) long, D = C * H * W."""
+    d = int(torch.tensor(in_shape).prod())
+    grid = list(itertools.product(range(num_values), repeat=d))
+    return torch.tensor(grid, dtype=torch.long).view(-1, *in_shape)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

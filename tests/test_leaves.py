@@ -1,0 +1,49 @@
+"""Leaf families: specs, closed-form entropies, sampling."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from convac.leaves import Bernoulli, Categorical, Gaussian, make_leaf
+
+
+def test_make_leaf_accepts_specs_names_and_mappings():
+    assert make_leaf("bernoulli") == Bernoulli()
+    assert make_leaf({"name": "categorical", "num_values": 5}) == Categorical(5)
+    assert make_leaf(Gaussian(0.1)) == Gaussian(0.1)
+    assert make_leaf(Categorical(7).to_dict()) == Categorical(7)
+    with pytest.raises(ValueError, match="bad arguments for leaf 'categorical'"):
+        make_leaf({"name": "categorical", "num_vals": 5})
+    with pytest.raises(ValueError, match="num_values >= 2"):
+        Categorical(1)
+
+
+def test_categorical_entropy_is_closed_form():
+    layer = Categorical(4).make_layer(num_positions=3, num_vars=2, num_components=5, shared=False).double()
+    p = layer.log_probabilities().exp()  # (P, V, 4, M)
+    expected = -(p * p.log()).sum(2).sum(1)
+    assert torch.allclose(layer.entropy(), expected)
+    shared = Categorical(4).make_layer(num_positions=3, num_vars=2, num_components=5, shared=True)
+    assert shared.entropy().shape == (3, 5) and torch.allclose(shared.entropy()[0], shared.entropy()[2])
+
+
+def test_gaussian_entropy_and_std_floor():
+    layer = Gaussian(min_std=0.5).make_layer(2, 3, 4, shared=False).double()
+    with torch.no_grad():
+        layer.raw_std.fill_(-30.0)
+    assert torch.allclose(layer.std(), torch.full((2, 3, 4), 0.5, dtype=torch.float64))
+    expected = 3 * 0.5 * math.log(2 * math.pi * math.e * 0.25)
+    assert torch.allclose(layer.entropy(), torch.full((2, 4), expected, dtype=torch.float64))
+
+
+def test_leaf_samples_match_their_distribution():
+    layer = Categorical(3).make_layer(1, 1, 2, shared=False).double()
+    components = torch.ones(1, 30000, dtype=torch.long)
+    values = layer.sample(components, "sample", torch.Generator().manual_seed(0))
+    freq = torch.bincount(values.flatten(), minlength=3).double() / 30000
+    probs = layer.log_probabilities().exp()[0, 0, :, 1]
+    assert torch.allclose(freq, probs, atol=4 * (0.25 / 30000) ** 0.5)
+    mode = layer.sample(components[:, :1], "mpe", None)
+    assert mode.item() == probs.argmax().item()

@@ -1,0 +1,287 @@
+"""The ConvAC's exact queries, checked against exhaustive enumeration on tiny discrete models."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from convac import Bernoulli, Categorical, CPConvAC, Gaussian, HTConvAC
+from tests.conftest import all_inputs
+
+# (constructor, kwargs): tiny CP and HT models on 1x4 and 2x2 grids, shared and unshared, per class
+TINY = [
+    (HTConvAC, dict(in_shape=(1, 1, 4), leaf=Categorical(3), num_components=2, channels=3)),
+    (HTConvAC, dict(in_shape=(1, 2, 4), leaf=Bernoulli(), num_components=3, channels=[2, 3], num_classes=2)),
+    (HTConvAC, dict(in_shape=(1, 2, 2), leaf=Categorical(3), num_components=2, channels=2, share_leaves=True, share_weights=True)),
+    (HTConvAC, dict(in_shape=(1, 1, 5), leaf=Bernoulli(), num_components=2, channels=2, pool=[(1, 2), (1, 3)])),
+    (HTConvAC, dict(in_shape=(2, 1, 3), leaf=Bernoulli(), num_components=2, channels=2, patch_size=2, class_prior="learned", num_classes=3)),
+    (CPConvAC, dict(in_shape=(1, 1, 4), leaf=Categorical(3), num_components=2, rank=3, num_classes=2)),
+    (CPConvAC, dict(in_shape=(1, 2, 2), leaf=Bernoulli(), num_components=3, rank=2, share_leaves=True, share_weights=True)),
+]
+IDS = [f"{c.__name__}-{i}" for i, (c, _) in enumerate(TINY)]
+
+
+def build(cls, kwargs, seed=0):
+    torch.manual_seed(seed)
+    model = cls(**kwargs).double()
+    with torch.no_grad():  # break the symmetry of a fresh model a little more
+        for p in model.parameters():
+            p.mul_(2.0)
+    return model
+
+
+def num_values(model):
+    return model.leaves.num_values
+
+
+@pytest.mark.parametrize("cls,kwargs", TINY, ids=IDS)
+def test_normalized_over_all_inputs(cls, kwargs):
+    model = build(cls, kwargs)
+    x = all_inputs(model.in_shape, num_values(model))
+    total = torch.logsumexp(model.log_prob(x), 0)
+    assert abs(total.item()) < 1e-5
+    per_class = torch.logsumexp(model(x), 0)  # each log P(x | y) is normalized too
+    assert torch.allclose(per_class, torch.zeros_like(per_class), atol=1e-5)
+    posterior = model.log_posterior(x).exp().sum(1)
+    assert torch.allclose(posterior, torch.ones_like(posterior), atol=1e-10)
+
+
+def scope_sizes(model):
+    """Number of real (unpadded) variables under every position of every level: [(P_l,)]."""
+    ones = torch.ones(1, *model.in_shape)
+    counts = model._to_patches(ones, 0).sum(-1, keepdim=True)  # (P_0, 1, 1)
+    sizes = [counts]
+    for pool in model.pools:
+        counts = pool(counts)
+        sizes.append(counts)
+    return [s.flatten().long() for s in sizes]
+
+
+@pytest.mark.parametrize("cls,kwargs", TINY, ids=IDS)
+def test_every_node_is_normalized_over_its_scope(cls, kwargs):
+    model = build(cls, kwargs)
+    v = num_values(model)
+    x = all_inputs(model.in_shape, v)
+    d = model.num_variables
+    for level, (values, sizes) in enumerate(zip(model.level_log_probs(x), scope_sizes(model))):
+        b, k, h, w = values.shape
+        assert (k, h, w) == (model.channels[level], *model.grids[level])
+        # node value depends on x_S only: summing over all inputs counts each x_S v^(D-|S|) times
+        total = torch.logsumexp(values, 0).reshape(k, h * w) - (d - sizes) * math.log(v)
+        assert torch.allclose(total, torch.zeros_like(total), atol=1e-6), f"level {level}"
+
+
+@pytest.mark.parametrize("cls,kwargs", TINY, ids=IDS)
+def test_marginals_equal_brute_force_sums(cls, kwargs):
+    model = build(cls, kwargs)
+    x = all_inputs(model.in_shape, num_values(model))
+    joint = model.log_prob(x)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        missing = torch.rand(model.in_shape, generator=generator) < 0.5
+        # group the inputs by their observed part and sum the joint over the missing part
+        observed_key = x.masked_fill(missing, -1).flatten(1)
+        keys, group = torch.unique(observed_key, dim=0, return_inverse=True)
+        brute = torch.full((len(keys),), -math.inf, dtype=torch.float64)
+        brute = brute.scatter_reduce(0, group, joint, reduce="amax")
+        brute = brute + torch.zeros_like(brute).index_add(0, group, (joint - brute[group]).exp()).log()
+        representative = torch.zeros(len(keys), dtype=torch.long).scatter(0, group, torch.arange(len(x)))
+        xs = x[representative]
+        mask = missing.expand_as(xs)
+        assert torch.allclose(model.log_prob(xs, mask), brute, atol=1e-8)
+        as_nan = xs.double().masked_fill(mask, float("nan"))  # NaN marks missing values too
+        assert torch.allclose(model.log_prob(as_nan), brute, atol=1e-8)
+
+
+def test_all_missing_gives_log_one():
+    model = build(*TINY[1])
+    x = torch.zeros(3, *model.in_shape, dtype=torch.long)
+    assert torch.allclose(model.log_prob(x, torch.ones_like(x, dtype=torch.bool)), torch.zeros(3, dtype=torch.float64))
+
+
+def chi_square_pvalue(samples: torch.Tensor, probabilities: torch.Tensor) -> float:
+    counts = torch.bincount(samples, minlength=len(probabilities)).double().numpy()
+    expected = probabilities.detach().double().numpy() * len(samples)
+    keep = expected > 5  # pool the rare cells, as the test requires
+    observed = np.append(counts[keep], counts[~keep].sum())
+    expect = np.append(expected[keep], expected[~keep].sum())
+    if expect[-1] == 0:
+        observed, expect = observed[:-1], expect[:-1]
+    return stats.chisquare(observed, expect * observed.sum() / expect.sum()).pvalue
+
+
+def encode(x: torch.Tensor, v: int) -> torch.Tensor:
+    """Index of each input in the order of :func:`all_inputs`."""
+    flat = x.flatten(1)
+    powers = v ** torch.arange(flat.shape[1] - 1, -1, -1)
+    return (flat * powers).sum(1)
+
+
+@pytest.mark.parametrize("index", [0, 1, 4, 5])
+def test_samples_follow_the_model(index):
+    model = build(*TINY[index])
+    v = num_values(model)
+    probs = model.log_prob(all_inputs(model.in_shape, v)).exp()
+    generator = torch.Generator().manual_seed(123)
+    samples = model.sample(20000, generator=generator)
+    assert samples.dtype == torch.long and samples.shape == (20000, *model.in_shape)
+    assert chi_square_pvalue(encode(samples, v), probs) > 1e-3
+
+
+def test_class_conditional_samples_follow_p_x_given_y():
+    model = build(*TINY[1])
+    probs = model(all_inputs(model.in_shape, 2))[:, 1].exp()
+    samples = model.sample(20000, y=1, generator=torch.Generator().manual_seed(5))
+    assert chi_square_pvalue(encode(samples, 2), probs) > 1e-3
+
+
+@pytest.mark.parametrize("index", [0, 1, 3, 4, 5, 6])
+def test_latent_frequencies_match_latent_marginals(index):
+    model = build(*TINY[index])
+    n = 20000
+    _, latents = model.sample(n, generator=torch.Generator().manual_seed(7), return_latents=True)
+    marginals = model.latent_marginals()
+    assert len(latents) == len(marginals) == model.num_levels + 1
+    for level, (z, pi) in enumerate(zip(latents, marginals)):
+        k, h, w = pi.shape
+        assert z.shape == (n, h, w) and (k, h, w) == (model.channels[level], *model.grids[level])
+        assert torch.allclose(pi.sum(0), torch.ones(h, w, dtype=pi.dtype), atol=1e-10)
+        freq = torch.nn.functional.one_hot(z, k).double().mean(0).permute(2, 0, 1)
+        se = (pi * (1 - pi) / n).sqrt().clamp_min(1e-12)
+        assert ((freq - pi).abs() <= 4.5 * se + 1e-9).all(), f"level {level}"
+
+
+def test_latent_marginals_equal_expected_posteriors():
+    """pi_L(k) = E_x[P(Z_L = k | x)] (DESIGN section 2) by enumeration at the root."""
+    model = build(*TINY[0])
+    x = all_inputs(model.in_shape, 3)
+    top = model.level_log_probs(x)[-1][:, :, 0, 0]  # (N, K_L)
+    log_w = model.root.log_weights()[0][0]
+    joint = top + log_w  # log P(x, Z_L = k)
+    expected = (joint.exp()).sum(0)  # sum_x P(x) P(k | x) = sum_x P(x, k)
+    assert torch.allclose(expected, model.latent_marginals()[-1].flatten(), atol=1e-10)
+
+
+def test_inpainting_samples_follow_the_conditional():
+    model = build(*TINY[0])
+    x_all = all_inputs(model.in_shape, 3)
+    missing = torch.tensor([True, False, True, False]).view(1, 1, 1, 4)
+    observed = torch.tensor([0, 2, 0, 1]).view(1, 1, 1, 4)
+    consistent = (x_all.masked_fill(missing, 0) == observed.masked_fill(missing, 0)).flatten(1).all(1)
+    cond = model.log_prob(x_all).exp() * consistent
+    cond = cond / cond.sum()
+    n = 20000
+    filled = model.inpaint(observed.expand(n, -1, -1, -1), missing.expand(n, -1, -1, -1), generator=torch.Generator().manual_seed(3))
+    assert (filled[:, ~missing.view(1, 1, 4)] == observed[:, ~missing.view(1, 1, 4)]).all()
+    assert chi_square_pvalue(encode(filled, 3), cond) > 1e-3
+
+
+def test_inpainting_mpe_is_deterministic_and_keeps_observed_values():
+    model = build(*TINY[1])
+    x = all_inputs(model.in_shape, 2)
+    missing = torch.zeros_like(x, dtype=torch.bool)
+    missing[:, 0, 0, :] = True
+    first = model.inpaint(x, missing, mode="mpe")
+    assert torch.equal(first, model.inpaint(x, missing, mode="mpe"))
+    assert torch.equal(first[~missing], x[~missing])
+    with pytest.raises(ValueError, match="mode"):
+        model.inpaint(x, missing, mode="best")
+
+
+def test_cp_matches_paper_eq_10():
+    """P(X|y) = sum_z a^y_z prod_i sum_d a^{z,i}_d P(x_i|d), computed directly in probability space."""
+    model = build(CPConvAC, dict(in_shape=(1, 2, 3), leaf=Categorical(4), num_components=3, rank=5, num_classes=2))
+    x = torch.randint(0, 4, (10, 1, 2, 3))
+    leaf = model.leaves.log_probabilities().exp()  # (P, 1, V, M)
+    a_zid = model.sums[0].weights()  # (P, rank, M)
+    a_yz = model.root.weights()[0]  # (classes, rank)
+    flat = x.flatten(1)  # (B, P) row-major positions
+    expected = torch.ones(10, 2, dtype=torch.float64)
+    for b in range(10):
+        per_z = torch.ones(5, dtype=torch.float64)
+        for i in range(6):
+            p_xi_given_d = leaf[i, 0, flat[b, i]]  # (M,)
+            per_z = per_z * (a_zid[i] @ p_xi_given_d)
+        expected[b] = a_yz @ per_z
+    assert torch.allclose(model(x).exp(), expected, rtol=1e-10)
+
+
+def test_ht_pool_schedules():
+    image = HTConvAC((1, 8, 6), Categorical(2), 2, 3)
+    assert image.grids == [(8, 6), (4, 3), (2, 2), (1, 1)]
+    sequence = HTConvAC((1, 1, 9), Bernoulli(), 2, [2, 3, 4, 5])
+    assert sequence.grids == [(1, 9), (1, 5), (1, 3), (1, 2), (1, 1)]
+    patches = HTConvAC((3, 7, 7), Gaussian(), 2, 2, patch_size=4, pool=(2, 2))
+    assert patches.grids == [(2, 2), (1, 1)] and patches.leaves.num_vars == 48
+    assert CPConvAC((1, 4, 4), Categorical(3), 2, 3).grids == [(4, 4), (1, 1)]
+    with pytest.raises(ValueError, match="ends on grid"):
+        HTConvAC((1, 4, 4), Categorical(2), 2, 2, pool=[(2, 2)])
+    with pytest.raises(ValueError, match="channels has 1 entries"):
+        HTConvAC((1, 4, 4), Categorical(2), 2, [2])
+
+
+def test_gaussian_model_density_and_samples():
+    torch.manual_seed(0)
+    model = HTConvAC((2, 3, 3), Gaussian(min_std=0.05), 3, 2, patch_size=2).double()
+    samples = model.sample(5, generator=torch.Generator().manual_seed(0))
+    assert samples.dtype == torch.float64 and torch.isfinite(model.log_prob(samples)).all()
+    # a 1-variable Gaussian model integrates to one (trapezoid rule on a fine grid)
+    one = HTConvAC((1, 1, 1), Gaussian(min_std=0.05), 3, 2).double()
+    grid = torch.linspace(-6, 7, 20001, dtype=torch.float64)
+    density = one.log_prob(grid.view(-1, 1, 1, 1)).exp()
+    assert abs(torch.trapezoid(density, grid).item() - 1) < 1e-6
+
+
+def test_float32_matches_float64():
+    model = build(*TINY[1])
+    x = all_inputs(model.in_shape, 2)
+    assert torch.allclose(model.float().log_prob(x).double(), model.double().log_prob(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make_input,message",
+    [
+        (lambda: torch.zeros(1, 4, dtype=torch.long), r"expected input of shape \(B, 1, 2, 4\), got \(1, 4\)"),
+        (lambda: torch.zeros(1, 1, 2, 3, dtype=torch.long), r"got \(1, 1, 2, 3\)"),
+        (lambda: torch.full((1, 1, 2, 4), 2), r"values in \[0, 1\], got values in \[2, 2\]"),
+        (lambda: torch.full((1, 1, 2, 4), -1), r"got values in \[-1, -1\]"),
+        (lambda: torch.full((1, 1, 2, 4), 0.5), "integer values"),
+        (lambda: [[0, 1], [1, 0]], "torch.Tensor"),
+    ],
+)
+def test_bad_inputs_raise_value_errors(make_input, message):
+    model = build(*TINY[1])
+    with pytest.raises(ValueError, match=message):
+        model.log_prob(make_input())
+
+
+def test_bad_masks_and_labels_raise_value_errors():
+    model = build(*TINY[1])
+    x = torch.zeros(2, 1, 2, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"bool mask of the input's shape \(2, 1, 2, 4\), got \(2, 1, 2\)"):
+        model.log_prob(x, torch.zeros(2, 1, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"labels in \[0, 1\]"):
+        model.sample(3, y=2)
+    gaussian = HTConvAC((1, 2, 4), Gaussian(), 2, 2)
+    with pytest.raises(ValueError, match="floating point"):
+        gaussian.log_prob(x)
+    with pytest.raises(ValueError, match="finite"):
+        gaussian.log_prob(torch.full((1, 1, 2, 4), float("inf")))
+    with pytest.raises(ValueError, match="unknown leaf family"):
+        HTConvAC((1, 2, 2), {"name": "poisson"}, 2, 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls,kwargs", TINY[:2] + TINY[5:6], ids=IDS[:2] + IDS[5:6])
+def test_cuda_matches_cpu(cls, kwargs):
+    model = build(cls, kwargs)
+    x = all_inputs(model.in_shape, num_values(model))
+    cpu = model.log_prob(x)
+    gpu_model = model.cuda()
+    assert torch.allclose(gpu_model.log_prob(x.cuda()).cpu(), cpu, atol=1e-8)
+    samples = gpu_model.sample(64, generator=torch.Generator(device="cuda").manual_seed(0))
+    assert samples.is_cuda and torch.isfinite(gpu_model.log_prob(samples)).all()
+    assert torch.allclose(gpu_model.float().log_prob(x.cuda()).double().cpu(), cpu, atol=1e-4)
