@@ -1,0 +1,68 @@
+"""The binary density-estimation benchmarks (DEBD): ``NAME.{train,valid,test}.data`` files.
+
+Each file holds comma-separated 0/1 rows, one sample of ``D`` variables a row; a sample is
+served as a 1-D sequence ``(1, 1, D)``. There are no labels (``y`` is 0).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convac.data.base import ConvACDataModule, Split
+
+# our split name -> the DEBD file suffix
+_FILE_SPLITS = {"train": "train", "val": "valid", "test": "test"}
+
+
+def read_debd(path: str | Path) -> torch.Tensor:
+    """One DEBD file as a ``(N, 1, 1, D)`` long tensor of 0/1 values."""
+    rows = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
+    return torch.from_numpy(rows)[:, None, None, :]
+
+
+class DEBDDataModule(ConvACDataModule):
+    """A DEBD set ``dataset`` from ``root`` (``root/NAME.*.data`` or ``root/NAME/NAME.*.data``).
+
+    ``in_shape`` must be ``(1, 1, D)`` with ``D`` the set's number of variables (16 for nltcs,
+    69 for plants); a mismatch is reported with the value to set.
+    """
+
+    name = "debd"
+
+    def __init__(
+        self,
+        root: str,
+        dataset: str = "nltcs",
+        in_shape: list[int] | tuple[int, ...] = (1, 1, 16),
+        num_values: int = 2,
+        num_classes: int = 1,
+        **kwargs,
+    ) -> None:
+        super().__init__(in_shape, num_values, num_classes, **kwargs)
+        self.root = Path(root)
+        self.dataset = dataset
+
+    def expected_files(self) -> list[str]:
+        return [f"{self.dataset}.{suffix}.data" for suffix in _FILE_SPLITS.values()]
+
+    def _folder(self) -> Path:
+        """The folder holding the files: ``root/NAME`` if it has them, else ``root``."""
+        nested = self.root / self.dataset
+        return nested if (nested / self.expected_files()[0]).is_file() else self.root
+
+    def load_splits(self) -> dict[str, Split]:
+        folder = self._folder()
+        missing = [name for name in self.expected_files() if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"debd (data.dataset={self.dataset}) needs {', '.join(self.expected_files())} "
+                f"in data.root={self.root.resolve()} or in its subfolder {self.dataset}/; "
+                f"missing: {', '.join(missing)}"
+            )
+        splits = {}
+        for split, suffix in _FILE_SPLITS.items():
+            x = read_debd(folder / f"{self.dataset}.{suffix}.data")
+            splits[split] = (x, torch.zeros(len(x), dtype=torch.long))
+        return splits
