@@ -204,31 +204,58 @@ class ConvAC(nn.Module):
             flows.insert(0, child.reshape(-1, h, w))
         return flows
 
-    def _descend(
+    def _choose_root(
         self, y: torch.Tensor, evidence: list[torch.Tensor] | None, mode: str, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Top-down pass choosing one channel per sum node, then the leaf values.
-
-        With ``evidence`` (the ``(P_l, n, K_l)`` values of :meth:`_upward`) each choice follows
-        the posterior ``P(a | j, x_obs) ∝ w[j, a] exp(h_a(x_obs))``; without, the prior
-        ``w[j, a]``. Returns values ``(n, C, H, W)`` and latents ``[(n, H_l, W_l)]`` for ``l = 0..L``.
-        """
-        n = y.shape[0]
+    ) -> torch.Tensor:
+        """Root channel ``Z_L`` (n, 1, 1) of class ``y`` (n,): from ``w_root[y]``, or from the
+        posterior ``∝ w_root[y, k] exp(h_L[k](x_obs))`` given ``evidence``."""
         logits = self.root.log_weights()[0][y]  # (n, K_L)
         if evidence is not None:
             logits = logits + evidence[-1][0]
-        latents = [_sample_indices(logits, mode, generator).view(n, 1, 1)]
-        for level in range(self.num_levels, 0, -1):
-            parent = self.pools[level - 1].expand(latents[0])  # (n, H_{l-1}, W_{l-1})
+        return _sample_indices(logits, mode, generator).view(-1, 1, 1)
+
+    def _descend(
+        self,
+        level: int,
+        top: torch.Tensor,
+        evidence: list[torch.Tensor] | None,
+        mode: str,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Top-down pass from the channels ``top`` (n, H_l, W_l) of level ``l``: one input channel
+        per sum node below, then the leaf values.
+
+        With ``evidence`` (the ``(P_l, n, K_l)`` values of :meth:`_upward`) each choice follows
+        the posterior ``P(a | j, x_obs) ∝ w[j, a] exp(h_a(x_obs))``; without, the prior
+        ``w[j, a]``. Returns values ``(n, C, H, W)`` and latents ``[(n, H_m, W_m)]``, ``m = 0..l``.
+        """
+        n = top.shape[0]
+        latents = [top]
+        for layer, pool in zip(reversed(self.sums[:level]), reversed(self.pools[:level])):
+            level -= 1
+            parent = pool.expand(latents[0])  # (n, H_{l-1}, W_{l-1})
             h, w = parent.shape[1:]
-            layer = self.sums[level - 1]
-            positions = torch.arange(h * w, device=y.device) if not layer.shared else torch.zeros(h * w, dtype=torch.long, device=y.device)
+            positions = torch.arange(h * w, device=top.device) * (not layer.shared)
             logits = layer.log_weights()[positions.unsqueeze(0), parent.reshape(n, h * w)]  # (n, P, K_in)
             if evidence is not None:
-                logits = logits + evidence[level - 1].transpose(0, 1)
+                logits = logits + evidence[level].transpose(0, 1)
             latents.insert(0, _sample_indices(logits, mode, generator).view(n, h, w))
         values = self.leaves.sample(latents[0].reshape(n, -1).t(), mode, generator)  # (P_0, n, V)
         return self._from_patches(values), latents
+
+    @torch.no_grad()
+    def sample_below(self, level: int, channels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Exact samples of ``X`` given the channels of level ``l``: ``channels`` (n, H_l, W_l)
+        long -> (n, C, H, W). The block under position ``i`` follows ``node_{l,i,channels[i]}``."""
+        if not 0 <= level <= self.num_levels:
+            raise ValueError(f"level must lie in [0, {self.num_levels}], got {level}")
+        if tuple(channels.shape[1:]) != self.grids[level]:
+            raise ValueError(f"expected channels of shape (n, {', '.join(map(str, self.grids[level]))}) "
+                             f"for level {level}, got {tuple(channels.shape)}")
+        if channels.min() < 0 or channels.max() >= self.channels[level]:
+            raise ValueError(f"channels of level {level} must lie in [0, {self.channels[level] - 1}]")
+        values, _ = self._descend(level, channels.long(), None, "sample", generator)
+        return values
 
     def _class_labels(self, n: int, y, device: torch.device) -> torch.Tensor:
         if y is None:
@@ -251,7 +278,7 @@ class ConvAC(nn.Module):
         labels = self._class_labels(n, y, device)
         if labels is None:
             labels = _sample_indices(self.log_class_prior().expand(n, -1), "sample", generator)
-        values, latents = self._descend(labels, None, "sample", generator)
+        values, latents = self._descend(self.num_levels, self._choose_root(labels, None, "sample", generator), None, "sample", generator)
         return (values, latents) if return_latents else values
 
     @torch.no_grad()
@@ -275,7 +302,7 @@ class ConvAC(nn.Module):
         if labels is None:
             class_logits = self.root(evidence[-1])[0] + self.log_class_prior()
             labels = _sample_indices(class_logits, mode, generator)
-        filled, _ = self._descend(labels, evidence, mode, generator)
+        filled, _ = self._descend(self.num_levels, self._choose_root(labels, evidence, mode, generator), evidence, mode, generator)
         return torch.where(missing, filled.to(x.dtype), x)
 
     def extra_repr(self) -> str:
