@@ -4,6 +4,7 @@ Public names only; see ``DESIGN`` section 3 of the project documentation.
 """
 from convac.leaves import Bernoulli, Categorical, Gaussian
 from convac.model import ConvAC, CPConvAC, HTConvAC
+from convac.training import ConvACModule
 from convac.zoo import create_model, list_models, register_model
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "Categorical",
     "Gaussian",
     "ConvAC",
+    "ConvACModule",
     "CPConvAC",
     "HTConvAC",
     "create_model",

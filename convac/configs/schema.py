@@ -1,0 +1,219 @@
+"""Structured (dataclass) schemas of the configs, registered in Hydra's ConfigStore.
+
+Every yaml file of a group lists its schema first in its defaults (``- ht_schema``), so a
+misspelled key (``model.chanels=3``) or a value of the wrong type (``model.num_components=abc``)
+fails at composition, naming the key. OmegaConf 2.3 has no union types: the int-or-list
+fields (``channels``, ``pool``) are typed ``Any`` and checked when the config is converted with
+:func:`to_object` (the first thing the entry points do), again naming the key.
+
+Model and data configs are ``name`` + the constructor kwargs of ``convac.create_model(name)``
+/ ``convac.data.create_datamodule(name)``, one to one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+def _check_int_tree(key: str, value: Any, depth: int, what: str) -> None:
+    """Raise a ValueError naming ``key`` unless ``value`` is an int or a list (of lists, up to
+    ``depth`` levels) of ints."""
+
+    def ok(v: Any, d: int) -> bool:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return True
+        return d > 0 and isinstance(v, (list, tuple)) and len(v) > 0 and all(ok(e, d - 1) for e in v)
+
+    if not ok(value, depth):
+        raise ValueError(f"{key}: expected {what}, got {value!r} ({type(value).__name__})")
+
+
+# ------------------------------------------------------------------------------- model
+class LeafName(str, Enum):
+    categorical = "categorical"
+    bernoulli = "bernoulli"
+    gaussian = "gaussian"
+
+
+class ClassPrior(str, Enum):
+    uniform = "uniform"
+    learned = "learned"
+
+
+@dataclass
+class LeafConfig:
+    """A leaf family: ``{"name": ..., **kwargs}`` as ``convac.leaves.make_leaf`` takes it
+    (unset fields are dropped)."""
+
+    name: LeafName = MISSING
+    num_values: Optional[int] = None  # categorical
+    min_std: Optional[float] = None  # gaussian
+
+
+@dataclass
+class ModelConfig:
+    """Arguments shared by every ConvAC constructor (``name`` picks the registry entry)."""
+
+    name: str = MISSING
+    in_shape: List[int] = MISSING
+    leaf: LeafConfig = field(default_factory=LeafConfig)
+    num_components: int = MISSING
+    patch_size: int = 1
+    num_classes: int = 1
+    share_leaves: bool = False
+    share_weights: bool = False
+    class_prior: ClassPrior = ClassPrior.uniform
+
+
+@dataclass
+class HTModelConfig(ModelConfig):
+    """``HTConvAC``: ``channels`` an int or one int per fusion layer; ``pool`` an int, an
+    ``[ph, pw]`` pair or one pair per fusion layer."""
+
+    channels: Any = MISSING
+    pool: Any = 2
+
+    def __post_init__(self) -> None:
+        _check_int_tree("model.channels", self.channels, 1, "an int or a list of ints")
+        _check_int_tree("model.pool", self.pool, 2, "an int, an [h, w] pair or a list of pairs")
+
+
+@dataclass
+class CPModelConfig(ModelConfig):
+    """``CPConvAC``: one fusion layer of ``rank`` channels with global product pooling."""
+
+    rank: int = MISSING
+
+
+# -------------------------------------------------------------------------------- data
+class IDXSplit(str, Enum):
+    train = "train"  # train-* files (val held out), test on t10k-*
+    t10k = "t10k"  # t10k-* only: first 8,000 train (val held out), last 2,000 test
+
+
+@dataclass
+class DataConfig:
+    """Arguments shared by every DataModule (see ``convac.data.base.ConvACDataModule``)."""
+
+    name: str = MISSING
+    in_shape: List[int] = MISSING
+    num_values: int = MISSING
+    num_classes: int = MISSING
+    batch_size: int = 64
+    num_workers: int = 0
+    seed: int = 0
+    val_fraction: float = 0.1
+    continuous: bool = False
+
+
+@dataclass
+class DigitsDataConfig(DataConfig):
+    test_fraction: float = 0.2
+
+
+@dataclass
+class IDXDataConfig(DataConfig):
+    root: str = MISSING
+    split: IDXSplit = IDXSplit.train
+
+
+@dataclass
+class DEBDDataConfig(DataConfig):
+    root: str = MISSING
+    dataset: str = MISSING
+
+
+@dataclass
+class SyntheticDataConfig(DataConfig):
+    num_components: int = MISSING
+    channels: Any = MISSING
+    sharpness: float = MISSING
+    num_train: int = MISSING
+    num_val: int = MISSING
+    num_test: int = MISSING
+
+    def __post_init__(self) -> None:
+        _check_int_tree("data.channels", self.channels, 1, "an int or a list of ints")
+
+
+# ----------------------------------------------------------------------- entry points
+class Objective(str, Enum):
+    generative = "generative"
+    discriminative = "discriminative"
+    hybrid = "hybrid"
+
+
+@dataclass
+class ModuleConfig:
+    """The ``ConvACModule`` arguments other than the model."""
+
+    objective: Objective = Objective.generative
+    hybrid_alpha: float = 0.1
+    optimizer: str = "Adam"
+    lr: float = 0.01
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """``convac-train``. ``trainer``, ``callbacks`` and ``logger`` are ``_target_`` entries
+    checked by their constructors; ``model`` and ``data`` carry their group's schema."""
+
+    model: Any = MISSING
+    data: Any = MISSING
+    module: ModuleConfig = field(default_factory=ModuleConfig)
+    trainer: Any = MISSING
+    callbacks: Any = field(default_factory=dict)
+    logger: Any = field(default_factory=dict)
+    seed: int = 0
+    ckpt_path: Optional[str] = None  # "last" resumes the run in hydra.run.dir
+    test: bool = True  # evaluate the best checkpoint on the test split after training
+    output_dir: str = MISSING
+
+
+@dataclass
+class EvalConfig:
+    """``convac-eval``: ``data`` defaults to the data the checkpoint was trained on."""
+
+    ckpt: str = MISSING
+    data: Any = None
+    trainer: Any = MISSING
+    missing_fraction: float = 0.5
+    seed: int = 0
+    output_dir: str = MISSING
+
+
+def register() -> None:
+    """Store the schemas (idempotent): ``train_schema``, ``eval_schema`` at the root,
+    ``model/{ht,cp}_schema``, ``data/{digits,idx,debd,synthetic}_schema``."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(group="model", name="ht_schema", node=HTModelConfig)
+    cs.store(group="model", name="cp_schema", node=CPModelConfig)
+    cs.store(group="data", name="digits_schema", node=DigitsDataConfig)
+    cs.store(group="data", name="idx_schema", node=IDXDataConfig)
+    cs.store(group="data", name="debd_schema", node=DEBDDataConfig)
+    cs.store(group="data", name="synthetic_schema", node=SyntheticDataConfig)
+
+
+def to_object(cfg: DictConfig) -> Any:
+    """Resolve ``cfg`` and convert it to its dataclasses, which runs the union checks above."""
+    return OmegaConf.to_object(cfg)
+
+
+def to_kwargs(node: DictConfig) -> dict[str, Any]:
+    """A model / data node as plain ``(name, kwargs)``-style dict: resolved, enums as strings,
+    unset (None) leaf fields dropped. The result is what ``create_model`` /
+    ``create_datamodule`` take and what checkpoints store."""
+    kwargs = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    if isinstance(kwargs.get("leaf"), dict):
+        kwargs["leaf"] = {k: v for k, v in kwargs["leaf"].items() if v is not None}
+    return kwargs
+
+
+register()
