@@ -17,7 +17,7 @@ from convac.entropy.estimators import (
 from convac.entropy.report import EntropyReport, Estimate
 from convac.model import ConvAC
 
-DEFAULT_NUM_SAMPLES = 4096
+DEFAULT_NUM_SAMPLES = 2048
 DIFFERENTIAL_NOTE = (
     "beta is NaN: Gaussian leaves give differential entropies, whose ratios depend on the unit; "
     "pass bin_width (the quantization step of the data) for discretized entropies"

@@ -129,8 +129,9 @@ class EntropyReport:
         out["entropy/H_X_bpd"] = self.h_x.value / (self.num_variables * math.log(2))
         if self.h_x_given_y is not None:
             out["entropy/H_X_given_Y"] = self.h_x_given_y.value
-        for level, gap in enumerate(self.layer_gaps, start=1):
+        for level, (gap, positions) in enumerate(zip(self.layer_gaps, self.gaps), start=1):
             out[f"scaling/C{level}"] = gap.value
+            out[f"scaling/n_mappings{level}"] = float(positions.numel())
         out["scaling/C_top"] = self.root_gap.value
         out["scaling/C_max"] = self.c_max
         out["scaling/cap_max"] = self.cap_max

@@ -1,0 +1,4 @@
+"""Lightning callbacks of convac."""
+from convac.training.callbacks import EntropyProbe
+
+__all__ = ["EntropyProbe"]
