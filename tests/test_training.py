@@ -1,0 +1,117 @@
+"""ConvACModule: objectives, metrics, fast_dev_run training and checkpoint round trips."""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch.nn import functional as F
+
+from convac import ConvACModule
+from convac.data import create_datamodule
+from convac.training import CSVLogger
+
+LEAF = {"name": "categorical", "num_values": 17}
+ARCHS = {
+    "ht": {"channels": 4},
+    "cp": {"rank": 4},
+}
+
+
+def make_module(arch="ht", num_classes=10, **kwargs) -> ConvACModule:
+    model_kwargs = dict(in_shape=[1, 8, 8], leaf=LEAF, num_components=3, num_classes=num_classes, **ARCHS[arch])
+    return ConvACModule(arch, model_kwargs, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    dm = create_datamodule("digits", batch_size=32)
+    dm.setup()
+    return dm
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    defaults = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+@pytest.mark.parametrize("arch", ["ht", "cp"])
+@pytest.mark.parametrize("objective", ["generative", "discriminative"])
+def test_fast_dev_run(digits, arch, objective):
+    module = make_module(arch, objective=objective)
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer = quiet_trainer(fast_dev_run=2)
+    trainer.fit(module, datamodule=digits)
+    metrics = trainer.callback_metrics
+    assert {"train/loss", "train/nll", "val/nll", "val/bpd", "val/acc", "val/loss"} <= set(metrics)
+    assert all(math.isfinite(float(v)) for v in metrics.values())
+    assert float(metrics["val/bpd"]) == pytest.approx(float(metrics["val/nll"]) / (64 * math.log(2)), rel=1e-5)
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+def test_objectives_match_their_formulas(digits):
+    x, y = next(iter(digits.val_dataloader()))
+    losses = {}
+    for objective in ("generative", "discriminative", "hybrid"):
+        torch.manual_seed(0)
+        module = make_module(objective=objective, hybrid_alpha=0.25)
+        losses[objective] = module._step((x, y), "val")
+    log_joint = module.model(x) + module.model.log_class_prior()
+    joint_nll = -log_joint.gather(1, y[:, None]).mean()
+    ce = F.cross_entropy(module.model.log_posterior(x), y)
+    torch.testing.assert_close(losses["generative"], joint_nll)
+    torch.testing.assert_close(losses["discriminative"], ce)
+    torch.testing.assert_close(losses["hybrid"], 0.75 * ce + 0.25 * joint_nll)
+
+
+def test_density_model_generative_only(digits):
+    x, y = next(iter(digits.val_dataloader()))
+    module = make_module(num_classes=1)
+    torch.testing.assert_close(module._step((x, y), "val"), -module(x).mean())
+    with pytest.raises(ValueError, match="needs a classifier"):
+        make_module(num_classes=1, objective="discriminative")
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(objective="bayes"), "objective must be one of"),
+        (dict(hybrid_alpha=2.0), "hybrid_alpha"),
+        (dict(optimizer="Adamm"), "torch.optim"),
+        (dict(test_missing_fraction=1.0), "test_missing_fraction"),
+    ],
+)
+def test_bad_hyperparameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_module(**kwargs)
+
+
+def test_checkpoint_reload_gives_identical_log_prob(digits, tmp_path):
+    module = make_module("cp", optimizer="SGD", lr=0.1)
+    trainer = quiet_trainer(max_steps=3, limit_val_batches=1)
+    trainer.fit(module, datamodule=digits)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = ConvACModule.load_from_checkpoint(path, weights_only=True)
+    x = digits.split("test")[0][:50]
+    assert loaded.hparams == module.hparams
+    assert torch.equal(loaded(x), module(x))
+    assert torch.load(path, weights_only=True)["datamodule_hyper_parameters"]["name"] == "digits"
+
+
+def test_missing_data_accuracy_is_logged(digits):
+    module = make_module(test_missing_fraction=0.5)
+    metrics = quiet_trainer(limit_test_batches=2).test(module, datamodule=digits, verbose=False)[0]
+    assert 0.0 <= metrics["test/acc_missing"] <= 1.0 and "test/bpd" in metrics
+
+
+def test_csv_logger_keeps_rows_of_resumed_run(tmp_path):
+    first = CSVLogger(tmp_path, name="", version="")
+    first.log_metrics({"a": 1.0}, step=0)
+    first.save()
+    second = CSVLogger(tmp_path, name="", version="")
+    second.log_metrics({"b": 2.0}, step=1)
+    second.save()
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows == ["a,b,step", "1.0,,0", ",2.0,1"]
