@@ -6,7 +6,6 @@ import math
 
 import lightning as L
 import pytest
-import torch
 
 from convac.callbacks import EntropyProbe
 from convac.cli.plot import main as plot_main
