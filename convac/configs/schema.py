@@ -1,6 +1,6 @@
 """Structured (dataclass) schemas of the configs, registered in Hydra's ConfigStore.
 
-Every yaml file of a group lists its schema first in its defaults (``- ht_schema``), so a
+Every yaml file of a group lists its schema first in its defaults (``- /schema/model/ht@_here_``), so a
 misspelled key (``model.chanels=3``) or a value of the wrong type (``model.num_components=abc``)
 fails at composition, naming the key. OmegaConf 2.3 has no union types: the int-or-list
 fields (``channels``, ``pool``) are typed ``Any`` and checked when the config is converted with
@@ -188,17 +188,18 @@ class EvalConfig:
 
 
 def register() -> None:
-    """Store the schemas (idempotent): ``train_schema``, ``eval_schema`` at the root,
-    ``model/{ht,cp}_schema``, ``data/{digits,idx,debd,synthetic}_schema``."""
+    """Store the schemas (idempotent) in the ``schema`` group: ``schema/train``,
+    ``schema/eval``, ``schema/model/{ht,cp}``, ``schema/data/{digits,idx,debd,synthetic}``;
+    a yaml file extends one with ``- /schema/model/ht@_here_`` in its defaults."""
     cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
-    cs.store(name="eval_schema", node=EvalConfig)
-    cs.store(group="model", name="ht_schema", node=HTModelConfig)
-    cs.store(group="model", name="cp_schema", node=CPModelConfig)
-    cs.store(group="data", name="digits_schema", node=DigitsDataConfig)
-    cs.store(group="data", name="idx_schema", node=IDXDataConfig)
-    cs.store(group="data", name="debd_schema", node=DEBDDataConfig)
-    cs.store(group="data", name="synthetic_schema", node=SyntheticDataConfig)
+    cs.store(group="schema", name="train", node=TrainConfig)
+    cs.store(group="schema", name="eval", node=EvalConfig)
+    cs.store(group="schema/model", name="ht", node=HTModelConfig)
+    cs.store(group="schema/model", name="cp", node=CPModelConfig)
+    cs.store(group="schema/data", name="digits", node=DigitsDataConfig)
+    cs.store(group="schema/data", name="idx", node=IDXDataConfig)
+    cs.store(group="schema/data", name="debd", node=DEBDDataConfig)
+    cs.store(group="schema/data", name="synthetic", node=SyntheticDataConfig)
 
 
 def to_object(cfg: DictConfig) -> Any:
