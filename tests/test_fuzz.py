@@ -1,0 +1,101 @@
+"""Property-based fuzzing of the public queries: random structures, shapes, masks, extreme values.
+
+The contract: a query either raises the documented ``ValueError`` or returns values without NaN;
+``log_prob`` and ``log_posterior`` are finite whenever the observed values have a finite
+log-likelihood in the model's dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from convac import Bernoulli, Categorical, CPConvAC, Gaussian, HTConvAC
+
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+
+
+@st.composite
+def models(draw):
+    c, h, w = draw(st.integers(1, 2)), draw(st.integers(1, 5)), draw(st.integers(1, 6))
+    leaf = draw(st.sampled_from([Categorical(2), Categorical(4), Bernoulli(), Gaussian(), Gaussian(min_std=0.5)]))
+    common = dict(
+        in_shape=(c, h, w), leaf=leaf, num_components=draw(st.integers(1, 3)), patch_size=draw(st.integers(1, 3)),
+        num_classes=draw(st.integers(1, 3)), share_leaves=draw(st.booleans()), share_weights=draw(st.booleans()),
+    )
+    torch.manual_seed(draw(st.integers(0, 2**16)))
+    if draw(st.booleans()):
+        model = CPConvAC(rank=draw(st.integers(1, 3)), **common)
+    else:
+        model = HTConvAC(channels=draw(st.integers(1, 3)), pool=draw(st.sampled_from([2, 3])), **common)
+    return model.double() if draw(st.booleans()) else model
+
+
+@st.composite
+def inputs(draw, model):
+    b = draw(st.integers(1, 4))
+    shape = (b, *model.in_shape)
+    seed = draw(st.integers(0, 2**16))
+    g = torch.Generator().manual_seed(seed)
+    if model.leaf_spec.is_discrete:
+        x = torch.randint(0, model.leaves.num_values, shape, generator=g)
+    else:
+        scale = draw(st.sampled_from([1e-12, 1.0, 1e3, 1e12]))
+        x = (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(model.class_logits.dtype)
+        if draw(st.booleans()):
+            x[torch.rand(shape, generator=g) < 0.3] = float("nan")
+    missing = torch.rand(shape, generator=g) < draw(st.sampled_from([0.0, 0.3, 1.0]))
+    return x, missing
+
+
+@FUZZ
+@given(data=st.data())
+def test_queries_never_return_nan(data):
+    model = data.draw(models())
+    x, missing = data.draw(inputs(model))
+    log_p = model.log_prob(x, missing)
+    assert log_p.shape == (x.shape[0],) and not torch.isnan(log_p).any()
+    assert (log_p <= 1e-4).all() or not model.leaf_spec.is_discrete  # probabilities of discrete inputs
+    if torch.isfinite(log_p).all():
+        posterior = model.log_posterior(x, missing)
+        assert torch.isfinite(posterior).all()
+        assert torch.allclose(posterior.exp().sum(1), torch.ones(x.shape[0], dtype=posterior.dtype), atol=1e-4)
+    levels = model.level_log_probs(x, missing)
+    assert all(not torch.isnan(v).any() for v in levels)
+    for mode in ("sample", "mpe"):
+        filled = model.inpaint(x, missing, mode=mode, generator=torch.Generator().manual_seed(0))
+        assert filled.shape == x.shape and not torch.isnan(filled).any() or not x.is_floating_point()
+        kept = ~(missing | (torch.isnan(x) if x.is_floating_point() else torch.zeros_like(missing)))
+        assert torch.equal(filled[kept], x[kept])
+    samples = model.sample(3, generator=torch.Generator().manual_seed(1))
+    assert samples.shape == (3, *model.in_shape) and torch.isfinite(model.log_prob(samples)).all()
+    with torch.no_grad():
+        assert all(math.isclose(float(m.sum(0).mean()), 1.0, rel_tol=1e-4) for m in model.latent_marginals())
+
+
+@FUZZ
+@given(data=st.data())
+def test_bad_inputs_raise_value_error_only(data):
+    model = data.draw(models())
+    x, _ = data.draw(inputs(model))
+    corruption = data.draw(st.sampled_from(["dims", "shape", "range", "mask", "inf"]))
+    if corruption == "dims":
+        bad, mask = x.flatten(1), None
+    elif corruption == "shape":
+        bad, mask = torch.cat([x, x], dim=-1), None
+    elif corruption == "range":
+        bad, mask = (x + 1000 if model.leaf_spec.is_discrete else x.long()), None
+    elif corruption == "mask":
+        bad, mask = x, torch.zeros(x.shape[:-1], dtype=torch.bool)
+    else:
+        bad = x.double() if model.leaf_spec.is_discrete else x.clone()
+        bad.view(-1)[0] = math.inf
+        mask = torch.zeros(x.shape, dtype=torch.bool)
+    try:
+        model.log_prob(bad, mask)
+    except ValueError as err:
+        assert "expected" in str(err) or "expect" in str(err) or "must" in str(err)
+    else:
+        raise AssertionError(f"{corruption} input was accepted")
