@@ -2,7 +2,8 @@
 
 Activations use a *position-major* layout ``(P, B, K)``: ``P = H * W`` grid positions in
 row-major order, batch ``B``, channels ``K``. With it, the per-position sum is one batched
-matmul over positions with no copies, and pooling is one reduction (DESIGN section 6).
+matmul over positions with no copies, and pooling is a reduction over each window axis
+(DESIGN section 6).
 """
 from __future__ import annotations
 
@@ -10,28 +11,79 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 Grid = tuple[int, int]
+
+
+def _mix(linear: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Linear-domain sum: ``(P, B, K_in)`` values, ``(P or 1, K_out, K_in)`` weights -> ``(P, B, K_out)``,
+    ``mixed[p, b, j] = sum_a w[p, j, a] linear[p, b, a]``: one batched matmul over positions, or
+    one ``(P * B, K_in) @ (K_in, K_out)`` matmul for shared weights."""
+    if weights.shape[0] == 1:
+        return (linear.reshape(-1, linear.shape[-1]) @ weights[0].t()).view(*linear.shape[:-1], -1)
+    return torch.bmm(linear, weights.transpose(1, 2))
+
+
+def _shifted_mix(x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``shift`` (P, B, 1) = max of ``x`` over channels (``±inf``/NaN -> 0), ``linear = exp(x - shift)``
+    (P, B, K_in) and ``mixed = w @ linear`` (P, B, K_out), so that ``log(mixed) + shift`` is the sum."""
+    shift = torch.nan_to_num_(x.amax(dim=-1, keepdim=True), nan=0.0, posinf=0.0, neginf=0.0)
+    linear = (x - shift).exp_()
+    return shift, linear, _mix(linear, weights)
+
+
+class _LogEinsumExp(torch.autograd.Function):
+    """Autograd for :func:`log_einsum_exp` with ``y = log(mixed) + shift`` (``shift`` is a constant):
+
+        dL/dx[p, b, a] = linear[p, b, a] * sum_j w[p, j, a] r[p, b, j],   r = g / mixed,
+        dL/dw[p, j, a] = sum_b r[p, b, j] linear[p, b, a]    (summed over positions when shared),
+
+    two matmuls like the forward. Compared with autograd through ``exp``/``bmm``/``log``/``+``
+    it allocates two ``(P, B, K)`` buffers instead of five in the forward pass and two instead
+    of three in the backward (DESIGN section 6). First-order only.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        shift, linear, mixed = _shifted_mix(x, weights)
+        ctx.save_for_backward(linear, weights, mixed)
+        return torch.log(mixed).add_(shift)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        linear, weights, mixed = ctx.saved_tensors
+        ratio = grad / mixed  # (P, B, K_out)
+        grad_x = grad_w = None
+        if weights.shape[0] == 1:
+            flat_ratio, flat_linear = ratio.reshape(-1, ratio.shape[-1]), linear.view(-1, linear.shape[-1])
+            if ctx.needs_input_grad[0]:
+                grad_x = (flat_ratio @ weights[0]).view_as(linear).mul_(linear)
+            if ctx.needs_input_grad[1]:
+                grad_w = (flat_ratio.t() @ flat_linear).unsqueeze(0)
+        else:
+            if ctx.needs_input_grad[0]:
+                grad_x = torch.bmm(ratio, weights).mul_(linear)
+            if ctx.needs_input_grad[1]:
+                grad_w = torch.bmm(ratio.transpose(1, 2), linear)
+        return grad_x, grad_w
 
 
 def log_einsum_exp(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Log-space sum node: ``y[p, b, j] = log sum_a w[p, j, a] exp(x[p, b, a])``.
 
     ``x`` (P, B, K_in) log-values; ``weights`` (P or 1, K_out, K_in) on the simplex (rows sum
-    to 1) -> (P, B, K_out). Computed as ``log(exp(x - m) @ w^T) + m`` with ``m`` the detached
-    max over input channels (``-inf`` maxima replaced by 0), so the ``(B, K_out, K_in)``
-    broadcast tensor is never formed (DESIGN section 1, "log-einsum-exp"; the paper's 1x1
-    conv, eqs. 10 and 20, in log-space).
+    to 1) -> (P, B, K_out). Computed as ``log(exp(x - m) @ w^T) + m`` with ``m`` the max over
+    input channels (``-inf`` maxima replaced by 0), so the ``(B, K_out, K_in)`` broadcast tensor
+    is never formed (DESIGN section 1, "log-einsum-exp"; the paper's 1x1 conv, eqs. 10 and 20,
+    in log-space). With gradients it runs :class:`_LogEinsumExp`; without, fully in place.
     """
-    shift = x.detach().amax(dim=-1, keepdim=True)
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    linear = torch.exp(x - shift)
-    if weights.shape[0] == 1:  # shared weights: one (P*B, K_in) @ (K_in, K_out) matmul
-        mixed = (linear.reshape(-1, linear.shape[-1]) @ weights[0].t()).view(*x.shape[:-1], -1)
-    else:
-        mixed = torch.bmm(linear, weights.transpose(1, 2))
-    return torch.log(mixed) + shift
+    if torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad):
+        return _LogEinsumExp.apply(x, weights)
+    shift, _, mixed = _shifted_mix(x, weights)
+    return mixed.log_().add_(shift)
 
 
 class SumLayer(nn.Module):

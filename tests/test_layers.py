@@ -69,3 +69,14 @@ def test_deep_ht_gradients_are_finite_on_32x32():
     loss = -gaussian.log_prob(torch.randn(4, 3, 32, 32) * 5).mean()
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in gaussian.parameters())
+
+
+@pytest.mark.parametrize("positions", [1, 3])
+def test_log_einsum_exp_custom_gradient_is_exact(positions):
+    """The hand-written backward (shared and per-position weights) against finite differences,
+    and the in-place no-grad path against the autograd path."""
+    x = (torch.randn(3, 4, 5, dtype=torch.float64) * 10).requires_grad_()
+    w = torch.softmax(torch.randn(positions, 2, 5, dtype=torch.float64), -1).requires_grad_()
+    assert torch.autograd.gradcheck(log_einsum_exp, (x, w))
+    with torch.no_grad():
+        assert torch.allclose(log_einsum_exp(x, w), naive_log_sum(x, w.expand(3, -1, -1)))
