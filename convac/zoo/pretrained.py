@@ -1,0 +1,187 @@
+"""Weight files, read safely: ``.safetensors`` (the zoo's format) and Lightning ``.ckpt``.
+
+Nothing here runs code from a file. A ``.safetensors`` file is a JSON header plus raw tensor
+bytes; its metadata names the architecture (``convac.model_name``: a registry builder such
+as ``"ht"``) and its constructor kwargs (``convac.model_kwargs``, JSON), so the file alone
+rebuilds the model. A ``.ckpt`` (a ``ConvACModule`` checkpoint written by ``convac-train``) is
+unpickled with ``torch.load(weights_only=True)``, which only rebuilds tensors and plain
+containers and refuses any other global. When a sha256 is given (the zoo pins one per
+entry), the bytes are hashed before they are parsed, and the parsed bytes are the hashed ones.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import nn
+
+FORMAT = "convac-weights-1"  # the ``format`` metadata value this module writes and expects
+SUFFIXES = (".safetensors", ".ckpt")
+
+
+class PretrainedError(ValueError):
+    """A weight file that cannot be trusted or used (the subclasses say why)."""
+
+
+class HashMismatchError(PretrainedError):
+    """The file's sha256 differs from the pinned one."""
+
+
+class CorruptWeightsError(PretrainedError):
+    """The file is truncated, malformed, or lacks the convac metadata."""
+
+
+class ArchitectureMismatchError(PretrainedError):
+    """The tensors do not fit the architecture (missing, unexpected or mis-shaped entries)."""
+
+
+class UnsafeCheckpointError(PretrainedError):
+    """A pickle that asks for objects outside torch's weights-only allowlist (it was not run)."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The content of a weight file: the architecture and the model's ``state_dict``."""
+
+    model_name: str
+    model_kwargs: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    path: Path
+    sha256: str
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_weights(path: str | Path, sha256: str | None = None) -> Weights:
+    """Read a ``.safetensors`` or ``.ckpt`` weight file, verifying ``sha256`` first if given.
+
+    Raises :class:`HashMismatchError`, :class:`CorruptWeightsError` or
+    :class:`UnsafeCheckpointError` (all :class:`PretrainedError`) with the reason.
+    """
+    path = Path(path)
+    if path.suffix not in SUFFIXES:
+        raise PretrainedError(f"{path}: expected a {' or '.join(SUFFIXES)} file, found suffix {path.suffix!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weight file")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and digest != sha256:
+        raise HashMismatchError(
+            f"{path}: sha256 {digest} differs from the pinned {sha256}; the file is corrupt or "
+            "not the published one, so it was not loaded"
+        )
+    parse = _parse_safetensors if path.suffix == ".safetensors" else _parse_checkpoint
+    model_name, model_kwargs, state_dict = parse(data, path)
+    return Weights(model_name, model_kwargs, state_dict, path, digest)
+
+
+def save_weights(path: str | Path, model: nn.Module, model_name: str, model_kwargs: dict[str, Any]) -> str:
+    """Write ``model``'s state as ``.safetensors`` with its architecture in the metadata;
+    returns the file's sha256."""
+    metadata = {
+        "format": FORMAT,
+        "convac.model_name": model_name,
+        "convac.model_kwargs": json.dumps(model_kwargs, sort_keys=True),
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    data = save_safetensors_bytes(tensors, metadata=metadata)
+    Path(path).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_into(model: nn.Module, weights: Weights, architecture: str) -> nn.Module:
+    """Copy ``weights`` into ``model`` (an instance of ``architecture``), strictly: every
+    tensor must be present with the model's shape, or :class:`ArchitectureMismatchError`
+    lists the differences."""
+    expected = model.state_dict()
+    found = weights.state_dict
+    problems = [f"missing {k} {tuple(expected[k].shape)}" for k in sorted(expected.keys() - found.keys())]
+    problems += [f"unexpected {k} {tuple(found[k].shape)}" for k in sorted(found.keys() - expected.keys())]
+    problems += [
+        f"{k}: expected shape {tuple(expected[k].shape)}, found {tuple(found[k].shape)}"
+        for k in sorted(expected.keys() & found.keys())
+        if expected[k].shape != found[k].shape
+    ]
+    if problems:
+        raise ArchitectureMismatchError(
+            f"{weights.path} (written for {weights.model_name} {weights.model_kwargs}) does not fit "
+            f"{architecture}: " + "; ".join(problems)
+        )
+    model.load_state_dict(found, strict=True)
+    return model
+
+
+def _parse_safetensors(data: bytes, path: Path) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a ``.safetensors`` byte string."""
+    header = _safetensors_header(data, path)
+    try:
+        tensors = load_safetensors_bytes(data)
+    except SafetensorError as err:
+        raise CorruptWeightsError(f"{path}: not a valid safetensors file ({err})") from None
+    metadata = header.get("__metadata__") or {}
+    if metadata.get("format") != FORMAT or "convac.model_name" not in metadata:
+        raise CorruptWeightsError(
+            f"{path}: expected convac metadata (format={FORMAT!r}, convac.model_name, "
+            f"convac.model_kwargs), found {sorted(metadata)}"
+        )
+    try:
+        kwargs = json.loads(metadata.get("convac.model_kwargs", ""))
+    except json.JSONDecodeError as err:
+        raise CorruptWeightsError(f"{path}: convac.model_kwargs is not valid JSON ({err})") from None
+    return metadata["convac.model_name"], kwargs, tensors
+
+
+def _safetensors_header(data: bytes, path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors byte string, checking that the file is complete."""
+    if len(data) < 8:
+        raise CorruptWeightsError(f"{path}: truncated: {len(data)} bytes, less than the 8-byte header length")
+    (size,) = struct.unpack("<Q", data[:8])
+    if 8 + size > len(data):
+        raise CorruptWeightsError(f"{path}: truncated: the header announces {size} bytes, the file has {len(data) - 8}")
+    try:
+        header = json.loads(data[8 : 8 + size])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptWeightsError(f"{path}: the safetensors header is not valid JSON ({err})") from None
+    end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + size + end > len(data):
+        raise CorruptWeightsError(
+            f"{path}: truncated: the tensors need {8 + size + end} bytes, the file has {len(data)}"
+        )
+    return header
+
+
+def _parse_checkpoint(data: bytes, path: Path) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """Architecture and model tensors of a ``ConvACModule`` Lightning checkpoint, unpickled
+    with ``weights_only=True``."""
+    try:
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[0]
+        raise UnsafeCheckpointError(
+            f"{path}: refused: the pickle asks for objects outside torch's weights-only allowlist "
+            f"({reason}); nothing in it was executed. Load only checkpoints you trust, or use .safetensors"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CorruptWeightsError(f"{path}: not a readable torch checkpoint ({err})") from None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hparams, dict) or "model_name" not in hparams or "state_dict" not in ckpt:
+        raise CorruptWeightsError(
+            f"{path}: expected a ConvACModule checkpoint (hyper_parameters.model_name, "
+            f"model_kwargs and state_dict), found keys {sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__}"
+        )
+    prefix = "model."
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    return hparams["model_name"], dict(hparams.get("model_kwargs") or {}), state
