@@ -1,0 +1,88 @@
+"""The zoo's named entries: each is an ``experiment/zoo_<name>.yaml`` config, registered by name.
+
+The experiment config is the single source of truth of an entry's architecture:
+``create_model("ht_digits")`` composes ``experiment=zoo_ht_digits`` with Hydra and builds the
+model of its ``model`` node, exactly as ``convac-train experiment=zoo_ht_digits`` does. The
+shipped weights and card (``scripts/train_zoo.py``) are derived from that run.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from omegaconf import DictConfig
+from torch import nn
+
+from convac.zoo.registry import create_model, register_model
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A named architecture trained by ``experiment=zoo_<name>``."""
+
+    name: str
+    description: str
+
+    @property
+    def experiment(self) -> str:
+        return f"zoo_{self.name}"
+
+    def config(self, overrides: Sequence[str] = ()) -> DictConfig:
+        """The composed ``convac-train`` config of this entry (plus ``overrides``)."""
+        return compose_train_config([f"experiment={self.experiment}", *overrides])
+
+    def architecture(self) -> tuple[str, dict[str, Any]]:
+        """``(model_name, model_kwargs)`` of the entry's ``model`` config node."""
+        name, kwargs = json.loads(_architecture_json(self.experiment))
+        return name, kwargs
+
+
+ENTRIES: dict[str, ZooEntry] = {
+    e.name: e
+    for e in (
+        ZooEntry("cp_digits", "CP ConvAC density model P(x) of the 8x8 digits (categorical leaves)"),
+        ZooEntry("ht_digits", "HT ConvAC density model P(x) of the 8x8 digits (categorical leaves)"),
+        ZooEntry("ht_digits_classifier", "HT ConvAC classifier P(y | x) of the 8x8 digits, trained discriminatively"),
+        ZooEntry("ht_nltcs", "HT ConvAC density model of the DEBD set nltcs (16 binary variables)"),
+        ZooEntry("ht_plants", "HT ConvAC density model of the DEBD set plants (69 binary variables)"),
+    )
+}
+
+
+def compose_train_config(overrides: Sequence[str]) -> DictConfig:
+    """The ``train`` config of :mod:`convac.configs` composed with ``overrides`` (not resolved).
+
+    Inside a running Hydra application of convac (whose search path is ``convac.configs``)
+    its Hydra instance is used; otherwise one is initialized for the call.
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose("train", overrides=list(overrides))
+    with initialize_config_module("convac.configs", version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@functools.cache
+def _architecture_json(experiment: str) -> str:
+    """``[model_name, model_kwargs]`` of an experiment config, as JSON (cached; a copy per use)."""
+    from convac.configs import schema
+
+    kwargs = schema.to_kwargs(compose_train_config([f"experiment={experiment}"]).model)
+    return json.dumps([kwargs.pop("name"), kwargs])
+
+
+def _builder(entry: ZooEntry) -> Callable[..., nn.Module]:
+    def build(**overrides) -> nn.Module:
+        name, kwargs = entry.architecture()
+        return create_model(name, **{**kwargs, **overrides})
+
+    build.__doc__ = f"{entry.description}: the model of experiment={entry.experiment}."
+    return build
+
+
+for _entry in ENTRIES.values():
+    register_model(_builder(_entry), name=_entry.name)
