@@ -1,0 +1,111 @@
+"""``convac-zoo list | info NAME | eval NAME``: the pretrained entries of the model zoo.
+
+* ``list``: one row per shipped entry (test NLL, bits/dim, accuracy, parameters, size, the
+  entropy chain and the config that trained it); ``--markdown`` prints the README table.
+* ``info NAME``: the full model card.
+* ``eval NAME``: recompute the card's test metrics from the shipped weights (sha256-verified)
+  and compare; exits with status 1 if one differs by more than the tolerance. Entries trained
+  on local data (DEBD) need ``--data-root``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from convac.zoo.cards import ModelCard, load_cards, markdown_table
+
+METRICS = ("test/nll", "test/bpd", "test/acc")
+
+
+def _list(cards: dict[str, ModelCard], markdown: bool) -> None:
+    if markdown:
+        print(markdown_table(cards), end="")
+        return
+    print(f"{'name':<22} {'data':<13} {'test NLL':>9} {'bits/dim':>8} {'acc':>7} {'params':>8} {'size':>8}  config")
+    for c in cards.values():
+        acc = c.metrics.get("test/acc")
+        print(
+            f"{c.name:<22} {c.dataset:<13} {c.metrics['test/nll']:>9.4f} {c.metrics['test/bpd']:>8.4f} "
+            f"{'-' if acc is None else format(acc, '.4f'):>7} {c.num_parameters:>8,} "
+            f"{c.size_bytes / 1024:>6.0f}Ki  experiment={c.experiment}"
+        )
+        print(f"{'':<22} entropy chain H^0 <= ... <= H(X) (nats): {c.entropy_chain()}")
+
+
+def _info(card: ModelCard) -> None:
+    e = card.entropy
+    lines = [
+        f"{card.name}: {card.description}",
+        f"  trained by:   {card.command}  (config convac/configs/experiment/{card.experiment}.yaml)",
+        f"  architecture: {card.model_name} {json.dumps(card.model_kwargs)}",
+        f"  data:         {json.dumps(card.data)}",
+        f"  module:       {json.dumps(card.module)}",
+        f"  training:     {json.dumps(card.training)}",
+        f"  weights:      {card.weights_path} ({card.size_bytes:,} bytes, {card.num_parameters:,} parameters)",
+        f"  sha256:       {card.sha256}",
+        "  test metrics: " + ", ".join(f"{k}={v:.6g}" for k, v in card.metrics.items()),
+        f"  entropy chain H^0 <= ... <= H^L <= H(X) (nats, shipped weights, {e['num_samples']} samples, seed {e['seed']}):",
+        f"                {card.entropy_chain()}  (H(X) = {e['H_X']:.3f} ± {e['H_X_se']:.3f} nats = {e['H_X_bpd']:.4f} bits/dim)",
+        f"                C_max={e['C_max']:.4f}  beta_max={e['beta_max']:.4f}",
+        f"  load:         convac.create_model({card.name!r}, pretrained=True)",
+    ]
+    print("\n".join(lines))
+
+
+def _eval(card: ModelCard, data_root: str | None, rtol: float) -> bool:
+    """Recompute and print the test metrics of ``card``; True when they match it."""
+    from convac.data import create_datamodule
+    from convac.zoo.evaluate import test_metrics
+    from convac.zoo.registry import create_model
+
+    data = dict(card.data)
+    if card.needs_data_root:
+        if data_root is None:
+            raise ValueError(
+                f"{card.name} was trained on {card.dataset}, read from a local folder: pass "
+                f"--data-root PATH (the folder holding the {card.dataset} files)"
+            )
+        data["root"] = data_root
+    measured = test_metrics(create_model(card.name, pretrained=True), create_datamodule(**data))
+    ok = True
+    print(f"{card.name} on the {card.dataset} test split ({measured['num_test']} examples), sha256 verified")
+    print(f"  {'metric':<10} {'card':>12} {'measured':>12}")
+    for key in METRICS:
+        if key in card.metrics:
+            match = math.isclose(measured[key], card.metrics[key], rel_tol=rtol, abs_tol=rtol)
+            ok &= match
+            print(f"  {key:<10} {card.metrics[key]:>12.6f} {measured[key]:>12.6f}  {'ok' if match else 'DIFFERS'}")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="convac-zoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    list_parser = commands.add_parser("list", help="the shipped entries and their metrics")
+    list_parser.add_argument("--markdown", action="store_true", help="print the README model-card table")
+    commands.add_parser("info", help="the model card of an entry").add_argument("name")
+    eval_parser = commands.add_parser("eval", help="recompute an entry's test metrics")
+    eval_parser.add_argument("name")
+    eval_parser.add_argument("--data-root", help="data folder of entries trained on local files (DEBD)")
+    eval_parser.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
+    args = parser.parse_args(argv)
+
+    cards = load_cards()
+    if args.command == "list":
+        _list(cards, args.markdown)
+        return
+    if args.name not in cards:
+        parser.exit(2, f"convac-zoo: error: no entry {args.name!r}; entries: {', '.join(cards)}\n")
+    if args.command == "info":
+        _info(cards[args.name])
+        return
+    try:
+        ok = _eval(cards[args.name], args.data_root, args.rtol)
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"convac-zoo: error: {err}\n")
+    parser.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The measurements of a model card: test metrics, the entropy chain and the fixed check batch.
+
+``scripts/train_zoo.py`` records them when it exports an entry; ``convac-zoo eval`` and the
+tests recompute them with these same functions.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from convac.data import ConvACDataModule
+from convac.entropy import probe
+from convac.model import ConvAC
+
+ENTROPY_SAMPLES = 2048
+ENTROPY_SEED = 0
+CHECK_BATCH = 8
+CHECK_SEED = 0
+
+
+@torch.no_grad()
+def test_metrics(model: ConvAC, datamodule: ConvACDataModule, batch_size: int = 1024) -> dict[str, float]:
+    """Mean test ``-log P(x)`` in nats (``test/nll``), bits per dimension (``test/bpd`` =
+    ``nll / (D ln 2)``) and, for classifiers, the accuracy of ``argmax_y P(y | x)``
+    (``test/acc``): the definitions of :class:`convac.ConvACModule`'s test step."""
+    model.eval()
+    x_all, y_all = datamodule.split("test")
+    nll_sum, correct = 0.0, 0
+    for x, y in zip(x_all.split(batch_size), y_all.split(batch_size)):
+        log_joint = model(x) + model.log_class_prior()  # (B, K): log P(x, y)
+        nll_sum -= float(torch.logsumexp(log_joint, dim=1).double().sum())
+        correct += int((log_joint.argmax(1) == y).sum())
+    n = len(x_all)
+    metrics = {"test/nll": nll_sum / n, "test/bpd": nll_sum / n / (model.num_variables * math.log(2))}
+    if model.num_classes > 1:
+        metrics["test/acc"] = correct / n
+    metrics["num_test"] = n
+    return metrics
+
+
+def entropy_chain(model: ConvAC, bin_width: float | None = None) -> dict[str, Any]:
+    """The level entropies ``H^0 <= ... <= H^L <= H(X)`` (nats) of ``model`` and the scaling-law
+    summary, from :func:`convac.entropy.probe` with a fixed seed."""
+    metrics = probe(model, num_samples=ENTROPY_SAMPLES, seed=ENTROPY_SEED, bin_width=bin_width).metrics()
+    return {
+        "levels": [metrics[f"entropy/H{level}"] for level in range(model.num_levels + 1)],
+        "H_X": metrics["entropy/H_X"],
+        "H_X_se": metrics["entropy/H_X_se"],
+        "H_X_bpd": metrics["entropy/H_X_bpd"],
+        "C_max": metrics["scaling/C_max"],
+        "beta_max": metrics["scaling/beta_max"],
+        "num_samples": ENTROPY_SAMPLES,
+        "seed": ENTROPY_SEED,
+    }
+
+
+@torch.no_grad()
+def check_batch(model: ConvAC) -> dict[str, list]:
+    """A fixed batch (``CHECK_BATCH`` exact samples of ``model``, seeded) and its ``log_prob``."""
+    model.eval()
+    generator = torch.Generator().manual_seed(CHECK_SEED)
+    x = model.sample(CHECK_BATCH, generator=generator)
+    return {"x": x.tolist(), "log_prob": model.log_prob(x).tolist()}

@@ -1,0 +1,83 @@
+"""Export a ``convac-train`` run of a zoo entry into the package: weights and a measured card."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from convac.data import create_datamodule
+from convac.zoo import evaluate
+from convac.zoo.cards import CARDS_DIR, WEIGHTS_DIR, ModelCard
+from convac.zoo.entries import ZooEntry
+from convac.zoo.pretrained import load_into, read_weights, save_weights
+from convac.zoo.registry import create_model
+
+
+def train_command(entry: ZooEntry) -> str:
+    """The ``convac-train`` command line that trains ``entry``."""
+    root = " data.root=/path/to/debd" if "root" in entry.config().data else ""
+    return f"convac-train experiment={entry.experiment}{root}"
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    """The single ``best-*.ckpt`` of a run folder."""
+    found = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"{run_dir}/checkpoints: expected one best-*.ckpt, found {[p.name for p in found]}")
+    return found[0]
+
+
+def export_run(entry: ZooEntry, run_dir: str | Path, data_root: str | None, seconds: float) -> ModelCard:
+    """Write ``weights/<name>.safetensors`` and ``cards/<name>.json`` from the best checkpoint
+    of ``run_dir`` (a ``convac-train experiment=zoo_<name>`` run that took ``seconds``),
+    measuring the test metrics, the entropy chain and the check batch."""
+    run_dir = Path(run_dir)
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
+    ckpt = best_checkpoint(run_dir)
+    weights = read_weights(ckpt)
+    if [weights.model_name, weights.model_kwargs] != list(entry.architecture()):
+        raise ValueError(
+            f"{ckpt} holds {weights.model_name} {weights.model_kwargs}, but experiment={entry.experiment} "
+            f"defines {entry.architecture()}; retrain without model overrides"
+        )
+    model = load_into(create_model(entry.name), weights, entry.name).eval()
+
+    path = WEIGHTS_DIR / f"{entry.name}.safetensors"
+    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    sha256 = save_weights(path, model, weights.model_name, weights.model_kwargs)
+    data = dict(cfg["data"])
+    if "root" in data:
+        data["root"] = data_root
+    datamodule = create_datamodule(**data)
+    if "root" in data:
+        data["root"] = None  # a local folder: given again at evaluation time
+
+    card = ModelCard(
+        name=entry.name,
+        description=entry.description,
+        experiment=entry.experiment,
+        command=train_command(entry),
+        model_name=weights.model_name,
+        model_kwargs=weights.model_kwargs,
+        data=data,
+        module=cfg["module"],
+        training={
+            "epochs": cfg["trainer"]["max_epochs"],
+            "best_epoch": int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"]),
+            "seed": cfg["seed"],
+            "seconds": round(seconds, 1),
+        },
+        weights=path.name,
+        sha256=sha256,
+        size_bytes=path.stat().st_size,
+        num_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        metrics=evaluate.test_metrics(model, datamodule),
+        entropy=evaluate.entropy_chain(model, datamodule.bin_width),
+        check=evaluate.check_batch(model),
+    )
+    if not all(math.isfinite(v) for v in card.metrics.values()):
+        raise ValueError(f"{entry.name}: non-finite test metrics {card.metrics}")
+    card.save(CARDS_DIR)
+    return card

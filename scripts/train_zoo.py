@@ -1,0 +1,76 @@
+"""Train every zoo entry with ``convac-train experiment=zoo_<name>`` and export it into the package.
+
+    python scripts/train_zoo.py --data-root /path/to/debd        # train + export all entries
+    python scripts/train_zoo.py --only ht_digits cp_digits       # some entries
+    python scripts/train_zoo.py --readme                         # only regenerate the README table
+
+For each entry: one ``convac-train`` run (in ``--runs-dir/<name>``, one CPU thread by default:
+oversubscribed threads slow PyTorch down badly on a shared machine), then its best checkpoint
+is exported to ``convac/zoo/weights/<name>.safetensors`` with a measured model card
+``convac/zoo/cards/<name>.json`` (see :mod:`convac.zoo.export`). The README's zoo section is
+regenerated from the cards at the end. The DEBD entries read ``NAME.{train,valid,test}.data``
+from ``--data-root`` (or its ``NAME/`` subfolders).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from convac.zoo.cards import load_cards, markdown_table, replace_readme_section
+from convac.zoo.entries import ENTRIES
+from convac.zoo.export import export_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def train(name: str, runs_dir: Path, data_root: str | None, threads: int) -> float:
+    """Run ``convac-train`` for entry ``name``; returns its wall time in seconds."""
+    entry = ENTRIES[name]
+    command = [
+        sys.executable, "-m", "convac.cli.train", f"experiment={entry.experiment}",
+        f"hydra.run.dir={runs_dir / name}", "trainer.enable_progress_bar=false",
+    ]
+    if "root" in entry.config().data:
+        if data_root is None:
+            raise SystemExit(f"train_zoo: {name} reads its data from a local folder; pass --data-root")
+        command.append(f"data.root={data_root}")
+    print("$ convac-train", " ".join(command[3:]), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def update_readme(path: Path) -> None:
+    """Regenerate the zoo section of the README from the shipped cards."""
+    text = path.read_text() if path.exists() else ""
+    path.write_text(replace_readme_section(text, markdown_table(load_cards())))
+    print(f"updated the zoo table in {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=sorted(ENTRIES), help="entries to train (default: all)")
+    parser.add_argument("--data-root", help="folder of the DEBD files (for ht_nltcs, ht_plants)")
+    parser.add_argument("--runs-dir", type=Path, default=REPO / "outputs" / "zoo", help="where the runs go")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per training run (default 1)")
+    parser.add_argument("--readme", action="store_true", help="only regenerate the README's zoo table")
+    parser.add_argument("--readme-path", type=Path, default=REPO / "README.md")
+    args = parser.parse_args(argv)
+    if not args.readme:
+        total = 0.0
+        for name in args.only or sorted(ENTRIES):
+            seconds = train(name, args.runs_dir, args.data_root, args.threads)
+            card = export_run(ENTRIES[name], args.runs_dir / name, args.data_root, seconds)
+            total += seconds
+            print(f"  {name}: {seconds:.0f} s, test NLL {card.metrics['test/nll']:.4f} nats, {card.weights_path}")
+        print(f"trained in {total:.0f} s")
+    update_readme(args.readme_path)
+
+
+if __name__ == "__main__":
+    main()
