@@ -1,0 +1,486 @@
+"""Speed benchmarks of convac (issue 6): the log-space sum layer, training throughput against
+libcirkit, the entropy probe's share of an epoch, and how the HT cost grows with the input size.
+
+    python scripts/bench.py --quick --out bench.json          # about a minute
+    python scripts/bench.py --out bench.json                  # the full run (a few minutes)
+    python scripts/bench.py --device cuda --out bench_gpu.json
+
+Every comparison runs in one process with the contenders interleaved (A, B, A, B, ...) after a
+warm-up, and reports the minimum over the repeats: on a shared machine the minimum is the
+least disturbed measurement. ``--threads`` (default 1) sets ``torch.set_num_threads``.
+
+The JSON has the top-level keys ``machine``, ``sum_layer``, ``train``, ``probe`` and ``scaling``
+(``probe`` is null when ``convac.entropy`` cannot be imported, ``train`` rows have null
+``cirkit_img_s`` when libcirkit, the ``bench`` extra, is not installed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from convac import Categorical, HTConvAC
+from convac.layers import log_einsum_exp
+
+# ------------------------------------------------------------------------------------------
+# Settings of the three modes
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes and repeat counts of one mode (full, ``--quick`` or ``--dry-run``)."""
+
+    sum_channels: tuple[int, ...] = (16, 64, 256)
+    sum_batch: int = 256
+    sum_grid: tuple[int, int] = (16, 16)
+    sum_repeats: int = 10
+    naive_budget: int = 1 << 26  # elements of the naive broadcast tensor timed at once
+    train_cases: tuple[tuple[str, tuple[int, int, int], int], ...] = (
+        ("28x28 categorical-256", (1, 28, 28), 256),
+        ("digits 8x8 categorical-17", (1, 8, 8), 17),
+    )
+    train_channels: int = 32
+    train_batch: int = 100
+    train_repeats: int = 20
+    scaling_sizes: tuple[int, ...] = (8, 16, 32, 64)
+    scaling_repeats: int = 5
+    probe_repeats: int = 3
+    probe_samples: int | None = None  # None: the probe's default
+    probe_train_images: int | None = None  # None: the whole digits train split
+    warmup: int = 2
+
+
+FULL = Settings()
+QUICK = Settings(sum_repeats=3, train_repeats=6, scaling_repeats=2, probe_repeats=1)
+DRY_RUN = Settings(
+    sum_channels=(4, 8), sum_batch=8, sum_grid=(4, 4), sum_repeats=1, naive_budget=1 << 12,
+    train_cases=(("8x8 categorical-256", (1, 8, 8), 256), ("digits 4x4 categorical-17", (1, 4, 4), 17)),
+    train_channels=4, train_batch=8, train_repeats=1, scaling_sizes=(4, 8), scaling_repeats=1,
+    probe_repeats=1, probe_samples=64, probe_train_images=128, warmup=1,
+)
+
+
+# ------------------------------------------------------------------------------------------
+# Timing
+# ------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_min(contenders: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                    device: torch.device) -> dict[str, float]:
+    """Seconds per call of each contender: ``warmup`` untimed rounds, then ``repeats`` rounds
+    calling every contender once in turn (interleaved); the minimum over the rounds."""
+    for _ in range(warmup):
+        for fn in contenders.values():
+            fn()
+    best = {name: math.inf for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+# ------------------------------------------------------------------------------------------
+# Sum layer: log_einsum_exp against the naive broadcast logsumexp and plain bmm
+# ------------------------------------------------------------------------------------------
+
+
+def naive_log_sum(x: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """``logsumexp_a(log w[p, j, a] + x[p, b, a])`` over the broadcast ``(P, B, K_out, K_in)`` tensor."""
+    return torch.logsumexp(log_weights.unsqueeze(1) + x.unsqueeze(2), dim=-1)
+
+
+def bench_sum_layer(settings: Settings, device: torch.device) -> list[dict]:
+    """One row per ``K``: forward time of ours and of the naive form, the matmul GFLOP/s
+    (``2 P B K^2`` flops) of ours and of plain ``torch.bmm`` on the same shapes (the practical
+    peak), speed-up and efficiency; the same for forward+backward (``*_fb_*`` keys).
+
+    The naive form is timed on the first ``naive_positions`` positions (its broadcast tensor
+    is capped at ``naive_budget`` elements, 256 MB at full size) and scaled by
+    ``P / naive_positions``: positions are independent and identical work.
+    """
+    (gh, gw), batch = settings.sum_grid, settings.sum_batch
+    positions = gh * gw
+    rows = []
+    for k in settings.sum_channels:
+        gen = torch.Generator().manual_seed(k)
+        x = (torch.randn(positions, batch, k, generator=gen) * 3).to(device)
+        logits = torch.randn(positions, k, k, generator=gen).to(device)
+        weights = torch.softmax(logits, -1)
+        log_weights = torch.log_softmax(logits, -1)
+        linear = torch.rand(positions, batch, k, generator=gen).to(device)
+        w_t = weights.transpose(1, 2).contiguous()  # plain bmm on contiguous operands
+        naive_positions = max(1, min(positions, settings.naive_budget // (batch * k * k)))
+        x_naive, log_w_naive = x[:naive_positions], log_weights[:naive_positions]
+
+        def ours():
+            with torch.no_grad():
+                return log_einsum_exp(x, weights)
+
+        def naive():
+            with torch.no_grad():
+                return naive_log_sum(x_naive, log_w_naive)
+
+        def peak():
+            return torch.bmm(linear, w_t)
+
+        fwd = interleaved_min({"ours": ours, "naive": naive, "bmm": peak},
+                              settings.sum_repeats, settings.warmup, device)
+
+        x_grad = x.clone().requires_grad_()
+        logits_grad = logits.clone().requires_grad_()
+        x_naive_grad = x[:naive_positions].clone().requires_grad_()
+        logits_naive_grad = logits[:naive_positions].clone().requires_grad_()
+        grad_out = torch.randn(positions, batch, k, generator=gen).to(device)
+
+        def ours_fb():
+            x_grad.grad = logits_grad.grad = None
+            log_einsum_exp(x_grad, torch.softmax(logits_grad, -1)).backward(grad_out)
+
+        def naive_fb():
+            x_naive_grad.grad = logits_naive_grad.grad = None
+            out = naive_log_sum(x_naive_grad, torch.log_softmax(logits_naive_grad, -1))
+            out.backward(grad_out[:naive_positions])
+
+        fb = interleaved_min({"ours": ours_fb, "naive": naive_fb},
+                             settings.sum_repeats, settings.warmup, device)
+
+        scale = positions / naive_positions
+        flops = 2 * positions * batch * k * k
+        gflops, peak_gflops = flops / fwd["ours"] / 1e9, flops / fwd["bmm"] / 1e9
+        row = {
+            "K": k,
+            "ours_ms": 1e3 * fwd["ours"],
+            "naive_ms": 1e3 * fwd["naive"] * scale,
+            "speedup": fwd["naive"] * scale / fwd["ours"],
+            "gflops": gflops,
+            "peak_gflops": peak_gflops,
+            "efficiency": gflops / peak_gflops,
+            "ours_fb_ms": 1e3 * fb["ours"],
+            "naive_fb_ms": 1e3 * fb["naive"] * scale,
+            "speedup_fb": fb["naive"] * scale / fb["ours"],
+            "P": positions,
+            "B": batch,
+            "naive_positions": naive_positions,
+        }
+        rows.append(row)
+        print(f"  sum K={k:4d}: ours {row['ours_ms']:9.2f} ms  naive {row['naive_ms']:10.2f} ms"
+              f"  x{row['speedup']:7.1f}  {gflops:6.1f} / {peak_gflops:6.1f} GFLOP/s"
+              f" ({100 * row['efficiency']:4.1f}%)  fwd+bwd x{row['speedup_fb']:6.1f}", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------
+# Training throughput: our HT against libcirkit on the same quad-tree structure
+# ------------------------------------------------------------------------------------------
+
+
+def _num_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _train_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    """A closure running forward + backward + ``torch.optim.Adam`` step (default settings,
+    lr 0.01) on a fixed batch; the same optimizer for every contender."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+
+    def step():
+        optimizer.zero_grad()
+        loss_fn().backward()
+        optimizer.step()
+
+    return step
+
+
+def _train_batch(shape: tuple[int, int, int], num_values: int, batch: int, device: torch.device) -> tuple[torch.Tensor, str]:
+    """A fixed batch ``(B, C, H, W)``: the first bundled 8x8 digits for ``(1, 8, 8)`` with 17
+    values, else seeded uniform random values."""
+    if shape == (1, 8, 8) and num_values == 17:
+        from sklearn.datasets import load_digits
+
+        images = torch.from_numpy(load_digits().images[:batch]).long().unsqueeze(1)
+        return images.to(device), "the first sklearn digits"
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, num_values, (batch, *shape), generator=gen).to(device), "uniform random values"
+
+
+def ht_model(shape: tuple[int, int, int], num_values: int, channels: int, device: torch.device) -> HTConvAC:
+    """Our HT: ``num_components = channels``, 2x2 pooling down to 1x1, per-position parameters."""
+    return HTConvAC(shape, Categorical(num_values), channels, channels, pool=2).to(device)
+
+
+def cirkit_circuit(shape: tuple[int, int, int], num_values: int, channels: int, device: torch.device):
+    """libcirkit 0.3.1's closest equivalent of our HT: a quad-tree region graph with 4-way
+    splits (``QuadTree(num_patch_splits=4)``: every region is the product of its 2x2 children),
+    CP sum-product layers (a dense ``K x K`` sum per child region, then a Hadamard product:
+    our per-position sum then product pooling), categorical input layers with ``channels``
+    units (softmax probabilities), softmax sum weights, one output; compiled for the torch
+    backend in the ``lse-sum`` semiring with layer folding and optimizations (the defaults)."""
+    from cirkit.pipeline import PipelineContext
+    from cirkit.templates.region_graph import QuadTree
+    from cirkit.templates.utils import Parameterization, name_to_input_layer_factory, parameterization_to_factory
+
+    circuit = QuadTree(shape, num_patch_splits=4).build_circuit(
+        input_factory=name_to_input_layer_factory("categorical", num_categories=num_values),
+        sum_product="cp",
+        sum_weight_factory=parameterization_to_factory(Parameterization(activation="softmax", initialization="normal")),
+        num_input_units=channels,
+        num_sum_units=channels,
+        num_classes=1,
+    )
+    context = PipelineContext(backend="torch", semiring="lse-sum", fold=True, optimize=True)
+    return context.compile(circuit).to(device)
+
+
+def cirkit_available() -> str | None:
+    """libcirkit's version, or None (with a printed message) when it cannot be imported."""
+    try:
+        import cirkit.pipeline  # noqa: F401
+        from importlib.metadata import version
+
+        return version("libcirkit")
+    except Exception as err:  # ImportError, or a broken install
+        print(f"  libcirkit is not importable ({err.__class__.__name__}: {err}); skipping its rows"
+              " (pip install 'convac[bench]' installs it)", flush=True)
+        return None
+
+
+def bench_train(settings: Settings, device: torch.device) -> tuple[list[dict], dict]:
+    """Images/s of forward + backward + Adam step, ours and libcirkit's, interleaved; rows
+    ``{"dataset", "ours_img_s", "cirkit_img_s", "ratio"}`` plus parameter counts and a
+    description of both structures."""
+    cirkit_version = cirkit_available()
+    rows, k, batch = [], settings.train_channels, settings.train_batch
+    for name, shape, num_values in settings.train_cases:
+        x, source = _train_batch(shape, num_values, batch, device)
+        ours = ht_model(shape, num_values, k, device)
+        contenders = {"ours": _train_step(ours, lambda: -ours.log_prob(x).mean())}
+        if cirkit_version is not None:
+            circuit = cirkit_circuit(shape, num_values, k, device)
+            flat = x.reshape(batch, -1)
+            contenders["cirkit"] = _train_step(circuit, lambda: -circuit(flat).mean())
+        best = interleaved_min(contenders, settings.train_repeats, settings.warmup, device)
+        row = {
+            "dataset": name,
+            "ours_img_s": batch / best["ours"],
+            "cirkit_img_s": batch / best["cirkit"] if "cirkit" in best else None,
+            "ratio": best["cirkit"] / best["ours"] if "cirkit" in best else None,
+            "ours_step_ms": 1e3 * best["ours"],
+            "cirkit_step_ms": 1e3 * best["cirkit"] if "cirkit" in best else None,
+            "ours_params": _num_params(ours),
+            "cirkit_params": _num_params(circuit) if "cirkit" in best else None,
+            "batch": batch,
+            "data": source,
+        }
+        rows.append(row)
+        cirkit_text = (f"cirkit {row['cirkit_img_s']:8.0f} img/s ({row['cirkit_params']:,} params)  ratio {row['ratio']:.2f}"
+                       if row["ratio"] is not None else "cirkit skipped")
+        print(f"  train {name}: ours {row['ours_img_s']:8.0f} img/s ({row['ours_params']:,} params)  {cirkit_text}",
+              flush=True)
+    structure = {
+        "ours": f"convac HTConvAC: per-position Categorical leaves with M={k} components, fusion layers of "
+                f"per-position {k}x{k} log-space sums then 2x2 product pooling down to 1x1 (odd grids padded "
+                f"with log-value 0), a {k}->1 root sum",
+        "cirkit": None if cirkit_version is None else
+        f"libcirkit {cirkit_version}: QuadTree(num_patch_splits=4) region graph, 'cp' sum-product layers "
+                  f"(a {k}x{k} dense sum per child region, Hadamard product of the 2x2 children; odd grids "
+                  f"merge 2 or 1 children), categorical input layers with {k} units, softmax sum weights, "
+                  "a final sum to 1 output; lse-sum semiring, fold=True, optimize=True",
+        "optimizer": "torch.optim.Adam(lr=0.01), default settings, for both",
+    }
+    return rows, structure
+
+
+# ------------------------------------------------------------------------------------------
+# Entropy probe: its share of an epoch of the default digits run
+# ------------------------------------------------------------------------------------------
+
+
+def bench_probe(settings: Settings, device: torch.device) -> dict | None:
+    """Share of an epoch of the default run (``model=ht data=digits``: HT with M=16, K=32,
+    batch 64, Adam lr 0.01) taken by ``convac.entropy.probe`` at its default settings:
+    ``share = probe_s / (epoch_s + probe_s)``, ``epoch_s`` one pass over the training split
+    plus one over the validation split in a plain loop (no Lightning overhead, so the share is
+    an upper bound), and the relative standard error ``se_rel = SE(H(X)) / H(X)`` it reaches.
+    None (with a printed message) when the probe cannot be imported."""
+    try:
+        from convac.entropy import probe
+    except Exception as err:
+        print(f"  convac.entropy.probe is not importable ({err.__class__.__name__}: {err}); probe: null", flush=True)
+        return None
+    from convac.data.digits import DigitsDataModule
+
+    data = DigitsDataModule(batch_size=64)
+    (train_x, _), (val_x, _) = data.split("train"), data.split("val")
+    if settings.probe_train_images is not None:
+        train_x = train_x[: settings.probe_train_images]
+    train_batches = [b.to(device) for b in train_x.split(64)]
+    val_batches = [b.to(device) for b in val_x.split(64)]
+    torch.manual_seed(0)
+    model = HTConvAC((1, 8, 8), Categorical(17), num_components=16, channels=32).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+
+    def epoch():
+        model.train()
+        for x in train_batches:
+            optimizer.zero_grad()
+            (-model.log_prob(x).mean()).backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            for x in val_batches:
+                model.log_prob(x)
+
+    kwargs = {} if settings.probe_samples is None else {"num_samples": settings.probe_samples}
+    reports = []
+
+    def run_probe():
+        reports.append(probe(model, seed=0, **kwargs))
+
+    best = interleaved_min({"epoch": epoch, "probe": run_probe}, settings.probe_repeats, 1, device)
+    metrics = reports[-1].metrics()
+    result = {
+        "share": best["probe"] / (best["epoch"] + best["probe"]),
+        "se_rel": metrics["entropy/H_X_se"] / metrics["entropy/H_X"],
+        "probe_s": best["probe"],
+        "epoch_s": best["epoch"],
+        "num_samples": kwargs.get("num_samples", "default"),
+        "train_images": int(train_x.shape[0]),
+    }
+    print(f"  probe: {result['probe_s']:.3f} s vs epoch {result['epoch_s']:.3f} s -> share {result['share']:.3f},"
+          f" SE(H(X))/H(X) = {result['se_rel']:.2e}", flush=True)
+    return result
+
+
+# ------------------------------------------------------------------------------------------
+# Scaling: HT throughput and peak memory against the input size
+# ------------------------------------------------------------------------------------------
+
+
+def scaling_point(size: int, settings: Settings, device: torch.device) -> dict:
+    """Train-step images/s and peak memory of a ``size x size`` categorical-256 HT (K=32, batch
+    ``train_batch``). Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the
+    growth of the process's maximum resident set size over its size before the model is
+    built (run in a fresh process by :func:`bench_scaling`, so earlier work does not mask it)."""
+    baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    shape = (1, size, size)
+    x, _ = _train_batch(shape, 256, settings.train_batch, device)
+    model = ht_model(shape, 256, settings.train_channels, device)
+    step = _train_step(model, lambda: -model.log_prob(x).mean())
+    best = interleaved_min({"ht": step}, settings.scaling_repeats, settings.warmup, device)
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kb) / 1024
+    return {"size": f"{size}x{size}", "img_s": settings.train_batch / best["ht"], "peak_mb": peak_mb,
+            "step_ms": 1e3 * best["ht"], "num_variables": size * size, "params": _num_params(model)}
+
+
+def bench_scaling(settings: Settings, device: torch.device, mode: str, threads: int) -> list[dict]:
+    """One fresh process per input size (clean peak memory), sizes in increasing order."""
+    rows = []
+    for size in settings.scaling_sizes:
+        command = [sys.executable, __file__, f"--{mode}", "--device", str(device), "--threads", str(threads), "--scaling-point", str(size)]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(f"  scaling {row['size']:>7}: {row['img_s']:9.1f} img/s  peak {row['peak_mb']:8.1f} MB", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------
+# Machine and command line
+# ------------------------------------------------------------------------------------------
+
+
+def machine_info(device: torch.device, threads: int) -> dict:
+    """CPU model, thread count, versions and the device the benchmark ran on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {
+        "cpu": cpu,
+        "threads": threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="fewer repeats: about a minute")
+    mode.add_argument("--dry-run", action="store_true", help="tiny sizes, one repeat: a smoke test of the script")
+    mode.add_argument("--full", action="store_true", help="the full run (the default)")
+    parser.add_argument("--out", help="write the results as JSON to this file")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--only", nargs="+", choices=["sum_layer", "train", "probe", "scaling"],
+                        help="run only these sections (the others are null)")
+    parser.add_argument("--scaling-point", type=int, help=argparse.SUPPRESS)  # internal: one scaling size
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    mode = "quick" if args.quick else "dry-run" if args.dry_run else "full"
+    settings = {"full": FULL, "quick": QUICK, "dry-run": DRY_RUN}[mode]
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available")
+    torch.set_num_threads(args.threads)
+    if args.scaling_point is not None:
+        print(json.dumps(scaling_point(args.scaling_point, settings, device)))
+        return {}
+
+    sections = args.only or ["sum_layer", "train", "probe", "scaling"]
+    results: dict = {"machine": machine_info(device, args.threads), "mode": mode,
+                     "sum_layer": None, "train": None, "train_structure": None, "probe": None, "scaling": None}
+    print(f"convac bench ({mode}) on {results['machine']['cpu']}, {args.threads} thread(s), device {device}", flush=True)
+    if "sum_layer" in sections:
+        results["sum_layer"] = bench_sum_layer(settings, device)
+    if "train" in sections:
+        results["train"], results["train_structure"] = bench_train(settings, device)
+    if "probe" in sections:
+        results["probe"] = bench_probe(settings, device)
+    if "scaling" in sections:
+        results["scaling"] = bench_scaling(settings, device, mode, args.threads)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

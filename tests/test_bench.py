@@ -1,0 +1,61 @@
+"""Smoke test of scripts/bench.py: every section runs at tiny sizes and the JSON has its keys.
+
+No timing assertions (issue 6): the numbers of a dry run mean nothing.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH_PATH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("convac_bench_script", BENCH_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_sections_at_dry_run_sizes(bench):
+    settings, device = bench.DRY_RUN, torch.device("cpu")
+    rows = bench.bench_sum_layer(settings, device)
+    assert [r["K"] for r in rows] == list(settings.sum_channels)
+    for row in rows:
+        assert {"K", "ours_ms", "naive_ms", "speedup", "gflops", "peak_gflops", "efficiency"} <= set(row)
+        assert row["speedup"] > 0 and row["efficiency"] > 0
+
+    train, structure = bench.bench_train(settings, device)
+    assert [r["dataset"] for r in train] == [case[0] for case in settings.train_cases]
+    for row in train:
+        assert {"dataset", "ours_img_s", "cirkit_img_s", "ratio"} <= set(row) and row["ours_img_s"] > 0
+        if row["cirkit_img_s"] is not None:  # libcirkit installed: the same structure, same size
+            assert row["cirkit_params"] == row["ours_params"]
+    assert structure["ours"]
+
+    probe = bench.bench_probe(settings, device)
+    assert probe is None or ({"share", "se_rel"} <= set(probe) and 0 < probe["share"] < 1)
+
+    point = bench.scaling_point(settings.scaling_sizes[0], settings, device)
+    assert {"size", "img_s", "peak_mb"} <= set(point) and point["img_s"] > 0
+
+
+def test_main_writes_every_top_level_key(bench, tmp_path):
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--dry-run", "--only", "sum_layer", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads(out.read_text())
+    assert {"machine", "sum_layer", "train", "probe", "scaling"} <= set(result)
+    assert result["machine"]["threads"] == 1 and result["machine"]["device"] == "cpu"
+    assert len(result["sum_layer"]) == len(bench.DRY_RUN.sum_channels) and result["scaling"] is None
