@@ -80,3 +80,15 @@ def test_log_einsum_exp_custom_gradient_is_exact(positions):
     assert torch.autograd.gradcheck(log_einsum_exp, (x, w))
     with torch.no_grad():
         assert torch.allclose(log_einsum_exp(x, w), naive_log_sum(x, w.expand(3, -1, -1)))
+
+
+@pytest.mark.parametrize("positions", [3, 1])
+def test_log_einsum_exp_gradients_match_finite_differences(positions):
+    """The hand-written backward of the sum layer against numerical derivatives (float64)."""
+    x = (torch.randn(3, 4, 5, dtype=torch.float64) * 3).requires_grad_()
+    w = torch.softmax(torch.randn(positions, 2, 5, dtype=torch.float64), -1).requires_grad_()
+    assert torch.autograd.gradcheck(log_einsum_exp, (x, w))
+    reference = naive_log_sum(x, w.expand(3, -1, -1))
+    grads = torch.autograd.grad(reference.sum(), (x, w))
+    ours = torch.autograd.grad(log_einsum_exp(x, w).sum(), (x, w))
+    assert all(torch.allclose(a, b) for a, b in zip(ours, grads))
