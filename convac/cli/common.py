@@ -1,9 +1,20 @@
-"""What the entry points share: the trainer built from its config with callbacks and loggers."""
+"""What the entry points share: seeding and threads, and the trainer built from its config."""
 from __future__ import annotations
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+
+from convac.configs import schema
+
+
+def start(cfg: DictConfig) -> None:
+    """Check ``cfg`` (:func:`schema.to_object`), seed everything, set the torch threads."""
+    schema.to_object(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:

@@ -10,11 +10,10 @@ import json
 from pathlib import Path
 
 import hydra
-import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from convac.cli.common import build_trainer
+from convac.cli.common import build_trainer, start
 from convac.configs import schema
 from convac.data import create_datamodule
 from convac.training import ConvACModule
@@ -22,8 +21,7 @@ from convac.training import ConvACModule
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test the checkpoint ``cfg.ckpt``; returns the ``test/...`` metrics."""
-    schema.to_object(cfg)
-    L.seed_everything(cfg.seed)
+    start(cfg)
     ckpt = Path(cfg.ckpt)
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt={cfg.ckpt}: no such checkpoint file")

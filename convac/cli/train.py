@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from convac.cli.common import build_trainer
+from convac.cli.common import build_trainer, start
 from convac.configs import schema
 from convac.data import create_datamodule
 from convac.training import ConvACModule, CSVLogger
@@ -20,8 +19,7 @@ from convac.training import ConvACModule, CSVLogger
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) the model of a composed ``train`` config; returns the final metrics."""
-    schema.to_object(cfg)  # resolves and checks what the schema's types cannot
-    L.seed_everything(cfg.seed, workers=True)
+    start(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)

@@ -170,6 +170,7 @@ class TrainConfig:
     callbacks: Any = field(default_factory=dict)
     logger: Any = field(default_factory=dict)
     seed: int = 0
+    threads: Optional[int] = None  # torch.set_num_threads; None keeps torch's default
     ckpt_path: Optional[str] = None  # "last" resumes the run in hydra.run.dir
     test: bool = True  # evaluate the best checkpoint on the test split after training
     output_dir: str = MISSING
@@ -184,6 +185,7 @@ class EvalConfig:
     trainer: Any = MISSING
     missing_fraction: float = 0.5
     seed: int = 0
+    threads: Optional[int] = None
     output_dir: str = MISSING
 
 
