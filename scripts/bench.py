@@ -16,10 +16,10 @@ The JSON has the top-level keys ``machine``, ``sum_layer``, ``train``, ``probe``
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -375,14 +375,34 @@ def bench_probe(settings: Settings, device: torch.device) -> dict | None:
 # ------------------------------------------------------------------------------------------
 
 
+def _status_kb(key: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``: resident now, ``VmHWM``: peak)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
+def _reset_peak_rss() -> int | None:
+    """Return freed heap memory to the system (glibc ``malloc_trim``), reset the kernel's
+    peak-resident mark (``/proc/self/clear_refs``, Linux) and return the resident kB now;
+    None where either is unavailable."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_kb("VmRSS")
+    except (OSError, AttributeError, StopIteration):
+        return None
+
+
 def scaling_point(size: int, settings: Settings, device: torch.device) -> dict:
     """Train-step images/s and peak memory of a ``size x size`` categorical-256 HT (K=32, batch
-    ``train_batch``). Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the
-    growth of the process's maximum resident set size over its size before the model is
-    built (run in a fresh process by :func:`bench_scaling`, so earlier work does not mask it)."""
-    baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ``train_batch``). Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the peak
+    resident set size while building and training the model minus the resident size before
+    (heap trimmed first), so parameters, optimizer state, gradients and activations; null
+    where ``/proc`` cannot measure it. :func:`bench_scaling` runs each size in a fresh process."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    baseline_kb = _reset_peak_rss() if device.type == "cpu" else None
     shape = (1, size, size)
     x, _ = _train_batch(shape, 256, settings.train_batch, device)
     model = ht_model(shape, 256, settings.train_channels, device)
@@ -391,7 +411,7 @@ def scaling_point(size: int, settings: Settings, device: torch.device) -> dict:
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kb) / 1024
+        peak_mb = None if baseline_kb is None else (_status_kb("VmHWM") - baseline_kb) / 1024
     return {"size": f"{size}x{size}", "img_s": settings.train_batch / best["ht"], "peak_mb": peak_mb,
             "step_ms": 1e3 * best["ht"], "num_variables": size * size, "params": _num_params(model)}
 
@@ -404,7 +424,8 @@ def bench_scaling(settings: Settings, device: torch.device, mode: str, threads: 
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"  scaling {row['size']:>7}: {row['img_s']:9.1f} img/s  peak {row['peak_mb']:8.1f} MB", flush=True)
+        peak = "n/a" if row["peak_mb"] is None else f"{row['peak_mb']:.1f} MB"
+        print(f"  scaling {row['size']:>7}: {row['img_s']:9.1f} img/s  peak {peak}", flush=True)
     return rows
 
 
