@@ -44,7 +44,7 @@ ENTRIES: dict[str, ZooEntry] = {
     for e in (
         ZooEntry("cp_digits", "CP ConvAC density model P(x) of the 8x8 digits (categorical leaves)"),
         ZooEntry("ht_digits", "HT ConvAC density model P(x) of the 8x8 digits (categorical leaves)"),
-        ZooEntry("ht_digits_classifier", "HT ConvAC classifier P(y | x) of the 8x8 digits, trained discriminatively"),
+        ZooEntry("ht_digits_classifier", "HT ConvAC classifier P(y | x) of the 8x8 digits, trained with the hybrid objective"),
         ZooEntry("ht_nltcs", "HT ConvAC density model of the DEBD set nltcs (16 binary variables)"),
         ZooEntry("ht_plants", "HT ConvAC density model of the DEBD set plants (69 binary variables)"),
     )
@@ -59,6 +59,8 @@ def compose_train_config(overrides: Sequence[str]) -> DictConfig:
     """
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
+
+    import convac.configs.schema  # noqa: F401  (stores the structured schemas the yaml files extend)
 
     if GlobalHydra.instance().is_initialized():
         return compose("train", overrides=list(overrides))
