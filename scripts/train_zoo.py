@@ -34,7 +34,7 @@ def train(name: str, runs_dir: Path, data_root: str | None, threads: int) -> flo
         sys.executable, "-m", "convac.cli.train", f"experiment={entry.experiment}",
         f"hydra.run.dir={runs_dir / name}", "trainer.enable_progress_bar=false",
     ]
-    if "root" in entry.config().data:
+    if entry.needs_data_root:
         if data_root is None:
             raise SystemExit(f"train_zoo: {name} reads its data from a local folder; pass --data-root")
         command.append(f"data.root={data_root}")

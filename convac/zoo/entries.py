@@ -33,6 +33,11 @@ class ZooEntry:
         """The composed ``convac-train`` config of this entry (plus ``overrides``)."""
         return compose_train_config([f"experiment={self.experiment}", *overrides])
 
+    @property
+    def needs_data_root(self) -> bool:
+        """Whether the entry's data is read from a local folder (``data.root``, no default)."""
+        return "root" in self.config().data.keys()  # keys(): `in` is False for a ??? value
+
     def architecture(self) -> tuple[str, dict[str, Any]]:
         """``(model_name, model_kwargs)`` of the entry's ``model`` config node."""
         name, kwargs = json.loads(_architecture_json(self.experiment))
