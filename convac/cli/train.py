@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from convac.cli.common import build_trainer, start
@@ -33,23 +35,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    summary = run_summary(trainer, out)  # before testing, which reloads the callbacks' state
     checkpoint = trainer.checkpoint_callback
-    best = checkpoint.best_model_path if checkpoint is not None else ""
     if cfg.test:
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        trainer.test(module, datamodule=datamodule, ckpt_path=(checkpoint and checkpoint.best_model_path) or None)
+    rank_zero_only(print)(summary)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    print(f"\nrun folder: {out.resolve()}")
-    print(f"  config:      {out / 'config.yaml'}")
+
+def run_summary(trainer: L.Trainer, out: Path) -> str:
+    """Where the run folder's files are: config, logs, last and best checkpoints."""
+    lines = [f"\nrun folder: {out.resolve()}", f"  config:      {out / 'config.yaml'}"]
     for logger in trainer.loggers:
         if isinstance(logger, CSVLogger):
-            print(f"  metrics:     {logger.experiment.metrics_file_path}")
+            lines.append(f"  metrics:     {Path(logger.log_dir) / 'metrics.csv'}")
         elif logger.log_dir:
-            print(f"  {type(logger).__name__}: {logger.log_dir}")
-    if best:
-        print(f"  last ckpt:   {checkpoint.last_model_path}")
-        print(f"  best ckpt:   {best} ({checkpoint.monitor}={float(checkpoint.best_model_score):.4f})")
-    return metrics
+            lines.append(f"  {type(logger).__name__}: {logger.log_dir}")
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.best_model_path:
+        lines.append(f"  last ckpt:   {checkpoint.last_model_path}")
+        lines.append(f"  best ckpt:   {checkpoint.best_model_path} "
+                     f"({checkpoint.monitor}={float(checkpoint.best_model_score):.4f})")
+    return "\n".join(lines)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://convac.configs", config_name="train")
