@@ -20,22 +20,28 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def _sample_indices(logits: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
+def sample_from_cdf(cdf: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Draw from categorical distributions given by their CDFs: ``cdf`` (..., K) -> (...) long.
+
+    ``k = #{j : CDF(j) <= u}`` with ``u ~ U(0, CDF(K-1))``, one uniform per draw; a
+    zero-probability ``k`` is never chosen (its CDF step is empty).
+    """
+    u = torch.rand((*cdf.shape[:-1], 1), generator=generator, device=cdf.device, dtype=cdf.dtype)
+    index = (cdf <= u.mul_(cdf[..., -1:])).sum(-1)
+    return index.clamp_max_(cdf.shape[-1] - 1)
+
+
+def sample_indices(logits: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
     """Draw (``mode="sample"``) or take the argmax (``mode="mpe"``) of categorical logits.
 
-    ``logits`` (..., K) unnormalized log-probabilities -> (...) long. Sampling uses the
-    Gumbel-max trick, ``argmax(logits + G)`` with ``G ~ Gumbel(0, 1)``, which draws exactly
-    from ``softmax(logits)``.
+    ``logits`` (..., K) unnormalized log-probabilities -> (...) long; sampling inverts the CDF
+    of ``softmax(logits)`` (:func:`sample_from_cdf`).
     """
     if mode == "mpe":
         return logits.argmax(-1)
     if mode != "sample":
         raise ValueError(f"mode must be 'sample' or 'mpe', got {mode!r}")
-    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    tiny = torch.finfo(logits.dtype).tiny
-    exponential = -torch.log(uniform.clamp_min(tiny))  # Exp(1) draws
-    gumbel = -torch.log(exponential.clamp_min(tiny))
-    return (logits + gumbel).argmax(-1)
+    return sample_from_cdf(torch.softmax(logits, dim=-1).cumsum_(-1), generator)
 
 
 def _observed_values(x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
@@ -210,9 +216,26 @@ class CategoricalLayer(LeafLayer):
         return -(logp.exp() * logp).sum(2)
 
     def sample(self, components: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
-        """``components`` (P, n) -> (P, n, V) long values drawn from (or the mode of) ``f_{i,d,v}``."""
-        logits = self.log_probabilities().permute(0, 3, 1, 2)  # (P or 1, M, V, nv)
-        return _sample_indices(logits[self._position_index(components.device), components], mode, generator)
+        """``components`` (P, n) -> (P, n, V) long values drawn from (or the mode of) ``f_{i,d,v}``.
+
+        Sampling inverts the CDF: with the rows ``r = (i, d, v)`` of the table laid end to end
+        as ``r + CDF_r`` (increasing in float64), one ``searchsorted`` of ``r + u``,
+        ``u ~ U(0, 1)``, finds ``x = #{k : CDF_r(k) <= u}`` for every draw at once, so no
+        ``(P, n, V, num_values)`` tensor is formed.
+        """
+        if mode not in ("sample", "mpe"):
+            raise ValueError(f"mode must be 'sample' or 'mpe', got {mode!r}")
+        log_p = self.log_probabilities().detach().permute(0, 3, 1, 2)  # (P or 1, M, V, nv)
+        positions = self._position_index(components.device)
+        if mode == "mpe":
+            return log_p.argmax(-1)[positions, components]
+        cdf = log_p.double().exp().cumsum(-1)
+        cdf[..., -1] = 1.0  # u < 1 always lands inside its own row
+        rows = torch.arange(cdf[..., 0].numel(), device=cdf.device, dtype=torch.float64).view(cdf.shape[:-1])
+        row = rows[positions, components]  # (P, n, V)
+        u = torch.rand(row.shape, generator=generator, device=row.device, dtype=torch.float64)
+        flat = torch.searchsorted((cdf + rows.unsqueeze(-1)).reshape(-1), (row + u).contiguous(), right=True)
+        return flat - row.long() * self.num_values
 
 
 class GaussianLayer(LeafLayer):

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from convac.layers import Grid, ProductPool, SumLayer
-from convac.leaves import LeafSpec, _sample_indices, make_leaf
+from convac.leaves import LeafSpec, make_leaf, sample_from_cdf, sample_indices
 
 
 def _pair(value, what: str) -> Grid:
@@ -212,7 +212,7 @@ class ConvAC(nn.Module):
         logits = self.root.log_weights()[0][y]  # (n, K_L)
         if evidence is not None:
             logits = logits + evidence[-1][0]
-        return _sample_indices(logits, mode, generator).view(-1, 1, 1)
+        return sample_indices(logits, mode, generator).view(-1, 1, 1)
 
     def _descend(
         self,
@@ -235,11 +235,15 @@ class ConvAC(nn.Module):
             level -= 1
             parent = pool.expand(latents[0])  # (n, H_{l-1}, W_{l-1})
             h, w = parent.shape[1:]
-            positions = torch.arange(h * w, device=top.device) * (not layer.shared)
-            logits = layer.log_weights()[positions.unsqueeze(0), parent.reshape(n, h * w)]  # (n, P, K_in)
-            if evidence is not None:
-                logits = logits + evidence[level].transpose(0, 1)
-            latents.insert(0, _sample_indices(logits, mode, generator).view(n, h, w))
+            rows = (torch.arange(h * w, device=top.device) * (not layer.shared)).unsqueeze(0), parent.reshape(n, h * w)
+            if evidence is None and mode == "sample":  # prior draws: gather CDF rows of w directly
+                choice = sample_from_cdf(layer.weights().cumsum(-1)[rows], generator)
+            else:
+                logits = layer.log_weights()[rows]  # (n, P, K_in)
+                if evidence is not None:
+                    logits = logits + evidence[level].transpose(0, 1)
+                choice = sample_indices(logits, mode, generator)
+            latents.insert(0, choice.view(n, h, w))
         values = self.leaves.sample(latents[0].reshape(n, -1).t(), mode, generator)  # (P_0, n, V)
         return self._from_patches(values), latents
 
@@ -277,7 +281,7 @@ class ConvAC(nn.Module):
         device = self.class_logits.device
         labels = self._class_labels(n, y, device)
         if labels is None:
-            labels = _sample_indices(self.log_class_prior().expand(n, -1), "sample", generator)
+            labels = sample_indices(self.log_class_prior().expand(n, -1), "sample", generator)
         values, latents = self._descend(self.num_levels, self._choose_root(labels, None, "sample", generator), None, "sample", generator)
         return (values, latents) if return_latents else values
 
@@ -301,7 +305,7 @@ class ConvAC(nn.Module):
         labels = self._class_labels(x.shape[0], y, x.device)
         if labels is None:
             class_logits = self.root(evidence[-1])[0] + self.log_class_prior()
-            labels = _sample_indices(class_logits, mode, generator)
+            labels = sample_indices(class_logits, mode, generator)
         filled, _ = self._descend(self.num_levels, self._choose_root(labels, evidence, mode, generator), evidence, mode, generator)
         return torch.where(missing, filled.to(x.dtype), x)
 

@@ -18,7 +18,8 @@ from convac.model import ConvAC
 
 def categorical_entropy(log_p: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """``H(p) = -sum p log p`` over ``dim`` of normalized log-probabilities (``0 log 0 = 0``)."""
-    return torch.special.entr(log_p.exp()).sum(dim)
+    log_p = log_p.clamp_min(torch.finfo(log_p.dtype).min)  # -inf -> a finite value of weight 0
+    return -(log_p.exp() * log_p).sum(dim)
 
 
 @dataclass
@@ -68,9 +69,10 @@ def one_pass_statistics(model: ConvAC, n: int, generator: torch.Generator) -> Sa
         log_w = layer.log_weights().expand(layer.num_positions, -1, -1)  # (P, K_l, K_{l-1})
         positions = torch.arange(layer.num_positions, device=x.device)
         prior = log_w[positions, parent]  # (n, P, K_{l-1}): log w_c[j, :]
+        prior_entropy = categorical_entropy(log_w)[positions, parent]  # (n, P): H(w_c[j, :])
         child = levels[level - 1].flatten(2).transpose(1, 2)  # (n, P, K_{l-1})
         posterior = torch.log_softmax(prior + child, dim=-1)
-        gaps.append(categorical_entropy(prior) - categorical_entropy(posterior))
+        gaps.append(prior_entropy - categorical_entropy(posterior))
 
     root_log_w = model.root.log_weights()[0]  # (classes, K_L)
     top = levels[-1][:, :, 0, 0]  # (n, K_L)
