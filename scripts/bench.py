@@ -11,7 +11,14 @@ least disturbed measurement. ``--threads`` (default 1) sets ``torch.set_num_thre
 
 The JSON has the top-level keys ``machine``, ``sum_layer``, ``train``, ``probe`` and ``scaling``
 (``probe`` is null when ``convac.entropy`` cannot be imported, ``train`` rows have null
-``cirkit_img_s`` when libcirkit, the ``bench`` extra, is not installed).
+``cirkit_img_s`` when libcirkit, the ``bench`` extra, is not installed), plus ``mode`` and
+``train_structure`` (what each side of the training comparison builds).
+
+On CPU, glibc returns freed blocks of more than a few tens of MB to the system, so every
+training step of a large model page-faults its big tensors back in; on virtual machines where
+a page fault is expensive this can dominate a step (both contenders alike). The numbers are
+taken with the stock allocator; ``GLIBC_TUNABLES=glibc.malloc.trim_threshold=4294967296:\
+glibc.malloc.mmap_threshold=4294967296`` shows the cost without that churn.
 """
 from __future__ import annotations
 
