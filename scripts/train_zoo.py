@@ -4,9 +4,9 @@
     python scripts/train_zoo.py --only ht_digits cp_digits       # some entries
     python scripts/train_zoo.py --readme                         # only regenerate the README table
 
-For each entry: one ``convac-train`` run (in ``--runs-dir/<name>``, one CPU thread by default:
-oversubscribed threads slow PyTorch down badly on a shared machine), then its best checkpoint
-is exported to ``convac/zoo/weights/<name>.safetensors`` with a measured model card
+For each entry: one fresh ``convac-train`` run (in ``--runs-dir/<name>``, emptied first; one
+CPU thread by default: oversubscribed threads slow PyTorch down badly on a shared machine),
+then its best checkpoint is exported to ``convac/zoo/weights/<name>.safetensors`` with a measured model card
 ``convac/zoo/cards/<name>.json`` (see :mod:`convac.zoo.export`). The README's zoo section is
 regenerated from the cards at the end. The DEBD entries read ``NAME.{train,valid,test}.data``
 from ``--data-root`` (or its ``NAME/`` subfolders).
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -28,8 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def train(name: str, runs_dir: Path, data_root: str | None, threads: int) -> float:
-    """Run ``convac-train`` for entry ``name``; returns its wall time in seconds."""
+    """Run ``convac-train`` for entry ``name`` in a fresh ``runs_dir/name``; returns its wall
+    time in seconds."""
     entry = ENTRIES[name]
+    shutil.rmtree(runs_dir / name, ignore_errors=True)  # a reused folder would mix checkpoints
     command = [
         sys.executable, "-m", "convac.cli.train", f"experiment={entry.experiment}",
         f"hydra.run.dir={runs_dir / name}", "trainer.enable_progress_bar=false",

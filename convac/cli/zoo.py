@@ -48,6 +48,7 @@ def _info(card: ModelCard) -> None:
         f"  entropy chain H^0 <= ... <= H^L <= H(X) (nats, shipped weights, {e['num_samples']} samples, seed {e['seed']}):",
         f"                {card.entropy_chain()}  (H(X) = {e['H_X']:.3f} ± {e['H_X_se']:.3f} nats = {e['H_X_bpd']:.4f} bits/dim)",
         f"                C_max={e['C_max']:.4f}  beta_max={e['beta_max']:.4f}",
+        f"  entropy chain logged at the last training epoch ({e['last_epoch']['epoch']}): {card.entropy_chain(last_epoch=True)}",
         f"  load:         convac.create_model({card.name!r}, pretrained=True)",
     ]
     print("\n".join(lines))
@@ -64,7 +65,8 @@ def _eval(card: ModelCard, data_root: str | None, rtol: float) -> bool:
         if data_root is None:
             raise ValueError(
                 f"{card.name} was trained on {card.dataset}, read from a local folder: pass "
-                f"--data-root PATH (the folder holding the {card.dataset} files)"
+                f"--data-root PATH (the folder holding {card.data['dataset']}.test.data, or its "
+                f"{card.data['dataset']}/ subfolder)"
             )
         data["root"] = data_root
     measured = test_metrics(create_model(card.name, pretrained=True), create_datamodule(**data))

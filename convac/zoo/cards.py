@@ -34,7 +34,8 @@ class ModelCard:
         data: the data kwargs (``create_datamodule(**data)``); ``root`` is None for data read
             from a local folder (pass it to ``convac-zoo eval --data-root``).
         module: the ``ConvACModule`` training arguments (objective, optimizer, lr, ...).
-        training: ``epochs``, ``best_epoch`` (the shipped checkpoint), ``seed``, ``seconds``.
+        training: ``epochs``, ``best_epoch`` (0-based: the shipped checkpoint, lowest
+            ``val/loss``), ``seed``, ``seconds``.
         weights / sha256 / size_bytes: the weight file (under ``convac/zoo/weights``), its pin
             and size.
         num_parameters: trainable parameters.
@@ -42,7 +43,8 @@ class ModelCard:
             ``test/acc`` (classifiers), ``num_test``.
         entropy: the entropy chain of the shipped weights (:func:`convac.entropy.probe`):
             ``levels`` ``[H^0, ..., H^L]``, ``H_X``, ``H_X_se``, ``H_X_bpd``, ``C_max``,
-            ``beta_max``, ``num_samples``, ``seed``.
+            ``beta_max``, ``num_samples``, ``seed``; and ``last_epoch``: the chain the
+            training's ``EntropyProbe`` logged at its last epoch (``epoch``, ``levels``, ``H_X``).
         check: a fixed batch ``x`` (exact samples of the model) and its ``log_prob``.
     """
 
@@ -78,9 +80,11 @@ class ModelCard:
         sub = self.data.get("dataset")
         return f"{self.data['name']}/{sub}" if sub else self.data["name"]
 
-    def entropy_chain(self) -> str:
-        """``H^0 <= ... <= H^L <= H(X)`` in nats."""
-        return " ≤ ".join(f"{h:.1f}" for h in [*self.entropy["levels"], self.entropy["H_X"]])
+    def entropy_chain(self, last_epoch: bool = False) -> str:
+        """``H^0 <= ... <= H^L <= H(X)`` in nats: of the shipped weights, or as logged at the
+        training's last epoch."""
+        chain = self.entropy["last_epoch"] if last_epoch else self.entropy
+        return " ≤ ".join(f"{h:.1f}" for h in [*chain["levels"], chain["H_X"]])
 
     def save(self, directory: Path = CARDS_DIR) -> Path:
         directory.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,16 @@
 """Export a ``convac-train`` run of a zoo entry into the package: weights and a measured card."""
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
 from convac.data import create_datamodule
+from convac.model import ConvAC
 from convac.zoo import evaluate
 from convac.zoo.cards import CARDS_DIR, WEIGHTS_DIR, ModelCard
 from convac.zoo.entries import ZooEntry
@@ -27,6 +30,18 @@ def best_checkpoint(run_dir: Path) -> Path:
     if len(found) != 1:
         raise FileNotFoundError(f"{run_dir}/checkpoints: expected one best-*.ckpt, found {[p.name for p in found]}")
     return found[0]
+
+
+def last_epoch_entropy(run_dir: Path, model: ConvAC) -> dict[str, Any]:
+    """The entropy chain the ``EntropyProbe`` callback logged at the run's last probed epoch
+    (the last row of ``entropy.csv``)."""
+    with open(run_dir / "entropy.csv", newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    return {
+        "epoch": int(last["epoch"]),
+        "levels": [float(last[f"entropy/H{level}"]) for level in range(model.num_levels + 1)],
+        "H_X": float(last["entropy/H_X"]),
+    }
 
 
 def export_run(entry: ZooEntry, run_dir: str | Path, data_root: str | None, seconds: float) -> ModelCard:
@@ -74,7 +89,7 @@ def export_run(entry: ZooEntry, run_dir: str | Path, data_root: str | None, seco
         size_bytes=path.stat().st_size,
         num_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         metrics=evaluate.test_metrics(model, datamodule),
-        entropy=evaluate.entropy_chain(model, datamodule.bin_width),
+        entropy={**evaluate.entropy_chain(model, datamodule.bin_width), "last_epoch": last_epoch_entropy(run_dir, model)},
         check=evaluate.check_batch(model),
     )
     if not all(math.isfinite(v) for v in card.metrics.values()):

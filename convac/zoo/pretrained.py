@@ -97,9 +97,19 @@ def save_weights(path: str | Path, model: nn.Module, model_name: str, model_kwar
         "convac.model_kwargs": json.dumps(model_kwargs, sort_keys=True),
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    data = save_safetensors_bytes(tensors, metadata=metadata)
+    data = _canonical_header(save_safetensors_bytes(tensors, metadata=metadata))
     Path(path).write_bytes(data)
     return hashlib.sha256(data).hexdigest()
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """``data`` (a safetensors byte string) with its JSON header's keys sorted, padded with
+    spaces to the same length, so that the same tensors and metadata give the same bytes (the
+    library writes the metadata map in no fixed order). Tensor offsets are relative to the end
+    of the header, so they stay valid."""
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return data[:8] + header.ljust(size, b" ") + data[8 + size:]
 
 
 def load_into(model: nn.Module, weights: Weights, architecture: str) -> nn.Module:

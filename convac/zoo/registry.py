@@ -63,7 +63,7 @@ def create_model(name: str, pretrained: bool | str | Path = False, **overrides) 
         weights = weights_io.read_weights(cards[name].weights_path, sha256=cards[name].sha256)
     else:
         weights = weights_io.read_weights(pretrained)
-    return weights_io.load_into(model, weights, f"create_model({name!r}, **{overrides})")
+    return weights_io.load_into(model, weights, f"{name} with {overrides}" if overrides else name)
 
 
 def load_pretrained(name_or_path: str | Path) -> nn.Module:
