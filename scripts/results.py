@@ -1,0 +1,236 @@
+"""Quality tables of the README (issue 6): classification under missing data, density estimation.
+
+    python scripts/results.py missing [--model ht_digits_classifier] [--out results/missing.json]
+    python scripts/results.py density [--datasets digits nltcs] [--out results/density.json]
+
+``missing`` follows the protocol of Sharir et al.'s tensorial mixture models: test images of the
+digits with pixels missing i.i.d. at several rates, or inside a random square, classified by
+exact marginalization (``argmax_y log P(y | x_obs)``), beside scikit-learn classifiers trained
+on complete images and fed mean- or zero-imputed ones.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convac import create_model, load_pretrained
+from convac.configs import schema
+from convac.data import DigitsDataModule, create_datamodule
+from convac.zoo.entries import compose_train_config
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# (dataset, model, experiment config, data root below ../shared/data or None)
+DENSITY_RUNS = [
+    ("digits", "CP", "zoo_cp_digits", None),
+    ("digits", "HT", "zoo_ht_digits", None),
+    ("mnist-t10k", "CP", "mnist_t10k_cp", "mnist-t10k"),
+    ("mnist-t10k", "HT", "mnist_t10k_ht", "mnist-t10k"),
+    ("nltcs", "HT", "zoo_ht_nltcs", "debd"),
+    ("plants", "HT", "zoo_ht_plants", "debd"),
+]
+CIRKIT_UNITS = (4, 8, 16, 32, 64, 128)
+
+RATES = (0.0, 0.25, 0.5, 0.75, 0.9)
+SQUARES = (3, 4, 5, 6)
+
+
+def missing_masks(x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Bool masks like ``x`` (N, 1, H, W): ``iid p`` for each rate, ``square s`` for each side."""
+    n, _, h, w = x.shape
+    masks = {f"iid {rate:g}": torch.rand(x.shape, generator=generator) < rate for rate in RATES}
+    for side in SQUARES:
+        top = torch.randint(0, h - side + 1, (n,), generator=generator)
+        left = torch.randint(0, w - side + 1, (n,), generator=generator)
+        rows = torch.arange(h).view(1, h, 1)
+        cols = torch.arange(w).view(1, 1, w)
+        inside = ((rows >= top.view(n, 1, 1)) & (rows < (top + side).view(n, 1, 1))
+                  & (cols >= left.view(n, 1, 1)) & (cols < (left + side).view(n, 1, 1)))
+        masks[f"square {side}x{side}"] = inside.unsqueeze(1)
+    return masks
+
+
+def baselines(train_x: np.ndarray, train_y: np.ndarray) -> dict:
+    """scikit-learn classifiers a user would pick, trained on complete images."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import SVC
+
+    return {
+        "svm_rbf": SVC(C=10, gamma="scale").fit(train_x, train_y),
+        "logreg": LogisticRegression(max_iter=5000).fit(train_x, train_y),
+    }
+
+
+@torch.no_grad()
+def run_missing(model_name: str, seed: int = 0) -> dict:
+    """Accuracy of the ConvAC and the imputation baselines for every missingness pattern."""
+    model = load_pretrained(model_name).double().eval()
+    data = DigitsDataModule()
+    (train_x, train_y), (test_x, test_y) = data.split("train"), data.split("test")
+    flat_train = train_x.flatten(1).double().numpy()
+    mean_image = flat_train.mean(0)
+    classifiers = baselines(flat_train, train_y.numpy())
+    rows = []
+    for pattern, mask in missing_masks(test_x, torch.Generator().manual_seed(seed)).items():
+        pred = model.log_posterior(test_x, mask).argmax(1)
+        row = {"pattern": pattern, "missing_share": float(mask.double().mean()),
+               "convac": float((pred == test_y).double().mean())}
+        flat_mask = mask.flatten(1).numpy()
+        flat_test = test_x.flatten(1).double().numpy()
+        for imputation, fill in (("mean", np.broadcast_to(mean_image, flat_test.shape)), ("zero", np.zeros_like(flat_test))):
+            imputed = np.where(flat_mask, fill, flat_test)
+            for name, clf in classifiers.items():
+                row[f"{name}_{imputation}"] = float((clf.predict(imputed) == test_y.numpy()).mean())
+        rows.append(row)
+    return {"model": model_name, "test_size": len(test_y), "rows": rows}
+
+
+def markdown_missing(result: dict) -> str:
+    keys = [k for k in result["rows"][0] if k not in ("pattern", "missing_share")]
+    lines = ["| missing | share | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for row in result["rows"]:
+        lines.append(f"| {row['pattern']} | {row['missing_share']:.2f} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def independent_baseline(datamodule) -> dict:
+    """Fully factorized categorical model, ``P(x) = prod_v f_v(x_v)`` with add-one smoothing,
+    fitted on the training split: the test NLL every structured model must beat."""
+    (train_x, _), (test_x, _) = datamodule.split("train"), datamodule.split("test")
+    v = datamodule.num_values
+    counts = torch.nn.functional.one_hot(train_x.flatten(1), v).sum(0).double() + 1.0  # (D, v)
+    log_f = (counts / counts.sum(1, keepdim=True)).log()
+    nll = -log_f.gather(1, test_x.flatten(1).t()).sum(0).mean()
+    return {"params": int(log_f.numel()), "test_nll": float(nll)}
+
+
+def run_ours(experiment: str, root: str | None, run_dir: Path) -> dict:
+    """Train with ``convac-train experiment=...`` (one thread) and read the best checkpoint's
+    test metrics from the run's ``metrics.csv``."""
+    command = [sys.executable, "-m", "convac.cli.train", f"experiment={experiment}", f"hydra.run.dir={run_dir}",
+               "threads=1", "~callbacks.entropy_probe"] + ([f"data.root={root}"] if root else [])
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        test = [row for row in csv.DictReader(f) if row.get("test/nll")][-1]
+    return {"test_nll": float(test["test/nll"]), "seconds": seconds, "command": " ".join(["convac-train"] + command[3:])}
+
+
+def cirkit_units_for(params: int, shape, num_values: int) -> int:
+    """The libcirkit width whose parameter count is closest to ``params``."""
+    from bench import cirkit_circuit
+
+    counts = {k: sum(p.numel() for p in cirkit_circuit(shape, num_values, k, torch.device("cpu")).parameters())
+              for k in CIRKIT_UNITS}
+    return min(counts, key=lambda k: abs(math.log(counts[k] / params)))
+
+
+def run_cirkit(cfg, datamodule, units: int) -> dict:
+    """libcirkit's quad-tree CP circuit trained like ours: same splits, batch size, optimizer,
+    learning rate and epochs; test NLL of the epoch with the best validation NLL."""
+    from bench import cirkit_circuit
+
+    torch.manual_seed(cfg.seed)
+    circuit = cirkit_circuit(datamodule.in_shape, datamodule.num_values, units, torch.device("cpu"))
+    optimizer = getattr(torch.optim, cfg.module.optimizer)(circuit.parameters(), lr=cfg.module.lr)
+
+    def nll(split: str) -> float:
+        x, _ = datamodule.split(split)
+        with torch.no_grad():
+            return float(-torch.cat([circuit(b.flatten(1)).flatten() for b in x.split(1024)]).mean())
+
+    best, best_state, start = math.inf, None, time.perf_counter()
+    for _ in range(cfg.trainer.max_epochs):
+        for x, _ in datamodule.train_dataloader():
+            loss = -circuit(x.flatten(1)).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        val = nll("val")
+        if val < best or best_state is None:
+            best, best_state = val, copy.deepcopy(circuit.state_dict())
+    circuit.load_state_dict(best_state)
+    return {"params": sum(p.numel() for p in circuit.parameters()), "units": units,
+            "test_nll": nll("test"), "best_val_nll": best, "seconds": time.perf_counter() - start}
+
+
+def run_density(out_dir: Path, only: set[str] | None = None) -> dict:
+    """Every row of :data:`DENSITY_RUNS` (skipping those whose data is absent), with libcirkit
+    at a similar parameter count and the independent baseline once per dataset."""
+    rows, done_baselines = [], set()
+    for dataset, label, experiment, root_name in DENSITY_RUNS:
+        if only and dataset not in only:
+            continue
+        root = str(SHARED_DATA / root_name) if root_name else None
+        if root and not Path(root).exists():
+            print(f"skipping {dataset}: {root} is absent", file=sys.stderr)
+            continue
+        cfg = compose_train_config([f"experiment={experiment}"] + ([f"data.root={root}"] if root else []))
+        datamodule = create_datamodule(**schema.to_kwargs(cfg.data))
+        model_kwargs = schema.to_kwargs(cfg.model)
+        params = sum(p.numel() for p in create_model(model_kwargs.pop("name"), **model_kwargs).parameters())
+        ours = run_ours(experiment, root, out_dir / "runs" / experiment)
+        dims = math.prod(datamodule.in_shape)
+        rows.append({"dataset": dataset, "model": f"convac {label}", "params": params, "dims": dims,
+                     "epochs": cfg.trainer.max_epochs, **ours})
+        print(rows[-1], file=sys.stderr)
+        if dataset not in done_baselines:
+            done_baselines.add(dataset)
+            units = cirkit_units_for(params, datamodule.in_shape, datamodule.num_values)
+            cirkit = run_cirkit(cfg, datamodule, units)
+            rows.append({"dataset": dataset, "model": f"libcirkit quad-tree CP (K={units})", "dims": dims,
+                         "epochs": cfg.trainer.max_epochs, **cirkit})
+            rows.append({"dataset": dataset, "model": "independent pixels", "dims": dims, "epochs": 0,
+                         **independent_baseline(datamodule)})
+            print(rows[-2:], file=sys.stderr)
+    for row in rows:
+        row["test_bpd"] = row["test_nll"] / (row["dims"] * math.log(2))
+    return {"rows": rows}
+
+
+def markdown_density(result: dict) -> str:
+    lines = ["| dataset | model | params | epochs | test NLL (nats) | bits/dim | train s |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        seconds = f"{r['seconds']:.0f}" if "seconds" in r else "-"
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['params']:,} | {r['epochs']} | {r['test_nll']:.2f} | "
+                     f"{r['test_bpd']:.3f} | {seconds} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="table", required=True)
+    missing = sub.add_parser("missing", help="digits classification under missing data")
+    missing.add_argument("--model", default="ht_digits_classifier", help="zoo name, .safetensors or .ckpt")
+    missing.add_argument("--seed", type=int, default=0)
+    missing.add_argument("--out", type=Path)
+    density = sub.add_parser("density", help="test NLL of CP/HT beside libcirkit and independent pixels")
+    density.add_argument("--datasets", nargs="*", help="a subset of: digits mnist-t10k nltcs plants")
+    density.add_argument("--runs", type=Path, default=Path("results"), help="folder for the training runs")
+    density.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.table == "missing":
+        result = run_missing(args.model, args.seed)
+        print(markdown_missing(result))
+    else:
+        result = run_density(args.runs, set(args.datasets) if args.datasets else None)
+        print(markdown_density(result))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+        print(f"written to {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
