@@ -17,6 +17,7 @@ from typing import Mapping, Union
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 
@@ -42,6 +43,41 @@ def sample_indices(logits: torch.Tensor, mode: str, generator: torch.Generator |
     if mode != "sample":
         raise ValueError(f"mode must be 'sample' or 'mpe', got {mode!r}")
     return sample_from_cdf(torch.softmax(logits, dim=-1).cumsum_(-1), generator)
+
+
+class _LogSoftmaxRows(torch.autograd.Function):
+    """Rows of the categorical log-probability table, ``out[i, b, v] = log softmax(theta, dim=2)
+    .view(-1, M)[rows[i, b, v]]``: ``theta`` (Q, V, N, M) logits over ``N`` values (``Q = P``, or 1
+    when shared), ``rows`` (P, B, V) long flat row indices -> (P, B, V, M).
+
+    With ``g`` the output gradient and ``G[q, v, m] = sum_{i, b} g[i, b, v, m]`` over the
+    positions ``i`` that use parameter block ``q`` (``i = q``, or all when shared):
+
+        dtheta[q, v, n, m] = sum_{rows[i, b, v] = (q, v, n)} g[i, b, v, m] - softmax(theta)[q, v, n, m] G[q, v, m],
+
+    one ``exp`` of the saved log-probabilities scaled in place plus a sparse ``index_add`` of
+    ``g``. Autograd's generic path allocates a second table-sized buffer (the zero-filled
+    ``index_select`` gradient) and reads it back in ``log_softmax_backward``; for a 28x28
+    categorical-256 table (25 MB) that buffer was the main source of page faults in a training
+    step (DESIGN section 6). First-order only.
+    """
+
+    @staticmethod
+    def forward(ctx, theta: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(theta, dim=2)
+        ctx.save_for_backward(log_p, rows)
+        return log_p.view(-1, theta.shape[-1]).index_select(0, rows.reshape(-1)).view(*rows.shape, -1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        log_p, rows = ctx.saved_tensors
+        block_sums = grad.sum(1)  # (P, V, M)
+        if log_p.shape[0] == 1:  # shared parameters: one block for every position
+            block_sums = block_sums.sum(0, keepdim=True)
+        dtheta = log_p.exp().mul_(block_sums.unsqueeze(2).neg_())
+        dtheta.view(-1, log_p.shape[-1]).index_add_(0, rows.reshape(-1), grad.reshape(-1, grad.shape[-1]))
+        return dtheta, None
 
 
 def _observed_values(x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
@@ -199,16 +235,15 @@ class CategoricalLayer(LeafLayer):
         """``x``, ``missing`` (P, B, V) -> (P, B, V, M): ``log f_{i,d,v}(x_v)`` (a missing entry
         reads value 0; :meth:`log_prob` zeroes it).
 
-        A row look-up in the ``(P * V * num_values, M)`` table at the flat index
-        ``(i * V + v) * num_values + x_v``: its backward is a sparse ``index_add`` of rows, never
-        a ``(B, M, V, P)`` dense tensor (DESIGN section 6), and it is cheaper than indexing the
-        4-d table with three index tensors.
+        A row look-up in the ``(P * V * num_values, M)`` log-probability table at the flat index
+        ``(i * V + v) * num_values + x_v`` (:class:`_LogSoftmaxRows`): its backward is a sparse
+        ``index_add`` of rows, never a ``(B, M, V, P)`` dense tensor (DESIGN section 6), and it
+        is cheaper than indexing the 4-d table with three index tensors.
         """
-        table = self.log_probabilities()  # (P or 1, V, num_values, M)
-        p, b, v = x.shape
+        v = x.shape[-1]
         var_idx = torch.arange(v, device=x.device).view(1, 1, -1)
         rows = (self._position_index(x.device).unsqueeze(-1) * v + var_idx) * self.num_values + self.prepare(x, missing)
-        return table.reshape(-1, self.num_components).index_select(0, rows.reshape(-1)).view(p, b, v, -1)
+        return _LogSoftmaxRows.apply(self.logits, rows)
 
     def entropy_per_variable(self) -> torch.Tensor:
         """(P or 1, V, M): ``-sum_x f(x) log f(x)``."""
