@@ -3,19 +3,17 @@
 * ``list``: one row per shipped entry (test NLL, bits/dim, accuracy, parameters, size, the
   entropy chain and the config that trained it); ``--markdown`` prints the README table.
 * ``info NAME``: the full model card.
-* ``eval NAME``: recompute the card's test metrics from the shipped weights (sha256-verified)
-  and compare; exits with status 1 if one differs by more than the tolerance. Entries trained
-  on local data (DEBD) need ``--data-root``.
+* ``eval NAME``: recompute the numbers of the entry's row from the shipped weights
+  (sha256-verified): test metrics, parameters, size and entropy chain; exits with status 1
+  if one differs by more than its tolerance. Entries trained on local data (DEBD) need
+  ``--data-root``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 
 from convac.zoo.cards import ModelCard, load_cards, markdown_table
-
-METRICS = ("test/nll", "test/bpd", "test/acc")
 
 
 def _list(cards: dict[str, ModelCard], markdown: bool) -> None:
@@ -55,9 +53,9 @@ def _info(card: ModelCard) -> None:
 
 
 def _eval(card: ModelCard, data_root: str | None, rtol: float) -> bool:
-    """Recompute and print the test metrics of ``card``; True when they match it."""
+    """Recompute and print the numbers of ``card``'s table row; True when they all match."""
     from convac.data import create_datamodule
-    from convac.zoo.evaluate import test_metrics
+    from convac.zoo.evaluate import reproduce
     from convac.zoo.registry import create_model
 
     data = dict(card.data)
@@ -69,16 +67,14 @@ def _eval(card: ModelCard, data_root: str | None, rtol: float) -> bool:
                 f"{card.data['dataset']}/ subfolder)"
             )
         data["root"] = data_root
-    measured = test_metrics(create_model(card.name, pretrained=True), create_datamodule(**data))
-    ok = True
-    print(f"{card.name} on the {card.dataset} test split ({measured['num_test']} examples), sha256 verified")
-    print(f"  {'metric':<10} {'card':>12} {'measured':>12}")
-    for key in METRICS:
-        if key in card.metrics:
-            match = math.isclose(measured[key], card.metrics[key], rel_tol=rtol, abs_tol=rtol)
-            ok &= match
-            print(f"  {key:<10} {card.metrics[key]:>12.6f} {measured[key]:>12.6f}  {'ok' if match else 'DIFFERS'}")
-    return ok
+    datamodule = create_datamodule(**data)
+    rows = reproduce(card, create_model(card.name, pretrained=True), datamodule, rtol)
+    print(f"{card.name} on the {card.dataset} test split ({len(datamodule.split('test')[0])} examples), sha256 verified")
+    print(f"  {'':<10} {'card':>14} {'measured':>14}")
+    for row in rows:
+        card_value, measured = (format(v, ",d" if isinstance(v, int) else ".6f") for v in (row.card, row.measured))
+        print(f"  {row.name:<10} {card_value:>14} {measured:>14}  {'ok' if row.ok else 'DIFFERS'}")
+    return all(row.ok for row in rows)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     list_parser = commands.add_parser("list", help="the shipped entries and their metrics")
     list_parser.add_argument("--markdown", action="store_true", help="print the README model-card table")
     commands.add_parser("info", help="the model card of an entry").add_argument("name")
-    eval_parser = commands.add_parser("eval", help="recompute an entry's test metrics")
+    eval_parser = commands.add_parser("eval", help="recompute the numbers of an entry")
     eval_parser.add_argument("name")
     eval_parser.add_argument("--data-root", help="data folder of entries trained on local files (DEBD)")
     eval_parser.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")

@@ -6,13 +6,14 @@ tests recompute them with these same functions.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from convac.data import ConvACDataModule
 from convac.entropy import probe
 from convac.model import ConvAC
+from convac.zoo.cards import ModelCard
 
 ENTROPY_SAMPLES = 2048
 ENTROPY_SEED = 0
@@ -46,6 +47,7 @@ def entropy_chain(model: ConvAC, bin_width: float | None = None) -> dict[str, An
     metrics = probe(model, num_samples=ENTROPY_SAMPLES, seed=ENTROPY_SEED, bin_width=bin_width).metrics()
     return {
         "levels": [metrics[f"entropy/H{level}"] for level in range(model.num_levels + 1)],
+        "levels_se": [metrics[f"entropy/H{level}_se"] for level in range(model.num_levels + 1)],
         "H_X": metrics["entropy/H_X"],
         "H_X_se": metrics["entropy/H_X_se"],
         "H_X_bpd": metrics["entropy/H_X_bpd"],
@@ -63,3 +65,36 @@ def check_batch(model: ConvAC) -> dict[str, list]:
     generator = torch.Generator().manual_seed(CHECK_SEED)
     x = model.sample(CHECK_BATCH, generator=generator)
     return {"x": x.tolist(), "log_prob": model.log_prob(x).tolist()}
+
+
+class Comparison(NamedTuple):
+    """One number of a card beside its recomputed value."""
+
+    name: str
+    card: float
+    measured: float
+    ok: bool
+
+
+def reproduce(card: ModelCard, model: ConvAC, datamodule: ConvACDataModule, rtol: float = 1e-4) -> list[Comparison]:
+    """Recompute every number of ``card``'s table row from ``model`` (its verified weights):
+    the test metrics (to ``rtol``), the parameter count and file size (exactly), and the
+    entropy chain (same seed; within 4 standard errors, so a change of sampler still passes)."""
+    measured = test_metrics(model, datamodule)
+    rows = [
+        Comparison(k, card.metrics[k], measured[k], math.isclose(measured[k], card.metrics[k], rel_tol=rtol, abs_tol=rtol))
+        for k in ("test/nll", "test/bpd", "test/acc")
+        if k in card.metrics
+    ]
+    num_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    size = card.weights_path.stat().st_size
+    rows += [
+        Comparison("parameters", card.num_parameters, num_parameters, num_parameters == card.num_parameters),
+        Comparison("size_bytes", card.size_bytes, size, size == card.size_bytes),
+    ]
+    chain = entropy_chain(model, datamodule.bin_width)
+    names = [f"H{level}" for level in range(len(chain["levels"]))] + ["H(X)"]
+    recorded = zip(card.entropy["levels"] + [card.entropy["H_X"]], card.entropy["levels_se"] + [card.entropy["H_X_se"]])
+    for name, (value, se), now in zip(names, recorded, chain["levels"] + [chain["H_X"]]):
+        rows.append(Comparison(name, value, now, abs(now - value) <= 4 * se + rtol * abs(value)))
+    return rows
