@@ -59,16 +59,19 @@ def export_run(entry: ZooEntry, run_dir: str | Path, data_root: str | None, seco
         )
     model = load_into(create_model(entry.name), weights, entry.name).eval()
 
+    data = dict(cfg["data"])
+    if entry.needs_data_root:
+        datamodule = create_datamodule(**{**data, "root": data_root})
+        data["root"] = None  # a local folder: given again at evaluation time
+    else:
+        datamodule = create_datamodule(**data)
+    metrics = evaluate.test_metrics(model, datamodule)
+    if not all(math.isfinite(v) for v in metrics.values()):
+        raise ValueError(f"{entry.name}: non-finite test metrics {metrics}")
+    entropy = {**evaluate.entropy_chain(model, datamodule.bin_width), "last_epoch": last_epoch_entropy(run_dir, model)}
+
     path = WEIGHTS_DIR / f"{entry.name}.safetensors"
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    sha256 = save_weights(path, model, weights.model_name, weights.model_kwargs)
-    data = dict(cfg["data"])
-    if "root" in data:
-        data["root"] = data_root
-    datamodule = create_datamodule(**data)
-    if "root" in data:
-        data["root"] = None  # a local folder: given again at evaluation time
-
     card = ModelCard(
         name=entry.name,
         description=entry.description,
@@ -85,14 +88,12 @@ def export_run(entry: ZooEntry, run_dir: str | Path, data_root: str | None, seco
             "seconds": round(seconds, 1),
         },
         weights=path.name,
-        sha256=sha256,
+        sha256=save_weights(path, model, weights.model_name, weights.model_kwargs),
         size_bytes=path.stat().st_size,
         num_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        metrics=evaluate.test_metrics(model, datamodule),
-        entropy={**evaluate.entropy_chain(model, datamodule.bin_width), "last_epoch": last_epoch_entropy(run_dir, model)},
+        metrics=metrics,
+        entropy=entropy,
         check=evaluate.check_batch(model),
     )
-    if not all(math.isfinite(v) for v in card.metrics.values()):
-        raise ValueError(f"{entry.name}: non-finite test metrics {card.metrics}")
     card.save(CARDS_DIR)
     return card
