@@ -45,7 +45,7 @@ class SampleStatistics:
 
 
 @torch.no_grad()
-def one_pass_statistics(model: ConvAC, n: int, generator: torch.Generator) -> SampleStatistics:
+def one_pass_statistics(model: ConvAC, flows: list[torch.Tensor], n: int, generator: torch.Generator) -> SampleStatistics:
     """Draw ``n`` exact ancestral samples with their latents and run one bottom-up pass.
 
     * level ``l``: ``-sum_i log node_{l,i,Z_{l,i}}(x_{S_i})``, unbiased for ``H^l = H(X | Z_l)``;
@@ -54,31 +54,34 @@ def one_pass_statistics(model: ConvAC, n: int, generator: torch.Generator) -> Sa
       unbiased for ``Delta_R = I(X_S; A_R | Z_parent)`` and bounded by ``log K_{l-1}``
       (the Rao-Blackwellized gap);
     * root: ``H(pi_L) - H(P(Z_L | x))`` with the class-averaged root weights ``pi_L``.
+
+    ``flows`` is ``model.latent_marginals()``.
     """
     log_prior = model.log_class_prior()
     y = torch.multinomial(log_prior.exp(), n, replacement=True, generator=generator)
     x, latents = model.sample(n, y=y, generator=generator, return_latents=True)
-    levels = model.level_log_probs(x)  # [(n, K_l, H_l, W_l)]
+    # (n, K_l, H_l, W_l) views of position-major storage: back to (P_l, n, K_l) without copies
+    levels = [v.permute(2, 3, 0, 1).reshape(-1, n, v.shape[1]) for v in model.level_log_probs(x)]
+    chosen = [z.flatten(1).t() for z in latents]  # (P_l, n): Z_{l,i} of every sample
 
-    level_terms = [-v.gather(1, z.unsqueeze(1)).flatten(1).sum(1) for v, z in zip(levels, latents)]
+    level_terms = [-v.gather(2, z.unsqueeze(2)).sum((0, 2)) for v, z in zip(levels, chosen)]
 
     gaps = []
     for level in range(1, model.num_levels + 1):
         layer, pool = model.sums[level - 1], model.pools[level - 1]
-        parent = pool.expand(latents[level]).flatten(1)  # (n, P) channel j of each sum node's parent
+        parent = pool.expand(latents[level]).flatten(1).t()  # (P, n) channel j of each sum node's parent
         log_w = layer.log_weights().expand(layer.num_positions, -1, -1)  # (P, K_l, K_{l-1})
-        positions = torch.arange(layer.num_positions, device=x.device)
-        prior = log_w[positions, parent]  # (n, P, K_{l-1}): log w_c[j, :]
-        prior_entropy = categorical_entropy(log_w)[positions, parent]  # (n, P): H(w_c[j, :])
-        child = levels[level - 1].flatten(2).transpose(1, 2)  # (n, P, K_{l-1})
-        posterior = torch.log_softmax(prior + child, dim=-1)
-        gaps.append(prior_entropy - categorical_entropy(posterior))
+        positions = torch.arange(layer.num_positions, device=x.device).unsqueeze(1)
+        prior = log_w[positions, parent]  # (P, n, K_{l-1}): log w_c[j, :]
+        prior_entropy = categorical_entropy(log_w)[positions, parent]  # (P, n): H(w_c[j, :])
+        posterior = torch.log_softmax(prior.add_(levels[level - 1]), dim=-1)
+        gaps.append((prior_entropy - categorical_entropy(posterior)).t())  # (n, P)
 
     root_log_w = model.root.log_weights()[0]  # (classes, K_L)
-    top = levels[-1][:, :, 0, 0]  # (n, K_L)
+    top = levels[-1][0]  # (n, K_L)
     log_px_given_class = torch.logsumexp(root_log_w.unsqueeze(0) + top.unsqueeze(1), dim=-1)  # (n, classes)
     log_px = torch.logsumexp(log_px_given_class + log_prior, dim=1)
-    log_pi_top = model.latent_marginals()[-1].flatten().log()
+    log_pi_top = flows[-1].flatten().log()
     root_gap = categorical_entropy(log_pi_top) - categorical_entropy(torch.log_softmax(log_pi_top + top, dim=1))
     return SampleStatistics(
         levels=level_terms,
@@ -90,19 +93,18 @@ def one_pass_statistics(model: ConvAC, n: int, generator: torch.Generator) -> Sa
 
 
 @torch.no_grad()
-def exact_leaf_entropy(model: ConvAC) -> float:
+def exact_leaf_entropy(model: ConvAC, flows: list[torch.Tensor]) -> float:
     """``H^0 = sum_i sum_d pi_{0,i}(d) H(x_i | d)``, exact (closed-form leaf entropies)."""
-    flow = model.latent_marginals()[0].flatten(1).t()  # (P_0, M)
+    flow = flows[0].flatten(1).t()  # (P_0, M)
     return float((flow * model.leaves.entropy()).sum())
 
 
 @torch.no_grad()
-def mapping_caps(model: ConvAC) -> tuple[list[torch.Tensor], float]:
+def mapping_caps(model: ConvAC, flows: list[torch.Tensor]) -> tuple[list[torch.Tensor], float]:
     """Caps of every mapping: ``cap_R = sum_j pi_parent(j) H(w_R[j, :])``.
 
     Returns ``[(H_{l-1}, W_{l-1})]`` for ``l = 1..L`` and the root's ``H(pi_L)``.
     """
-    flows = model.latent_marginals()
     caps = []
     for level in range(1, model.num_levels + 1):
         layer, pool = model.sums[level - 1], model.pools[level - 1]
@@ -113,11 +115,10 @@ def mapping_caps(model: ConvAC) -> tuple[list[torch.Tensor], float]:
 
 
 @torch.no_grad()
-def analytic_bounds(model: ConvAC) -> tuple[list[tuple[float, float]], tuple[float, float]]:
+def analytic_bounds(model: ConvAC, flows: list[torch.Tensor]) -> tuple[list[tuple[float, float]], tuple[float, float]]:
     """Bounds on ``H^l`` (``l = 0..L``) and ``H(X)`` at no sampling cost, from the recursion
     ``sum_a w_a H(child_a) <= H(sum_a w_a child_a) <= sum_a w_a H(child_a) + H(w)``
     applied node by node (products add their children's entropies)."""
-    flows = model.latent_marginals()
     low = high = model.leaves.entropy()  # (P_0, M)
     bounds = [_weighted(flows[0], low, high)]
     for level in range(1, model.num_levels + 1):
