@@ -1,7 +1,7 @@
 """``convac-claims ckpt=PATH [num_samples=N] [seed=S] [bin_width=W]``: the paper's claims on a model.
 
-``ckpt`` is a Lightning checkpoint of ``ConvACModule`` (loaded with ``weights_only=True``) or
-anything :func:`convac.load_pretrained` accepts (a zoo name or a ``.safetensors`` file).
+``ckpt`` is anything :func:`convac.load_pretrained` accepts: a zoo name, a ``.safetensors``
+file, or a ``convac-train`` checkpoint (read with ``weights_only=True``).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from convac import load_pretrained
 from convac.entropy import DEFAULT_NUM_SAMPLES, probe
 from convac.entropy.claims import check_claims, format_claims
 
@@ -19,20 +20,9 @@ from convac.entropy.claims import check_claims, format_claims
 @dataclass
 class ClaimsConfig:
     ckpt: str = "???"
-    num_samples: int = DEFAULT_NUM_SAMPLES
+    num_samples: int = 4 * DEFAULT_NUM_SAMPLES
     seed: int = 0
     bin_width: Optional[float] = None
-
-
-def load_model(path: str):
-    """The network of a ``.ckpt`` file, or a zoo entry / ``.safetensors`` file."""
-    if path.endswith(".ckpt"):
-        from convac.training import ConvACModule
-
-        return ConvACModule.load_from_checkpoint(path, map_location="cpu", weights_only=True).model
-    from convac import load_pretrained
-
-    return load_pretrained(path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         ckpt = cfg.ckpt
     except OmegaConfBaseException as err:
         sys.exit(f"convac-claims: error: {err}")
-    model = load_model(ckpt)
+    model = load_pretrained(ckpt)
     report = probe(model, num_samples=cfg.num_samples, seed=cfg.seed, bin_width=cfg.bin_width)
     print(report.summary())
     print(format_claims(check_claims(model, report, seed=cfg.seed)))
