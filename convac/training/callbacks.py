@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import lightning as L
 
 from convac.entropy import DEFAULT_NUM_SAMPLES, probe
+from convac.training.atomic import atomic_write
 
 
 class EntropyProbe(L.Callback):
@@ -64,7 +64,8 @@ class EntropyProbe(L.Callback):
         report = probe(pl_module.model, num_samples=self.num_samples, seed=self.seed,
                        bin_width=self._resolve_bin_width(trainer))
         metrics = report.metrics()
-        pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
+        # every rank holds the same values: their mean is that value (and Lightning wants DDP epoch logs synced)
+        pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True)
         if trainer.is_global_zero:
             self._write_row(self.csv_path(trainer), {"epoch": epoch, "step": trainer.global_step, **metrics})
 
@@ -85,9 +86,7 @@ class EntropyProbe(L.Callback):
         rows.append(row)
         fields = list(dict.fromkeys(k for r in rows for k in r))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_write(path, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)
