@@ -1,4 +1,5 @@
 """Lightning callbacks of convac."""
 from convac.training.callbacks import EntropyProbe
+from convac.training.guards import FiniteGuard
 
-__all__ = ["EntropyProbe"]
+__all__ = ["EntropyProbe", "FiniteGuard"]

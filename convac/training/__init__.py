@@ -1,5 +1,8 @@
-"""Lightning training: the ConvACModule and the run-folder CSV logger."""
+"""Lightning training: the ConvACModule, the run-folder CSV logger, the finite-value guard and
+atomic checkpoint writes."""
+from convac.training.atomic import AtomicCheckpointIO
+from convac.training.guards import FiniteGuard, NonFiniteError
 from convac.training.loggers import CSVLogger
 from convac.training.module import ConvACModule
 
-__all__ = ["CSVLogger", "ConvACModule"]
+__all__ = ["AtomicCheckpointIO", "CSVLogger", "ConvACModule", "FiniteGuard", "NonFiniteError"]
