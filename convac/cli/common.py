@@ -1,5 +1,13 @@
-"""What the entry points share: seeding and threads, and the trainer built from its config."""
+"""What the entry points share: seeding and threads, the trainer built from its config, reading a
+checkpoint, and reporting a user's error in one line."""
 from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -7,6 +15,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from convac.configs import schema
+from convac.training import NonFiniteError
+
+# What a user can cause and fix (a bad value, file, folder or checkpoint) or must be told of
+# (a non-finite loss): reported in one line instead of a traceback.
+USER_ERRORS = (ValueError, OSError, NonFiniteError)
 
 
 def start(cfg: DictConfig) -> None:
@@ -25,3 +38,33 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     if "logger" in cfg:
         extra["logger"] = [instantiate(c) for c in (cfg.logger or {}).values()] or False
     return instantiate(cfg.trainer, **extra)
+
+
+def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
+    """The checkpoint dict of a ``convac-train`` checkpoint at ``path`` (option ``key``, for the
+    messages), loaded with ``weights_only=True``; a ValueError / FileNotFoundError says why not."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}={path}: no such checkpoint file")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on bad files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{key}={path}: not a readable checkpoint (truncated or another format): {reason}") from e
+    if not isinstance(saved, dict) or "model_name" not in saved.get("hyper_parameters", {}):
+        raise ValueError(f"{key}={path}: not a convac-train checkpoint (expected a Lightning checkpoint "
+                         "whose hyperparameters name the model, e.g. checkpoints/last.ckpt of a run)")
+    return saved
+
+
+@contextmanager
+def exit_on_error(prog: str) -> Iterator[None]:
+    """Turn a :data:`USER_ERRORS` exception into ``prog: error: <message>`` (one line, on stderr)
+    and exit status 1; with ``HYDRA_FULL_ERROR=1`` the exception propagates with its traceback."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(1)

@@ -10,10 +10,9 @@ import json
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
-from convac.cli.common import build_trainer, start
+from convac.cli.common import build_trainer, exit_on_error, read_checkpoint, start
 from convac.configs import schema
 from convac.data import create_datamodule
 from convac.training import ConvACModule
@@ -22,33 +21,33 @@ from convac.training import ConvACModule
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test the checkpoint ``cfg.ckpt``; returns the ``test/...`` metrics."""
     start(cfg)
-    ckpt = Path(cfg.ckpt)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"ckpt={cfg.ckpt}: no such checkpoint file")
-    module = ConvACModule.load_from_checkpoint(
-        ckpt, map_location="cpu", weights_only=True, test_missing_fraction=cfg.missing_fraction
-    )
+    saved = read_checkpoint(cfg.ckpt, "ckpt")
     if cfg.data is not None:
         data_kwargs = schema.to_kwargs(cfg.data)
-    else:
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if "datamodule_hyper_parameters" not in saved:
-            raise ValueError(f"{ckpt} stores no data settings; pass data=... (e.g. data=digits)")
+    elif "datamodule_hyper_parameters" in saved:
         data_kwargs = dict(saved["datamodule_hyper_parameters"])
+    else:
+        raise ValueError(f"ckpt={cfg.ckpt} stores no data settings; pass data=... (e.g. data=digits)")
     datamodule = create_datamodule(**data_kwargs)
+    datamodule.setup()
+    module = ConvACModule.load_from_checkpoint(
+        cfg.ckpt, map_location="cpu", weights_only=True, test_missing_fraction=cfg.missing_fraction
+    )
+    datamodule.check_fits(module.model, "the checkpoint's model")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)  # an unwritable folder fails before the test runs
 
     metrics = build_trainer(cfg).test(module, datamodule=datamodule)[0]
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"ckpt": str(ckpt), **metrics}, indent=2))
+    (out / "metrics.json").write_text(json.dumps({"ckpt": str(cfg.ckpt), **metrics}, indent=2))
     print(f"\nmetrics written to {out / 'metrics.json'}")
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path="pkg://convac.configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    """Console entry point."""
-    evaluate(cfg)
+    """Console entry point; a user's error (bad checkpoint, data or folder) exits 1 with a one-line message."""
+    with exit_on_error("convac-eval"):
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

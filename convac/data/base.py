@@ -13,7 +13,7 @@ from typing import ClassVar
 import lightning as L
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 Split = tuple[Tensor, Tensor]
@@ -100,6 +100,25 @@ class ConvACDataModule(L.LightningDataModule):
         """The served ``(x, y)`` of split ``name`` (``"train"``, ``"val"`` or ``"test"``)."""
         self.setup()
         return self._data[name]
+
+    def check_fits(self, model: nn.Module, label: str = "the model") -> None:
+        """Raise a ValueError saying what ``model`` (a ConvAC, named ``label`` in the message)
+        expects and what this data serves, if it cannot take this data: another sample shape,
+        fewer classes than the labels, discrete leaves for continuous data (or the reverse), or
+        fewer categorical values than the data holds."""
+        served = f"data={self.name} serves"
+        problems = []
+        if tuple(model.in_shape) != self.in_shape:
+            problems.append(f"{label} takes samples of shape {list(model.in_shape)} but {served} {list(self.in_shape)}")
+        if 1 < model.num_classes < self.num_classes:
+            problems.append(f"{label} has {model.num_classes} classes but {served} labels in [0, {self.num_classes})")
+        if model.leaf_spec.is_discrete == self.continuous:
+            kinds = ("continuous values (data.continuous=true)", "integer values (data.continuous=false)")
+            problems.append(f"{label} has {model.leaf_spec} leaves but {served} {kinds[not self.continuous]}")
+        elif self.num_values > getattr(model.leaf_spec, "num_values", self.num_values):
+            problems.append(f"{label} has {model.leaf_spec} leaves but {served} {self.num_values} values")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def _prepare(self, split: str, x: Tensor, y: Tensor) -> Split:
         """Check one split against the declared layout and convert it to the served dtype."""

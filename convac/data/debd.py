@@ -5,6 +5,7 @@ served as a 1-D sequence ``(1, 1, D)``. There are no labels (``y`` is 0).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,16 @@ _FILE_SPLITS = {"train": "train", "val": "valid", "test": "test"}
 
 
 def read_debd(path: str | Path) -> torch.Tensor:
-    """One DEBD file as a ``(N, 1, 1, D)`` long tensor of 0/1 values."""
-    rows = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
+    """One DEBD file as a ``(N, 1, 1, D)`` long tensor (0/1 values: checked by the DataModule
+    against ``num_values``). A ValueError names the file if it is empty or not rows of
+    comma-separated integers of one length."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # numpy warns (only) on an empty file
+            rows = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
+    except (ValueError, UserWarning) as e:
+        reason = str(e).split("; use `usecols`")[0]  # numpy's hint does not apply here
+        raise ValueError(f"{path}: expected rows of comma-separated 0/1 values of one length; {reason}") from e
     return torch.from_numpy(rows)[:, None, None, :]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,20 +27,33 @@ SPLIT_FILES = {
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (plain or gzipped) into an array of the shape its header gives."""
+    """Read one IDX file (plain or gzipped) into an array of the shape its header gives.
+
+    A ValueError names the file and what is wrong: an unreadable gzip stream, a wrong magic
+    number, or a size that disagrees with the header (a truncated or padded file).
+    """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ValueError(f"{path}: corrupt gzip stream ({e})") from e
+    if len(data) < 4:
+        raise ValueError(f"{path} is not an IDX file (expected a 4-byte magic number, the file has {len(data)} bytes)")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (magic number {data[:4].hex()})")
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+        raise ValueError(f"{path} is not an IDX file (magic number {data[:4].hex()}, expected 0000 then a type "
+                         f"code in {{{', '.join(f'{c:02x}' for c in _IDX_DTYPES)}}} and the number of dimensions)")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path}: truncated header ({len(data)} bytes, expected {header} for {ndim} dimensions)")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
     dtype = np.dtype(_IDX_DTYPES[dtype_code])
-    expected = 4 + 4 * ndim + dtype.itemsize * int(np.prod(shape))
+    expected = header + dtype.itemsize * int(np.prod(shape))
     if len(data) != expected:
         raise ValueError(f"{path}: header says shape {shape} ({expected} bytes), file has {len(data)}")
-    return np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim).reshape(shape)
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
 
 
 def find_idx(root: str | Path, stem: str) -> Path | None:
@@ -61,9 +75,10 @@ def load_idx_pair(root: str | Path, prefix: str) -> Split:
         read_idx(_require(root, f"{prefix}-{kind}"))
         for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
     )
-    if images.ndim != 3 or labels.shape != images.shape[:1]:
+    if images.ndim != 3 or labels.ndim != 1 or len(labels) != len(images):
         raise ValueError(
-            f"{root}: {prefix} images {images.shape} and labels {labels.shape} do not match"
+            f"{root}: expected {prefix} images of shape (N, H, W) and labels of shape (N,), "
+            f"found images {images.shape} and labels {labels.shape}"
         )
     return torch.from_numpy(images.astype(np.int64)).unsqueeze(1), torch.from_numpy(
         labels.astype(np.int64)

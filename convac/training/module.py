@@ -104,8 +104,8 @@ class ConvACModule(L.LightningModule):
             metrics["bpd"] = nll * self.bits_per_nat
         self.log_dict(
             {f"{stage}/{k}": v for k, v in metrics.items()},
-            on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(x), sync_dist=stage != "train",
-        )
+            on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(x), sync_dist=True,
+        )  # epoch means over every process's batches (reduced once, at the epoch's end)
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -123,6 +123,22 @@ class ConvACModule(L.LightningModule):
             missing = torch.rand(x.shape, generator=generator, device=x.device) < fraction
             acc = (self.model.log_posterior(x, missing).argmax(1) == y).float().mean()
             self.log("test/acc_missing", acc, batch_size=len(x), sync_dist=True)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Lightning's hook before the weights are loaded: :meth:`check_checkpoint`."""
+        self.check_checkpoint(checkpoint)
+
+    def check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Raise a ValueError if ``checkpoint`` holds another architecture than this module,
+        naming the model settings that differ, e.g. ``model.channels: checkpoint 32, this run 16``
+        (settings stored on one side only are left to the strict ``load_state_dict``)."""
+        saved = checkpoint.get("hyper_parameters", {})
+        ours = {"name": self.hparams.model_name, **(self.hparams.model_kwargs or {})}
+        theirs = {"name": saved.get("model_name"), **(saved.get("model_kwargs") or {})}
+        diff = [f"model.{k}: checkpoint {theirs[k]!r}, this run {ours[k]!r}"
+                for k in sorted(set(ours) & set(theirs)) if ours[k] != theirs[k]]
+        if diff:
+            raise ValueError("the checkpoint holds another architecture than this run builds: " + "; ".join(diff))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optimizer = getattr(torch.optim, self.hparams.optimizer)
