@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 
 import lightning as L
@@ -14,9 +15,11 @@ class EntropyProbe(L.Callback):
     """Run :func:`convac.entropy.probe` on ``pl_module.model`` at the end of training epochs.
 
     Logs every metric of :meth:`EntropyReport.metrics` (``entropy/H{l}``, ``scaling/C{l}``, ...)
-    and appends one row per probed epoch to ``<dirpath>/entropy.csv``. The sampling seed is
-    fixed, so the curves show the model changing rather than Monte Carlo noise. Every rank
-    computes the same values (same weights, same seed); only global rank 0 writes the file.
+    and ``entropy/probe_share`` (the probe's share of the epoch's wall time, training and
+    validation included), and appends one row per probed epoch to ``<dirpath>/entropy.csv``.
+    The sampling seed is fixed, so the curves show the model changing rather than Monte Carlo
+    noise. Every rank computes the same values (same weights, same seed); only global rank 0
+    writes the file.
     On a resume, rows of epochs at or after the one being written are replaced, so the file
     keeps its history without duplicates. At the end of fitting, ``entropy.png`` is drawn.
 
@@ -47,6 +50,7 @@ class EntropyProbe(L.Callback):
         self.bin_width = bin_width
         self.dirpath = dirpath
         self.plot = plot
+        self._epoch_start = time.perf_counter()
 
     def csv_path(self, trainer: L.Trainer) -> Path:
         return Path(self.dirpath or trainer.default_root_dir) / "entropy.csv"
@@ -56,7 +60,11 @@ class EntropyProbe(L.Callback):
             return getattr(trainer.datamodule, "bin_width", None) if trainer.datamodule is not None else None
         return self.bin_width
 
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch_seconds = time.perf_counter() - self._epoch_start  # training and validation
         epoch = trainer.current_epoch
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
         if trainer.sanity_checking or ((epoch + 1) % self.every_n_epochs and not last):
@@ -64,6 +72,7 @@ class EntropyProbe(L.Callback):
         report = probe(pl_module.model, num_samples=self.num_samples, seed=self.seed,
                        bin_width=self._resolve_bin_width(trainer))
         metrics = report.metrics()
+        metrics["entropy/probe_share"] = report.seconds / (epoch_seconds + report.seconds)
         # every rank holds the same values: their mean is that value (and Lightning wants DDP epoch logs synced)
         pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True)
         if trainer.is_global_zero:
