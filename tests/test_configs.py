@@ -78,6 +78,7 @@ def test_leaf_groups_and_list_values(hydra_ctx):
         ("digits_gaussian", []),
         ("mnist_t10k_ht", ["data.root=/nowhere"]),
         ("debd_ht", ["data.root=/nowhere"]),
+        ("deep_ht64", []),
     ],
 )
 def test_experiments_compose(hydra_ctx, experiment, extra):
@@ -87,6 +88,8 @@ def test_experiments_compose(hydra_ctx, experiment, extra):
         assert obj.module.objective == schema.Objective.discriminative and obj.model.num_classes == 10
     if experiment == "digits_gaussian":
         assert obj.data.continuous and obj.model.leaf.name == schema.LeafName.gaussian
+    if experiment == "deep_ht64":  # 64x64 -> 1x1 by 2x2 pooling: 6 fusion levels
+        assert obj.model.in_shape == [1, 64, 64] and obj.model.pool == 2 and obj.data.name == "synthetic"
     if experiment == "mnist_t10k_ht":
         assert obj.data.split == schema.IDXSplit.t10k and obj.model.in_shape == [1, 28, 28]
 
