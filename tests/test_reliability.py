@@ -248,6 +248,13 @@ def test_eval_a_file_that_is_not_a_convac_checkpoint(tmp_path, cli_error, traine
     assert_user_error(cli_error("eval", tmp_path / "eval", f"ckpt={bad}"), "eval", [f"ckpt={bad}", *words])
 
 
+def test_hydra_full_error_shows_the_exception(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["convac-train", f"hydra.run.dir={tmp_path / 'run'}", *TINY, "model.in_shape=[1,4,4]"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ValueError, match=r"takes samples of shape \[1, 4, 4\]"):
+        train_main()
+
+
 def test_unwritable_output_folder(tmp_path, cli_error):
     (tmp_path / "a_file").write_text("")
     result = cli_error("train", tmp_path / "run", *TINY, f"output_dir={tmp_path / 'a_file' / 'out'}")
