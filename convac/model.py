@@ -33,6 +33,15 @@ def _pair(value, what: str) -> Grid:
     return pair
 
 
+def _leaf_grid(in_shape: Sequence[int], patch_size: int) -> Grid:
+    """``(H_0, W_0) = (ceil(H / p), ceil(W / p))``, the level-0 grid of an input ``(C, H, W)``."""
+    if len(in_shape) != 3:
+        raise ValueError(f"in_shape must be (C, H, W), got {tuple(in_shape)}")
+    if int(patch_size) < 1:
+        raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}")
+    return (math.ceil(int(in_shape[1]) / patch_size), math.ceil(int(in_shape[2]) / patch_size))
+
+
 class ConvAC(nn.Module):
     """A ConvAC with an explicit schedule of pooling windows (use :class:`CPConvAC` / :class:`HTConvAC`).
 
@@ -78,9 +87,8 @@ class ConvAC(nn.Module):
         self.leaf_spec = make_leaf(leaf)
         self.patch_size = int(patch_size)
         self.num_classes = int(num_classes)
-        c, h, w = self.in_shape
-        p = self.patch_size
-        grid = (math.ceil(h / p), math.ceil(w / p))
+        c, p = self.in_shape[0], self.patch_size
+        grid = _leaf_grid(self.in_shape, p)
         self.grids: list[Grid] = [grid]
         self.channels: list[int] = [int(num_components)] + [int(k) for k in channels]
 
@@ -334,11 +342,7 @@ class HTConvAC(ConvAC):
         share_weights: bool = False,
         class_prior: str = "uniform",
     ):
-        in_shape = tuple(int(s) for s in in_shape)
-        if len(in_shape) != 3:
-            raise ValueError(f"in_shape must be (C, H, W), got {in_shape}")
-        grid = (math.ceil(in_shape[1] / patch_size), math.ceil(in_shape[2] / patch_size))
-        windows = self._schedule(grid, pool)
+        windows = self._schedule(_leaf_grid(in_shape, patch_size), pool)
         if isinstance(channels, int):
             channels = [channels] * len(windows)
         super().__init__(in_shape, leaf, num_components, list(channels), windows, patch_size,
@@ -377,9 +381,6 @@ class CPConvAC(ConvAC):
         share_weights: bool = False,
         class_prior: str = "uniform",
     ):
-        in_shape = tuple(int(s) for s in in_shape)
-        if len(in_shape) != 3:
-            raise ValueError(f"in_shape must be (C, H, W), got {in_shape}")
-        grid = (math.ceil(in_shape[1] / patch_size), math.ceil(in_shape[2] / patch_size))
-        super().__init__(in_shape, leaf, num_components, [int(rank)], [grid], patch_size,
+        global_window = _leaf_grid(in_shape, patch_size)
+        super().__init__(in_shape, leaf, num_components, [int(rank)], [global_window], patch_size,
                          num_classes, share_leaves, share_weights, class_prior)
