@@ -196,9 +196,15 @@ class LeafLayer(nn.Module):
             per_var = per_var.masked_fill(missing.unsqueeze(-1), 0.0)
         return per_var.sum(2) if self.num_vars > 1 else per_var.squeeze(2)
 
-    def entropy(self) -> torch.Tensor:
-        """(P, M): ``H(x_i | d)`` in nats, the sum over the patch's variables (exact)."""
-        return self.entropy_per_variable().expand(self.num_positions, -1, -1).sum(1)
+    def entropy(self, present: torch.Tensor | None = None) -> torch.Tensor:
+        """(P, M): ``H(x_i | d)`` in nats, the sum over the patch's variables (exact).
+
+        ``present`` (P, V) bool leaves out the variables that only pad a patch (the model's
+        inputs never hold them: they are marginalized)."""
+        per_variable = self.entropy_per_variable().expand(self.num_positions, -1, -1)  # (P, V, M)
+        if present is not None:
+            per_variable = per_variable * present.unsqueeze(-1)
+        return per_variable.sum(1)
 
 
 class CategoricalLayer(LeafLayer):

@@ -26,10 +26,12 @@ from convac.leaves import LeafSpec, make_leaf, sample_from_cdf, sample_indices
 
 def _pair(value, what: str) -> Grid:
     if isinstance(value, int):
-        return (value, value)
+        value = (value, value)
     pair = tuple(int(v) for v in value)
     if len(pair) != 2:
         raise ValueError(f"{what} must be an int or an (h, w) pair, got {value!r}")
+    if min(pair) < 1:
+        raise ValueError(f"{what} must be positive, got {value!r}")
     return pair
 
 
@@ -93,6 +95,9 @@ class ConvAC(nn.Module):
         self.channels: list[int] = [int(num_components)] + [int(k) for k in channels]
 
         self.leaves = self.leaf_spec.make_layer(grid[0] * grid[1], c * p * p, int(num_components), share_leaves)
+        # (P_0, V): False for the variables that only pad the last patches of the grid
+        present = self._to_patches(torch.ones(1, *self.in_shape, dtype=torch.bool), False)[:, 0]
+        self.register_buffer("present_variables", present, persistent=False)
         self.sums = nn.ModuleList()
         self.pools = nn.ModuleList()
         for k_in, k_out, window in zip(self.channels[:-1], self.channels[1:], windows):
@@ -119,6 +124,11 @@ class ConvAC(nn.Module):
     def num_variables(self) -> int:
         """``D = C * H * W``."""
         return math.prod(self.in_shape)
+
+    def leaf_entropy(self) -> torch.Tensor:
+        """(P_0, M): ``H(x_i | d)``, the exact entropy of every leaf component over the real
+        (unpadded) variables of its patch."""
+        return self.leaves.entropy(self.present_variables)
 
     def log_class_prior(self) -> torch.Tensor:
         """(num_classes,): ``log P(y)``."""

@@ -2,6 +2,7 @@
 
     python scripts/results.py missing [--model ht_digits_classifier] [--out results/missing.json]
     python scripts/results.py density [--datasets digits nltcs] [--out results/density.json]
+    python scripts/results.py default-run [--threads null 1] [--out results/default.json]
 
 ``missing`` follows the protocol of Sharir et al.'s tensorial mixture models: test images of the
 digits with pixels missing i.i.d. at several rates, or inside a random square, classified by
@@ -144,10 +145,13 @@ def run_cirkit(cfg, datamodule, units: int) -> dict:
     circuit = cirkit_circuit(datamodule.in_shape, datamodule.num_values, units, torch.device("cpu"))
     optimizer = getattr(torch.optim, cfg.module.optimizer)(circuit.parameters(), lr=cfg.module.lr)
 
-    def nll(split: str) -> float:
+    def log_likelihoods(split: str) -> torch.Tensor:
         x, _ = datamodule.split(split)
         with torch.no_grad():
-            return float(-torch.cat([circuit(b.flatten(1)).flatten() for b in x.split(1024)]).mean())
+            return torch.cat([circuit(b.flatten(1)).flatten() for b in x.split(1024)])
+
+    def nll(split: str) -> float:
+        return float(-log_likelihoods(split).mean())
 
     best, best_state, start = math.inf, None, time.perf_counter()
     for _ in range(cfg.trainer.max_epochs):
@@ -160,8 +164,12 @@ def run_cirkit(cfg, datamodule, units: int) -> dict:
         if val < best or best_state is None:
             best, best_state = val, copy.deepcopy(circuit.state_dict())
     circuit.load_state_dict(best_state)
-    return {"params": sum(p.numel() for p in circuit.parameters()), "units": units,
-            "test_nll": nll("test"), "best_val_nll": best, "seconds": time.perf_counter() - start}
+    test = log_likelihoods("test")
+    # libcirkit clamps log-values at about -708 (exp underflow in float64 terms): when every test
+    # image gets the same clamped value, the number is not a likelihood and is flagged as such
+    clamped = bool(test.std() < 1e-6)
+    return {"params": sum(p.numel() for p in circuit.parameters()), "units": units, "test_nll": float(-test.mean()),
+            "best_val_nll": best, "clamped": clamped, "seconds": time.perf_counter() - start}
 
 
 def run_density(out_dir: Path, only: set[str] | None = None) -> dict:
@@ -198,12 +206,48 @@ def run_density(out_dir: Path, only: set[str] | None = None) -> dict:
     return {"rows": rows}
 
 
+def run_default(run_dir: Path, threads: str) -> dict:
+    """The default ``convac-train`` (HT on digits, probe on): wall time, final validation and
+    test metrics, and the probe's cost (``entropy/probe_share``) and precision per epoch."""
+    command = [sys.executable, "-m", "convac.cli.train", f"hydra.run.dir={run_dir}", f"threads={threads}",
+               "trainer.enable_progress_bar=false"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    val = [r for r in rows if r.get("val/nll")][-1]
+    test = [r for r in rows if r.get("test/nll")][-1]
+    with (run_dir / "entropy.csv").open(newline="") as f:
+        probes = list(csv.DictReader(f))
+    shares = sorted(float(r["entropy/probe_share"]) for r in probes)
+    se_rel = [float(r["entropy/H_X_se"]) / float(r["entropy/H_X"]) for r in probes]
+    return {"threads": threads, "wall_s": seconds, "epochs": len(probes), "val_nll": float(val["val/nll"]),
+            "val_bpd": float(val["val/bpd"]), "test_nll": float(test["test/nll"]), "test_bpd": float(test["test/bpd"]),
+            "probe_share_median": shares[len(shares) // 2], "probe_share_mean": sum(shares) / len(shares),
+            "probe_seconds_median": sorted(float(r["entropy/probe_seconds"]) for r in probes)[len(probes) // 2],
+            "h_x_se_rel_max": max(se_rel)}
+
+
+def markdown_default(rows: list[dict]) -> str:
+    lines = ["| threads | wall (s) | epochs | val NLL | val bits/dim | test NLL | test bits/dim | probe share of an epoch (median / mean) | probe s | max SE(H(X))/H(X) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['threads']} | {r['wall_s']:.1f} | {r['epochs']} | {r['val_nll']:.2f} | {r['val_bpd']:.3f} | "
+                     f"{r['test_nll']:.2f} | {r['test_bpd']:.3f} | {100 * r['probe_share_median']:.1f}% / "
+                     f"{100 * r['probe_share_mean']:.1f}% | {r['probe_seconds_median']:.4f} | {100 * r['h_x_se_rel_max']:.2f}% |")
+    return "\n".join(lines)
+
+
 def markdown_density(result: dict) -> str:
     lines = ["| dataset | model | params | epochs | test NLL (nats) | bits/dim | train s |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         seconds = f"{r['seconds']:.0f}" if "seconds" in r else "-"
-        lines.append(f"| {r['dataset']} | {r['model']} | {r['params']:,} | {r['epochs']} | {r['test_nll']:.2f} | "
-                     f"{r['test_bpd']:.3f} | {seconds} |")
+        nll = f"{r['test_nll']:.2f}"
+        bpd = f"{r['test_bpd']:.3f}"
+        if r.get("clamped"):  # a constant clamped output, not a likelihood
+            nll, bpd = f"fails: clamped, every image gets log P = {-r['test_nll']:.1f}", "-"
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['params']:,} | {r['epochs']} | {nll} | {bpd} | {seconds} |")
     return "\n".join(lines)
 
 
@@ -218,11 +262,18 @@ def main(argv: list[str] | None = None) -> None:
     density.add_argument("--datasets", nargs="*", help="a subset of: digits mnist-t10k nltcs plants")
     density.add_argument("--runs", type=Path, default=Path("results"), help="folder for the training runs")
     density.add_argument("--out", type=Path)
+    default = sub.add_parser("default-run", help="the default convac-train: time, metrics, probe cost")
+    default.add_argument("--threads", nargs="*", default=["null", "1"], help="values of the threads option")
+    default.add_argument("--runs", type=Path, default=Path("results"), help="folder for the training runs")
+    default.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.table == "missing":
         result = run_missing(args.model, args.seed)
         print(markdown_missing(result))
+    elif args.table == "default-run":
+        result = {"rows": [run_default(args.runs / "runs" / f"default_threads_{t}", t) for t in args.threads]}
+        print(markdown_default(result["rows"]))
     else:
         result = run_density(args.runs, set(args.datasets) if args.datasets else None)
         print(markdown_density(result))

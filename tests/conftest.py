@@ -27,5 +27,10 @@ def all_inputs(in_shape, num_values: int) -> torch.Tensor:
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_threads():
+    """Every test starts from seed 0 and leaves torch's thread count as it found it (the CLI's
+    ``threads`` option sets it for the whole process)."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

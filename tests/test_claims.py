@@ -57,3 +57,11 @@ def test_cli_prints_the_claims_and_rejects_unknown_keys(tmp_path, capsys):
     assert "Thm 3 (monotone chain)" in out and "entropy chain" in out
     with pytest.raises(SystemExit, match="nm"):
         claims_main([f"ckpt={path}", "nm=3"])
+
+
+def test_cli_reports_a_missing_model_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        claims_main([f"ckpt={tmp_path / 'absent.safetensors'}"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("convac-claims: error:") and err.count("\n") == 1

@@ -17,6 +17,9 @@ MODELS = [
     (HTConvAC, dict(in_shape=(1, 2, 4), leaf=Bernoulli(), num_components=2, channels=2, share_weights=True, share_leaves=True)),
     (CPConvAC, dict(in_shape=(1, 2, 3), leaf=Categorical(3), num_components=3, rank=4)),
     (CPConvAC, dict(in_shape=(1, 1, 6), leaf=Bernoulli(), num_components=2, rank=3, num_classes=3)),
+    # patches that do not divide the input: the padded variables are no part of any entropy
+    (HTConvAC, dict(in_shape=(1, 3, 3), leaf=Bernoulli(), num_components=2, channels=3, patch_size=2)),
+    (CPConvAC, dict(in_shape=(2, 1, 3), leaf=Categorical(3), num_components=2, rank=2, patch_size=2)),
 ]
 
 

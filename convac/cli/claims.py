@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from convac import load_pretrained
+from convac.cli.common import exit_on_error
 from convac.entropy import DEFAULT_NUM_SAMPLES, probe
 from convac.entropy.claims import check_claims, format_claims
 
@@ -31,8 +32,9 @@ def main(argv: list[str] | None = None) -> None:
         ckpt = cfg.ckpt
     except OmegaConfBaseException as err:
         sys.exit(f"convac-claims: error: {err}")
-    model = load_pretrained(ckpt)
-    report = probe(model, num_samples=cfg.num_samples, seed=cfg.seed, bin_width=cfg.bin_width)
+    with exit_on_error("convac-claims"):
+        model = load_pretrained(ckpt)
+        report = probe(model, num_samples=cfg.num_samples, seed=cfg.seed, bin_width=cfg.bin_width)
     print(report.summary())
     print(format_claims(check_claims(model, report, seed=cfg.seed)))
 

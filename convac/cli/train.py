@@ -41,18 +41,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # testing resets them
     summary = run_summary(trainer, out)  # before testing, which reloads the callbacks' state
     checkpoint = trainer.checkpoint_callback
     if cfg.test:
         trainer.test(module, datamodule=datamodule, ckpt_path=(checkpoint and checkpoint.best_model_path) or None)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     rank_zero_only(print)(summary)
-    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return metrics
 
 
 def resume_path(ckpt_path: str | None, out: Path) -> Path | None:
     """The checkpoint that ``ckpt_path`` names: ``"last"`` is ``<out>/checkpoints/last.ckpt``
-    (None while there is none: Lightning then starts afresh, with a warning)."""
+    (None while there is none: the run then starts afresh)."""
     if ckpt_path != "last":
         return None if ckpt_path is None else Path(ckpt_path)
     last = out / "checkpoints" / "last.ckpt"

@@ -3,7 +3,7 @@
 With normalized leaves and simplex weights a ConvAC is a latent tree: ``Z_{l,i}`` is the channel
 chosen at position ``i`` of level ``l`` (``Z_{0,i}`` the leaf component). This module reads the
 model only through its public queries (``sample``, ``level_log_probs``, ``latent_marginals``,
-``sample_below``) and its weights (``sums[l].weights()``, ``root``, ``leaves.entropy()``).
+``sample_below``, ``leaf_entropy``) and its weights (``sums[l].weights()``, ``root``).
 
 All entropies are in nats and summed over positions.
 """
@@ -96,7 +96,7 @@ def one_pass_statistics(model: ConvAC, flows: list[torch.Tensor], n: int, genera
 def exact_leaf_entropy(model: ConvAC, flows: list[torch.Tensor]) -> float:
     """``H^0 = sum_i sum_d pi_{0,i}(d) H(x_i | d)``, exact (closed-form leaf entropies)."""
     flow = flows[0].flatten(1).t()  # (P_0, M)
-    return float((flow * model.leaves.entropy()).sum())
+    return float((flow * model.leaf_entropy()).sum())
 
 
 @torch.no_grad()
@@ -119,7 +119,7 @@ def analytic_bounds(model: ConvAC, flows: list[torch.Tensor]) -> tuple[list[tupl
     """Bounds on ``H^l`` (``l = 0..L``) and ``H(X)`` at no sampling cost, from the recursion
     ``sum_a w_a H(child_a) <= H(sum_a w_a child_a) <= sum_a w_a H(child_a) + H(w)``
     applied node by node (products add their children's entropies)."""
-    low = high = model.leaves.entropy()  # (P_0, M)
+    low = high = model.leaf_entropy()  # (P_0, M)
     bounds = [_weighted(flows[0], low, high)]
     for level in range(1, model.num_levels + 1):
         layer, pool = model.sums[level - 1], model.pools[level - 1]
@@ -147,7 +147,7 @@ def node_entropies(model: ConvAC, n: int, generator: torch.Generator) -> list[tu
     Level 0 is exact. For ``l >= 1``: force channel ``k`` at every position of level ``l``,
     sample below (``sample_below``) and evaluate up to level ``l``; ``sum_l K_l`` batches of ``n``.
     """
-    leaf = model.leaves.entropy().t().reshape(model.channels[0], *model.grids[0])
+    leaf = model.leaf_entropy().t().reshape(model.channels[0], *model.grids[0])
     results = [(leaf, torch.zeros_like(leaf))]
     for level in range(1, model.num_levels + 1):
         means, ses = [], []

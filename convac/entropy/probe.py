@@ -44,6 +44,8 @@ def probe(
     """
     if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2, got {num_samples}")
+    if bin_width is not None and bin_width <= 0:
+        raise ValueError(f"bin_width must be positive, got {bin_width}")
     start = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -66,8 +68,6 @@ def probe(
     discrete = model.leaf_spec.is_discrete or bin_width is not None
     offset = 0.0
     if not model.leaf_spec.is_discrete and bin_width is not None:
-        if bin_width <= 0:
-            raise ValueError(f"bin_width must be positive, got {bin_width}")
         offset = model.num_variables * math.log(1.0 / bin_width)
 
     # The leaf term -sum_i log node_{0,i,Z_0}(x) has the exact mean H^0: as a control variate it

@@ -66,8 +66,8 @@ class EntropyProbe(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch_seconds = time.perf_counter() - self._epoch_start  # training and validation
         epoch = trainer.current_epoch
-        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
-        if trainer.sanity_checking or ((epoch + 1) % self.every_n_epochs and not last):
+        last = trainer.max_epochs not in (None, -1) and epoch + 1 >= trainer.max_epochs
+        if (epoch + 1) % self.every_n_epochs and not last:
             return
         report = probe(pl_module.model, num_samples=self.num_samples, seed=self.seed,
                        bin_width=self._resolve_bin_width(trainer))
