@@ -191,13 +191,17 @@ class ConvAC(nn.Module):
         """(B, C, H, W) -> (B, num_classes): ``log P(x | y)``, missing variables marginalized."""
         return self.root(self._upward(x, missing)[-1])[0]
 
+    def log_joint(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) -> (B, num_classes): ``log P(x, y) = log P(x | y) + log P(y)``."""
+        return self(x, missing) + self.log_class_prior()
+
     def log_prob(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, H, W) -> (B,): ``log P(x) = logsumexp_y log P(x | y) + log P(y)``."""
-        return torch.logsumexp(self(x, missing) + self.log_class_prior(), dim=1)
+        """(B, C, H, W) -> (B,): ``log P(x) = logsumexp_y log P(x, y)``."""
+        return torch.logsumexp(self.log_joint(x, missing), dim=1)
 
     def log_posterior(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, num_classes): ``log P(y | x)`` by Bayes' rule."""
-        return F.log_softmax(self(x, missing) + self.log_class_prior(), dim=1)
+        return F.log_softmax(self.log_joint(x, missing), dim=1)
 
     def level_log_probs(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> list[torch.Tensor]:
         """List over levels ``0..L`` of ``(B, K_l, H_l, W_l)``: log-values of every product node

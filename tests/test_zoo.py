@@ -23,7 +23,7 @@ from convac.zoo.cards import README_BEGIN, README_END, load_cards, replace_readm
 from convac.zoo.entries import ENTRIES, compose_train_config
 from convac.zoo.pretrained import read_weights, save_weights, sha256_file
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from tests.conftest import SHARED_DATA
 CARDS = load_cards()
 MODEL_CONFIGS = sorted(p.stem for p in (Path(convac.__file__).parent / "configs" / "model").glob("*.yaml"))
 CONSTRUCTORS = {"ht": HTConvAC, "cp": CPConvAC}

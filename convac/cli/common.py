@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from convac.configs import schema
 from convac.training import NonFiniteError
+from convac.zoo.pretrained import load_checkpoint_dict
 
 # What a user can cause and fix (a bad value, file, folder or checkpoint) or must be told of
 # (a non-finite loss): reported in one line instead of a traceback.
@@ -46,15 +47,7 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{key}={path}: no such checkpoint file")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on bad files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{key}={path}: not a readable checkpoint (truncated or another format): {reason}") from e
-    if not isinstance(saved, dict) or "model_name" not in saved.get("hyper_parameters", {}):
-        raise ValueError(f"{key}={path}: not a convac-train checkpoint (expected a Lightning checkpoint "
-                         "whose hyperparameters name the model, e.g. checkpoints/last.ckpt of a run)")
-    return saved
+    return load_checkpoint_dict(path.read_bytes(), f"{key}={path}")
 
 
 @contextmanager

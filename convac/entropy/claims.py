@@ -55,7 +55,7 @@ def check_claims(model: ConvAC, report: EntropyReport, num_samples: int = 4096, 
     gap_z_low = min([float(((g + Z * se)).min()) for g, se in zip(report.gaps, report.gap_se)] + [report.root_gap.value + Z * report.root_gap.se])
     over_cap = max([float((g - Z * se - c).max()) for g, se, c in zip(report.gaps, report.gap_se, report.caps)]
                    + [report.root_gap.value - Z * report.root_gap.se - report.root_cap])
-    log_k = [math.log(k) for k in model.channels[:-1]] + [math.log(model.channels[-1])]
+    log_k = [math.log(k) for k in model.channels]  # K_in of each layer's sums, then the root's
     cap_over_logk = max([float(c.max()) - lk for c, lk in zip(report.caps, log_k)] + [report.root_cap - log_k[-1]])
 
     checks = report.checks()

@@ -72,7 +72,7 @@ class ConvACModule(L.LightningModule):
                 f"the {objective} objective needs a classifier (num_classes >= 2), "
                 f"got num_classes={self.model.num_classes}"
             )
-        self.bits_per_nat = 1.0 / (math.prod(self.model.in_shape) * math.log(2))
+        self.bits_per_nat = 1.0 / (self.model.num_variables * math.log(2))
 
     def forward(self, x: Tensor, missing: Tensor | None = None) -> Tensor:
         """(B, C, H, W) -> (B,): ``log P(x)``."""
@@ -81,7 +81,7 @@ class ConvACModule(L.LightningModule):
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         """Compute the objective of ``batch = (x (B, C, H, W), y (B,))`` and log its metrics."""
         x, y = batch
-        log_joint = self.model(x) + self.model.log_class_prior()  # (B, K): log P(x, y)
+        log_joint = self.model.log_joint(x)  # (B, K): log P(x, y)
         log_px = torch.logsumexp(log_joint, dim=1)  # (B,)
         nll = -log_px.mean()
         metrics = {"nll": nll}

@@ -30,7 +30,7 @@ def test_metrics(model: ConvAC, datamodule: ConvACDataModule, batch_size: int = 
     x_all, y_all = datamodule.split("test")
     nll_sum, correct = 0.0, 0
     for x, y in zip(x_all.split(batch_size), y_all.split(batch_size)):
-        log_joint = model(x) + model.log_class_prior()  # (B, K): log P(x, y)
+        log_joint = model.log_joint(x)  # (B, K): log P(x, y)
         nll_sum -= float(torch.logsumexp(log_joint, dim=1).double().sum())
         correct += int((log_joint.argmax(1) == y).sum())
     n = len(x_all)

@@ -173,25 +173,37 @@ def _safetensors_header(data: bytes, path: Path) -> dict[str, Any]:
     return header
 
 
-def _parse_checkpoint(data: bytes, path: Path) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
-    """Architecture and model tensors of a ``ConvACModule`` Lightning checkpoint, unpickled
-    with ``weights_only=True``."""
+def load_checkpoint_dict(data: bytes, where: str) -> dict[str, Any]:
+    """The dict of a ``convac-train`` (``ConvACModule``) Lightning checkpoint, unpickled with
+    ``weights_only=True``; ``where`` names the file in the messages. A pickle that asks for
+    anything outside torch's allowlist raises :class:`UnsafeCheckpointError` (nothing runs);
+    an unreadable file or another kind of checkpoint, :class:`CorruptWeightsError`."""
     try:
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[0]
-        raise UnsafeCheckpointError(
-            f"{path}: refused: the pickle asks for objects outside torch's weights-only allowlist "
-            f"({reason}); nothing in it was executed. Load only checkpoints you trust, or use .safetensors"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CorruptWeightsError(f"{path}: not a readable torch checkpoint ({err})") from None
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on bad files
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0])
+        if isinstance(err, pickle.UnpicklingError) and "GLOBAL" in str(err):  # it would import code
+            raise UnsafeCheckpointError(
+                f"{where}: refused: the pickle asks for objects outside torch's weights-only allowlist "
+                f"({reason}); nothing in it was executed. Load only checkpoints you trust, or use .safetensors"
+            ) from None
+        raise CorruptWeightsError(f"{where}: not a readable checkpoint (truncated or another format): {reason}") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "model_name" not in hparams or "state_dict" not in ckpt:
+        found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CorruptWeightsError(
-            f"{path}: expected a ConvACModule checkpoint (hyper_parameters.model_name, "
-            f"model_kwargs and state_dict), found keys {sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__}"
+            f"{where}: not a convac-train checkpoint (expected a ConvACModule checkpoint with "
+            f"hyper_parameters.model_name, model_kwargs and state_dict, e.g. checkpoints/last.ckpt of a run); "
+            f"found keys {found}"
         )
+    return ckpt
+
+
+def _parse_checkpoint(data: bytes, path: Path) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """Architecture and model tensors of a ``ConvACModule`` Lightning checkpoint."""
+    ckpt = load_checkpoint_dict(data, str(path))
+    hparams = ckpt["hyper_parameters"]
     prefix = "model."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     return hparams["model_name"], dict(hparams.get("model_kwargs") or {}), state
