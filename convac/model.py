@@ -174,8 +174,9 @@ class ConvAC(nn.Module):
     def _upward(self, x: torch.Tensor, missing: torch.Tensor | None) -> list[torch.Tensor]:
         """Log-values of the product nodes of every level, position-major ``(P_l, B, K_l)``."""
         x, missing = self._check_input(x, missing)
-        # padded variables are missing, hence marginalized (leaf log-likelihood 0)
-        h = self.leaves.log_prob(self._to_patches(x.masked_fill(missing, 0), 0), self._to_patches(missing, True))
+        # padded variables are missing, hence marginalized (leaf log-likelihood 0); the leaves
+        # ignore the values of missing entries (NaN included)
+        h = self.leaves.log_prob(self._to_patches(x, 0), self._to_patches(missing, True))
         levels = [h]
         for sum_layer, pool in zip(self.sums, self.pools):
             h = pool(sum_layer(h))
