@@ -171,9 +171,9 @@ class ConvAC(nn.Module):
         return x[:, :, :h, :w]
 
     # ---------------------------------------------------------------- bottom-up pass
-    def _upward(self, x: torch.Tensor, missing: torch.Tensor | None) -> list[torch.Tensor]:
-        """Log-values of the product nodes of every level, position-major ``(P_l, B, K_l)``."""
-        x, missing = self._check_input(x, missing)
+    def _upward(self, x: torch.Tensor, missing: torch.Tensor) -> list[torch.Tensor]:
+        """Log-values of the product nodes of every level, position-major ``(P_l, B, K_l)``,
+        for an input and full mask checked by :meth:`_check_input`."""
         # padded variables are missing, hence marginalized (leaf log-likelihood 0); the leaves
         # ignore the values of missing entries (NaN included)
         h = self.leaves.log_prob(self._to_patches(x, 0), self._to_patches(missing, True))
@@ -190,7 +190,7 @@ class ConvAC(nn.Module):
 
     def forward(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, num_classes): ``log P(x | y)``, missing variables marginalized."""
-        return self.root(self._upward(x, missing)[-1])[0]
+        return self.root(self._upward(*self._check_input(x, missing))[-1])[0]
 
     def log_joint(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, num_classes): ``log P(x, y) = log P(x | y) + log P(y)``."""
@@ -208,7 +208,8 @@ class ConvAC(nn.Module):
         """List over levels ``0..L`` of ``(B, K_l, H_l, W_l)``: log-values of every product node
         (level 0: the leaf components ``log P(x_i | d)``); each is a normalized distribution
         over its scope."""
-        return [self._grid_layout(level, v) for level, v in enumerate(self._upward(x, missing))]
+        levels = self._upward(*self._check_input(x, missing))
+        return [self._grid_layout(level, v) for level, v in enumerate(levels)]
 
     # ---------------------------------------------------------------- top-down quantities
     def latent_marginals(self) -> list[torch.Tensor]:
