@@ -189,6 +189,10 @@ class LeafLayer(nn.Module):
             idx = torch.zeros_like(idx)
         return idx.view(-1, 1)
 
+    def forward(self, x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+        """:meth:`log_prob` (the leaf layer as a module: forward hooks see its output)."""
+        return self.log_prob(x, missing)
+
     def log_prob(self, x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
         """``x``, ``missing`` (P, B, V) -> (P, B, M): ``log P(x_i | d)``, missing variables give 0."""
         per_var = self.log_prob_per_variable(x, missing)  # (P, B, V, M)

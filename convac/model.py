@@ -7,6 +7,12 @@ CP and HT ConvACs are one machine with two pooling schedules (DESIGN section 1):
 * HT (paper eq. 20): fusion layers with small windows (2 for sequences, 2x2 for images)
   down to a 1x1 grid.
 
+The *structure* is the dimension tree the pooling builds (DESIGN section 7). ``"grid"``: the
+patches' own grid. ``"learned"``: every one of ``R`` repetitions lays the patch positions out as
+a sequence in an order of its own (:mod:`convac.structure` learns it from data; the ``order``
+buffer stores it), pooled 1x2 down to one position; the level grids are then ``(R, W_l)`` and the
+root sums over the ``R * K_L`` top channels, so the repetition is a latent of the root.
+
 Levels are ``l = 0..L``: level 0 holds the ``M`` leaf components on grid ``(H_0, W_0)``; level
 ``l`` holds ``K_l`` product nodes on grid ``(H_l, W_l)``. Public tensors are image-like
 ``(B, K, H, W)``; internally the position-major ``(P, B, K)`` layout of :mod:`convac.layers`.
@@ -22,6 +28,8 @@ from torch.nn import functional as F
 
 from convac.layers import Grid, ProductPool, SumLayer
 from convac.leaves import LeafSpec, make_leaf, sample_from_cdf, sample_indices
+
+STRUCTURES = ("grid", "learned")
 
 
 def _pair(value, what: str) -> Grid:
@@ -71,6 +79,8 @@ class ConvAC(nn.Module):
         share_leaves: bool = False,
         share_weights: bool = False,
         class_prior: str = "uniform",
+        structure: str = "grid",
+        num_repetitions: int = 1,
     ):
         super().__init__()
         self.in_shape = tuple(int(s) for s in in_shape)
@@ -85,19 +95,33 @@ class ConvAC(nn.Module):
             raise ValueError(f"channels must be positive integers, got {list(channels)}")
         if class_prior not in ("uniform", "learned"):
             raise ValueError(f"class_prior must be 'uniform' or 'learned', got {class_prior!r}")
+        if structure not in STRUCTURES:
+            raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
+        if int(num_repetitions) < 1 or (structure == "grid" and int(num_repetitions) != 1):
+            raise ValueError(f"num_repetitions must be 1 for structure='grid' and >= 1 for 'learned', "
+                             f"got {num_repetitions!r} with structure={structure!r}")
 
         self.leaf_spec = make_leaf(leaf)
         self.patch_size = int(patch_size)
         self.num_classes = int(num_classes)
+        self.structure = structure
+        self.num_repetitions = int(num_repetitions)
         c, p = self.in_shape[0], self.patch_size
-        grid = _leaf_grid(self.in_shape, p)
+        self.patch_grid = _leaf_grid(self.in_shape, p)
+        num_patches = self.patch_grid[0] * self.patch_grid[1]
+        if structure == "learned":
+            # (R, P_0): the patch (row-major index) at every position of each repetition's sequence
+            self.register_buffer("order", torch.arange(num_patches).repeat(self.num_repetitions, 1))
+            grid = (self.num_repetitions, num_patches)
+        else:
+            grid = self.patch_grid
         self.grids: list[Grid] = [grid]
         self.channels: list[int] = [int(num_components)] + [int(k) for k in channels]
 
         self.leaves = self.leaf_spec.make_layer(grid[0] * grid[1], c * p * p, int(num_components), share_leaves)
-        # (P_0, V): False for the variables that only pad the last patches of the grid
+        # (P_img, V): False for the variables that only pad the last patches of the image
         present = self._to_patches(torch.ones(1, *self.in_shape, dtype=torch.bool), False)[:, 0]
-        self.register_buffer("present_variables", present, persistent=False)
+        self.register_buffer("present_patch_variables", present, persistent=False)
         self.sums = nn.ModuleList()
         self.pools = nn.ModuleList()
         for k_in, k_out, window in zip(self.channels[:-1], self.channels[1:], windows):
@@ -106,9 +130,9 @@ class ConvAC(nn.Module):
             self.pools.append(ProductPool(grid, window))
             grid = self.pools[-1].out_grid
             self.grids.append(grid)
-        if grid != (1, 1):
-            raise ValueError(f"the pooling schedule {list(windows)} ends on grid {grid}, not 1x1")
-        self.root = SumLayer((1, 1), self.channels[-1], self.num_classes, shared=True)
+        if grid != (self.num_repetitions, 1):
+            raise ValueError(f"the pooling schedule {list(windows)} ends on grid {grid}, not {self.num_repetitions}x1")
+        self.root = SumLayer((1, 1), self.num_repetitions * self.channels[-1], self.num_classes, shared=True)
         if class_prior == "learned":
             self.class_logits = nn.Parameter(torch.zeros(self.num_classes))
         else:
@@ -125,10 +149,29 @@ class ConvAC(nn.Module):
         """``D = C * H * W``."""
         return math.prod(self.in_shape)
 
+    @property
+    def present_variables(self) -> torch.Tensor:
+        """(P_0, V) bool: False for the variables that only pad the last patches of the image,
+        at every level-0 position."""
+        return self._tree_positions(self.present_patch_variables)
+
     def leaf_entropy(self) -> torch.Tensor:
         """(P_0, M): ``H(x_i | d)``, the exact entropy of every leaf component over the real
         (unpadded) variables of its patch."""
         return self.leaves.entropy(self.present_variables)
+
+    def set_order(self, order: torch.Tensor) -> None:
+        """Set the learned structure: ``order`` (R, P_0) long, row ``r`` the patch (row-major index
+        of the patch grid) at every position of repetition ``r``'s sequence; each row a permutation.
+        See :func:`convac.structure.learn_structure`."""
+        if self.structure != "learned":
+            raise ValueError(f"set_order needs structure='learned', this model has structure={self.structure!r}")
+        order = torch.as_tensor(order, dtype=torch.long, device=self.order.device)
+        expected = torch.arange(self.order.shape[1], device=order.device)
+        if order.shape != self.order.shape or not torch.equal(order.sort(1).values, expected.expand_as(order)):
+            raise ValueError(f"order must hold one permutation of 0..{self.order.shape[1] - 1} per repetition, "
+                             f"shape {tuple(self.order.shape)}; got shape {tuple(order.shape)}")
+        self.order.copy_(order)
 
     def log_class_prior(self) -> torch.Tensor:
         """(num_classes,): ``log P(y)``."""
@@ -159,16 +202,39 @@ class ConvAC(nn.Module):
         """(B, C, H, W) -> (P_0, B, V): the variables of every patch, position-major; the
         padding that completes the last patches holds ``fill``."""
         b, (c, h, w), p = x.shape[0], self.in_shape, self.patch_size
-        h0, w0 = self.grids[0]
+        h0, w0 = self.patch_grid
         x = F.pad(x, (0, w0 * p - w, 0, h0 * p - h), value=fill)
         return x.view(b, c, h0, p, w0, p).permute(2, 4, 0, 1, 3, 5).reshape(h0 * w0, b, c * p * p)
 
     def _from_patches(self, values: torch.Tensor) -> torch.Tensor:
-        """(P_0, n, V) -> (n, C, H, W), the inverse of :meth:`_to_patches` (padding cropped)."""
+        """(P_img, n, V) -> (n, C, H, W), the inverse of :meth:`_to_patches` (padding cropped)."""
         n, (c, h, w), p = values.shape[1], self.in_shape, self.patch_size
-        h0, w0 = self.grids[0]
+        h0, w0 = self.patch_grid
         x = values.reshape(h0, w0, n, c, p, p).permute(2, 3, 0, 4, 1, 5).reshape(n, c, h0 * p, w0 * p)
         return x[:, :, :h, :w]
+
+    def _tree_positions(self, patches: torch.Tensor) -> torch.Tensor:
+        """(P_img, ...) patches in image order -> (P_0, ...) the level-0 positions of the tree
+        (``P_0 = R * P_img`` for a learned structure, each repetition in its own order)."""
+        return patches if self.structure == "grid" else patches[self.order.flatten()]
+
+    def _image_patches(self, values: torch.Tensor, repetition: torch.Tensor | None) -> torch.Tensor:
+        """(P_0, n, V) values at the tree's level-0 positions -> (P_img, n, V) in image order,
+        taken from repetition ``repetition`` (n,) long of each sample (learned structure)."""
+        if self.structure == "grid":
+            return values
+        r, p_img = self.order.shape
+        per_repetition = values.view(r, p_img, *values.shape[1:])  # (R, P_img, n, V)
+        samples = torch.arange(values.shape[1], device=values.device)
+        chosen = per_repetition[repetition, :, samples].transpose(0, 1)  # (P_img, n, V) in tree order
+        image = torch.empty_like(chosen)
+        image[self.order[repetition].t(), samples] = chosen
+        return image
+
+    def _root_input(self, top: torch.Tensor) -> torch.Tensor:
+        """(R, B, K_L) top-level values -> (1, B, R * K_L), the root's input channels
+        (channel ``r * K_L + k`` is channel ``k`` of repetition ``r``)."""
+        return top.transpose(0, 1).reshape(1, top.shape[1], -1)
 
     # ---------------------------------------------------------------- bottom-up pass
     def _upward(self, x: torch.Tensor, missing: torch.Tensor) -> list[torch.Tensor]:
@@ -176,7 +242,7 @@ class ConvAC(nn.Module):
         for an input and full mask checked by :meth:`_check_input`."""
         # padded variables are missing, hence marginalized (leaf log-likelihood 0); the leaves
         # ignore the values of missing entries (NaN included)
-        h = self.leaves.log_prob(self._to_patches(x, 0), self._to_patches(missing, True))
+        h = self.leaves(self._tree_positions(self._to_patches(x, 0)), self._tree_positions(self._to_patches(missing, True)))
         levels = [h]
         for sum_layer, pool in zip(self.sums, self.pools):
             h = pool(sum_layer(h))
@@ -190,7 +256,7 @@ class ConvAC(nn.Module):
 
     def forward(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, num_classes): ``log P(x | y)``, missing variables marginalized."""
-        return self.root(self._upward(*self._check_input(x, missing))[-1])[0]
+        return self.root(self._root_input(self._upward(*self._check_input(x, missing))[-1]))[0]
 
     def log_joint(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, num_classes): ``log P(x, y) = log P(x | y) + log P(y)``."""
@@ -217,9 +283,11 @@ class ConvAC(nn.Module):
 
         ``pi_L = sum_y P(y) w_root[y]``; for a child position ``c`` of parent ``i``,
         ``pi_{l-1,c}(a) = sum_j pi_{l,i}(j) w_{l,c}[j, a]`` (DESIGN section 2, "prior flow").
+        With ``R`` repetitions the flow of every position of repetition ``r`` sums to
+        ``P(r)``, the root's probability of choosing that repetition.
         """
-        top = (self.log_class_prior().exp().unsqueeze(1) * self.root.weights()[0]).sum(0)
-        flows = [top.view(-1, 1, 1)]
+        top = (self.log_class_prior().exp().unsqueeze(1) * self.root.weights()[0]).sum(0)  # (R * K_L,)
+        flows = [top.view(self.num_repetitions, -1).t().unsqueeze(-1)]  # (K_L, R, 1)
         for level in range(self.num_levels, 0, -1):
             parent = self.pools[level - 1].expand(flows[0])  # (K_l, H_{l-1}, W_{l-1})
             k_l, h, w = parent.shape
@@ -230,28 +298,37 @@ class ConvAC(nn.Module):
 
     def _choose_root(
         self, y: torch.Tensor, evidence: list[torch.Tensor] | None, mode: str, generator: torch.Generator | None
-    ) -> torch.Tensor:
-        """Root channel ``Z_L`` (n, 1, 1) of class ``y`` (n,): from ``w_root[y]``, or from the
-        posterior ``∝ w_root[y, k] exp(h_L[k](x_obs))`` given ``evidence``."""
-        logits = self.root.log_weights()[0][y]  # (n, K_L)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Root choice for class ``y`` (n,): from ``w_root[y]``, or from the posterior
+        ``∝ w_root[y, c] exp(h_L[c](x_obs))`` given ``evidence``. Returns the top latents
+        ``Z_L`` (n, R, 1), ``-1`` in the repetitions not chosen, and the repetition (n,)."""
+        logits = self.root.log_weights()[0][y]  # (n, R * K_L)
         if evidence is not None:
-            logits = logits + evidence[-1][0]
-        return sample_indices(logits, mode, generator).view(-1, 1, 1)
+            logits = logits + self._root_input(evidence[-1])[0]
+        channel = sample_indices(logits, mode, generator)  # (n,)
+        k_top = self.channels[-1]
+        repetition = torch.div(channel, k_top, rounding_mode="floor")
+        top = torch.full((len(y), self.num_repetitions, 1), -1, dtype=torch.long, device=logits.device)
+        top[torch.arange(len(y), device=logits.device), repetition, 0] = channel % k_top
+        return top, repetition
 
     def _descend(
         self,
         level: int,
         top: torch.Tensor,
+        repetition: torch.Tensor,
         evidence: list[torch.Tensor] | None,
         mode: str,
         generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Top-down pass from the channels ``top`` (n, H_l, W_l) of level ``l``: one input channel
-        per sum node below, then the leaf values.
+        """Top-down pass from the channels ``top`` (n, H_l, W_l) of level ``l`` (``-1`` marks
+        positions of repetitions that were not chosen): one input channel per sum node below,
+        then the leaf values.
 
         With ``evidence`` (the ``(P_l, n, K_l)`` values of :meth:`_upward`) each choice follows
         the posterior ``P(a | j, x_obs) ∝ w[j, a] exp(h_a(x_obs))``; without, the prior
-        ``w[j, a]``. Returns values ``(n, C, H, W)`` and latents ``[(n, H_m, W_m)]``, ``m = 0..l``.
+        ``w[j, a]``. Returns values ``(n, C, H, W)``, read from repetition ``repetition`` (n,)
+        of each sample, and latents ``[(n, H_m, W_m)]``, ``m = 0..l``, ``-1`` where inactive.
         """
         n = top.shape[0]
         latents = [top]
@@ -259,7 +336,8 @@ class ConvAC(nn.Module):
             level -= 1
             parent = pool.expand(latents[0])  # (n, H_{l-1}, W_{l-1})
             h, w = parent.shape[1:]
-            rows = (torch.arange(h * w, device=top.device) * (not layer.shared)).unsqueeze(0), parent.reshape(n, h * w)
+            active = parent >= 0
+            rows = (torch.arange(h * w, device=top.device) * (not layer.shared)).unsqueeze(0), parent.clamp_min(0).reshape(n, h * w)
             if evidence is None and mode == "sample":  # prior draws: gather CDF rows of w directly
                 choice = sample_from_cdf(layer.weights().cumsum(-1)[rows], generator)
             else:
@@ -267,14 +345,21 @@ class ConvAC(nn.Module):
                 if evidence is not None:
                     logits = logits + evidence[level].transpose(0, 1)
                 choice = sample_indices(logits, mode, generator)
-            latents.insert(0, choice.view(n, h, w))
-        values = self.leaves.sample(latents[0].reshape(n, -1).t(), mode, generator)  # (P_0, n, V)
-        return self._from_patches(values), latents
+            latents.insert(0, choice.view(n, h, w).masked_fill_(~active, -1))
+        values = self.leaves.sample(latents[0].clamp_min(0).reshape(n, -1).t(), mode, generator)  # (P_0, n, V)
+        return self._from_patches(self._image_patches(values, repetition)), latents
 
     @torch.no_grad()
-    def sample_below(self, level: int, channels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_below(
+        self,
+        level: int,
+        channels: torch.Tensor,
+        generator: torch.Generator | None = None,
+        repetition: int | torch.Tensor = 0,
+    ) -> torch.Tensor:
         """Exact samples of ``X`` given the channels of level ``l``: ``channels`` (n, H_l, W_l)
-        long -> (n, C, H, W). The block under position ``i`` follows ``node_{l,i,channels[i]}``."""
+        long -> (n, C, H, W). The block under position ``i`` follows ``node_{l,i,channels[i]}``;
+        with ``R`` repetitions the values are those of repetition ``repetition`` (an int or (n,))."""
         if not 0 <= level <= self.num_levels:
             raise ValueError(f"level must lie in [0, {self.num_levels}], got {level}")
         if tuple(channels.shape[1:]) != self.grids[level]:
@@ -282,7 +367,10 @@ class ConvAC(nn.Module):
                              f"for level {level}, got {tuple(channels.shape)}")
         if channels.min() < 0 or channels.max() >= self.channels[level]:
             raise ValueError(f"channels of level {level} must lie in [0, {self.channels[level] - 1}]")
-        values, _ = self._descend(level, channels.long(), None, "sample", generator)
+        repetition = torch.as_tensor(repetition, dtype=torch.long, device=channels.device).expand(len(channels))
+        if repetition.min() < 0 or repetition.max() >= self.num_repetitions:
+            raise ValueError(f"repetition must lie in [0, {self.num_repetitions - 1}], got {repetition.tolist()}")
+        values, _ = self._descend(level, channels.long(), repetition, None, "sample", generator)
         return values
 
     def _class_labels(self, n: int, y, device: torch.device) -> torch.Tensor:
@@ -300,13 +388,15 @@ class ConvAC(nn.Module):
         """Exact ancestral samples ``(n, C, H, W)`` (long for discrete leaves, float for Gaussian).
 
         ``y`` is an int or an ``(n,)`` tensor of classes, drawn from ``P(y)`` when None. With
-        ``return_latents`` also the chosen channel of every level, ``[(n, H_l, W_l)]``, ``l = 0..L``.
+        ``return_latents`` also the chosen channel of every level, ``[(n, H_l, W_l)]``, ``l = 0..L``
+        (``-1`` at the positions of the repetitions the root did not choose).
         """
         device = self.class_logits.device
         labels = self._class_labels(n, y, device)
         if labels is None:
             labels = sample_indices(self.log_class_prior().expand(n, -1), "sample", generator)
-        values, latents = self._descend(self.num_levels, self._choose_root(labels, None, "sample", generator), None, "sample", generator)
+        top, repetition = self._choose_root(labels, None, "sample", generator)
+        values, latents = self._descend(self.num_levels, top, repetition, None, "sample", generator)
         return (values, latents) if return_latents else values
 
     @torch.no_grad()
@@ -328,13 +418,15 @@ class ConvAC(nn.Module):
         evidence = self._upward(x, missing)
         labels = self._class_labels(x.shape[0], y, x.device)
         if labels is None:
-            class_logits = self.root(evidence[-1])[0] + self.log_class_prior()
+            class_logits = self.root(self._root_input(evidence[-1]))[0] + self.log_class_prior()
             labels = sample_indices(class_logits, mode, generator)
-        filled, _ = self._descend(self.num_levels, self._choose_root(labels, evidence, mode, generator), evidence, mode, generator)
+        top, repetition = self._choose_root(labels, evidence, mode, generator)
+        filled, _ = self._descend(self.num_levels, top, repetition, evidence, mode, generator)
         return torch.where(missing, filled.to(x.dtype), x)
 
     def extra_repr(self) -> str:
-        return f"in_shape={self.in_shape}, leaf={self.leaf_spec}, grids={self.grids}, channels={self.channels}"
+        structure = f", structure={self.structure}, repetitions={self.num_repetitions}" if self.structure != "grid" else ""
+        return f"in_shape={self.in_shape}, leaf={self.leaf_spec}, grids={self.grids}, channels={self.channels}{structure}"
 
 
 class HTConvAC(ConvAC):
@@ -343,6 +435,10 @@ class HTConvAC(ConvAC):
     ``pool`` is an int (that window along every axis longer than 1: 2 means 2x2 for images and
     1x2 for sequences), an ``(ph, pw)`` pair applied the same way, or a list of pairs (one per
     fusion layer). ``channels`` is an int (every layer) or a list (one per layer).
+
+    ``structure="learned"`` builds ``num_repetitions`` balanced binary trees over the patch
+    positions instead of the grid (the order of each is set from data by
+    :func:`convac.structure.learn_structure`; until then it is the raster order); it needs ``pool=2``.
     """
 
     def __init__(
@@ -357,12 +453,19 @@ class HTConvAC(ConvAC):
         share_leaves: bool = False,
         share_weights: bool = False,
         class_prior: str = "uniform",
+        structure: str = "grid",
+        num_repetitions: int = 1,
     ):
-        windows = self._schedule(_leaf_grid(in_shape, patch_size), pool)
+        grid = _leaf_grid(in_shape, patch_size)
+        if structure == "learned":
+            if pool != 2:
+                raise ValueError(f"structure='learned' builds binary trees and needs pool=2, got pool={pool!r}")
+            grid = (1, grid[0] * grid[1])  # each repetition: a sequence of the patch positions
+        windows = self._schedule(grid, pool)
         if isinstance(channels, int):
             channels = [channels] * len(windows)
         super().__init__(in_shape, leaf, num_components, list(channels), windows, patch_size,
-                         num_classes, share_leaves, share_weights, class_prior)
+                         num_classes, share_leaves, share_weights, class_prior, structure, num_repetitions)
 
     @staticmethod
     def _schedule(grid: Grid, pool) -> list[Grid]:

@@ -26,6 +26,16 @@ def all_inputs(in_shape, num_values: int) -> torch.Tensor:
     return torch.tensor(grid, dtype=torch.long).view(-1, *in_shape)
 
 
+def shuffle_order(model, seed: int = 0):
+    """Give a learned-structure model a random order per repetition (the exact tests must hold
+    for any tree, not only the raster order a fresh model starts with); other models unchanged."""
+    if getattr(model, "structure", "grid") == "learned":
+        generator = torch.Generator().manual_seed(seed)
+        r, p = model.order.shape
+        model.set_order(torch.stack([torch.randperm(p, generator=generator) for _ in range(r)]))
+    return model
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     """Every test starts from seed 0 and leaves torch's thread count as it found it (the CLI's

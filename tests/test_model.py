@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 
 from convac import Bernoulli, Categorical, CPConvAC, Gaussian, HTConvAC
-from tests.conftest import all_inputs
+from tests.conftest import all_inputs, shuffle_order
 
 # (constructor, kwargs): tiny CP and HT models on 1x4 and 2x2 grids, shared and unshared, per class
 TINY = [
@@ -20,6 +20,11 @@ TINY = [
     (HTConvAC, dict(in_shape=(2, 1, 3), leaf=Bernoulli(), num_components=2, channels=2, patch_size=2, class_prior="learned", num_classes=3)),
     (CPConvAC, dict(in_shape=(1, 1, 4), leaf=Categorical(3), num_components=2, rank=3, num_classes=2)),
     (CPConvAC, dict(in_shape=(1, 2, 2), leaf=Bernoulli(), num_components=3, rank=2, share_leaves=True, share_weights=True)),
+    # learned structures (random orders): a mixture of 3 trees over 5 positions, a mixture
+    # classifier on an image, and one tree over the 2x2 patches of a 3x3 image
+    (HTConvAC, dict(in_shape=(1, 1, 5), leaf=Categorical(3), num_components=2, channels=[3, 2, 2], structure="learned", num_repetitions=3)),
+    (HTConvAC, dict(in_shape=(1, 2, 3), leaf=Bernoulli(), num_components=2, channels=2, structure="learned", num_repetitions=2, num_classes=2)),
+    (HTConvAC, dict(in_shape=(1, 3, 3), leaf=Bernoulli(), num_components=2, channels=2, patch_size=2, structure="learned")),
 ]
 IDS = [f"{c.__name__}-{i}" for i, (c, _) in enumerate(TINY)]
 
@@ -30,7 +35,7 @@ def build(cls, kwargs, seed=0):
     with torch.no_grad():  # break the symmetry of a fresh model a little more
         for p in model.parameters():
             p.mul_(2.0)
-    return model
+    return shuffle_order(model, seed)
 
 
 def num_values(model):
@@ -51,8 +56,7 @@ def test_normalized_over_all_inputs(cls, kwargs):
 
 def scope_sizes(model):
     """Number of real (unpadded) variables under every position of every level: [(P_l,)]."""
-    ones = torch.ones(1, *model.in_shape)
-    counts = model._to_patches(ones, 0).sum(-1, keepdim=True)  # (P_0, 1, 1)
+    counts = model.present_variables.sum(-1).view(-1, 1, 1).double()  # (P_0, 1, 1)
     sizes = [counts]
     for pool in model.pools:
         counts = pool(counts)
@@ -120,7 +124,7 @@ def encode(x: torch.Tensor, v: int) -> torch.Tensor:
     return (flat * powers).sum(1)
 
 
-@pytest.mark.parametrize("index", [0, 1, 4, 5])
+@pytest.mark.parametrize("index", [0, 1, 4, 5, 7, 8, 9])
 def test_samples_follow_the_model(index):
     model = build(*TINY[index])
     v = num_values(model)
@@ -138,7 +142,7 @@ def test_class_conditional_samples_follow_p_x_given_y():
     assert chi_square_pvalue(encode(samples, 2), probs) > 1e-3
 
 
-@pytest.mark.parametrize("index", [0, 1, 3, 4, 5, 6])
+@pytest.mark.parametrize("index", [0, 1, 3, 4, 5, 6, 7, 8])
 def test_latent_frequencies_match_latent_marginals(index):
     model = build(*TINY[index])
     n = 20000
@@ -148,8 +152,11 @@ def test_latent_frequencies_match_latent_marginals(index):
     for level, (z, pi) in enumerate(zip(latents, marginals)):
         k, h, w = pi.shape
         assert z.shape == (n, h, w) and (k, h, w) == (model.channels[level], *model.grids[level])
-        assert torch.allclose(pi.sum(0), torch.ones(h, w, dtype=pi.dtype), atol=1e-10)
-        freq = torch.nn.functional.one_hot(z, k).double().mean(0).permute(2, 0, 1)
+        # each position of repetition r is on the sampled path with probability P(r)
+        on_path, p_rep = (z >= 0).double().mean(0), pi.sum(0).detach()
+        assert torch.allclose(p_rep, p_rep[:, :1].expand(h, w), atol=1e-10)
+        assert ((on_path - p_rep).abs() <= 4.5 * (p_rep * (1 - p_rep) / n).clamp_min(0).sqrt() + 1e-9).all()
+        freq = torch.nn.functional.one_hot(z.clamp_min(0), k).double().mul_((z >= 0).unsqueeze(-1)).mean(0).permute(2, 0, 1)
         se = (pi * (1 - pi) / n).sqrt().clamp_min(1e-12)
         assert ((freq - pi).abs() <= 4.5 * se + 1e-9).all(), f"level {level}"
 

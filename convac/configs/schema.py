@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -42,6 +42,11 @@ class LeafName(str, Enum):
 class ClassPrior(str, Enum):
     uniform = "uniform"
     learned = "learned"
+
+
+class Structure(str, Enum):
+    grid = "grid"  # the patches' own grid (images), pooled by windows
+    learned = "learned"  # balanced binary trees learned from the training split (convac.structure)
 
 
 @dataclass
@@ -76,6 +81,8 @@ class HTModelConfig(ModelConfig):
 
     channels: Any = MISSING
     pool: Any = 2
+    structure: Structure = Structure.grid
+    num_repetitions: int = 1
 
     def __post_init__(self) -> None:
         _check_int_tree("model.channels", self.channels, 1, "an int or a list of ints")
@@ -148,6 +155,24 @@ class Objective(str, Enum):
 
 
 @dataclass
+class EMConfig:
+    """``convac.training.em.EM`` settings (``module.optimizer=em``; the step size is ``module.lr``)."""
+
+    pseudocount: float = 0.1
+    full_batch: bool = False
+
+
+@dataclass
+class StructureLearningConfig:
+    """``convac.structure.learn_structure`` arguments (``model.structure=learned``)."""
+
+    seed: int = 0
+    bins: int = 8
+    max_rows: int = 10_000
+    noise: float = 1.0
+
+
+@dataclass
 class ModuleConfig:
     """The ``ConvACModule`` arguments other than the model."""
 
@@ -156,6 +181,10 @@ class ModuleConfig:
     optimizer: str = "Adam"
     lr: float = 0.01
     weight_decay: float = 0.0
+    em: EMConfig = field(default_factory=EMConfig)
+    scheduler: Optional[str] = None
+    scheduler_kwargs: Dict[str, Any] = field(default_factory=dict)
+    structure_learning: StructureLearningConfig = field(default_factory=StructureLearningConfig)
 
 
 @dataclass

@@ -62,9 +62,11 @@ def one_pass_statistics(model: ConvAC, flows: list[torch.Tensor], n: int, genera
     x, latents = model.sample(n, y=y, generator=generator, return_latents=True)
     # (n, K_l, H_l, W_l) views of position-major storage: back to (P_l, n, K_l) without copies
     levels = [v.permute(2, 3, 0, 1).reshape(-1, n, v.shape[1]) for v in model.level_log_probs(x)]
-    chosen = [z.flatten(1).t() for z in latents]  # (P_l, n): Z_{l,i} of every sample
+    # (P_l, n): Z_{l,i} of every sample; -1 at the positions of the repetitions not chosen,
+    # whose terms are left out (their nodes are not on the sample's path)
+    chosen = [z.flatten(1).t() for z in latents]
 
-    level_terms = [-v.gather(2, z.unsqueeze(2)).sum((0, 2)) for v, z in zip(levels, chosen)]
+    level_terms = [-(v.gather(2, z.clamp_min(0).unsqueeze(2)).squeeze(2) * (z >= 0)).sum(0) for v, z in zip(levels, chosen)]
 
     gaps = []
     for level in range(1, model.num_levels + 1):
@@ -72,16 +74,17 @@ def one_pass_statistics(model: ConvAC, flows: list[torch.Tensor], n: int, genera
         parent = pool.expand(latents[level]).flatten(1).t()  # (P, n) channel j of each sum node's parent
         log_w = layer.log_weights().expand(layer.num_positions, -1, -1)  # (P, K_l, K_{l-1})
         positions = torch.arange(layer.num_positions, device=x.device).unsqueeze(1)
-        prior = log_w[positions, parent]  # (P, n, K_{l-1}): log w_c[j, :]
-        prior_entropy = categorical_entropy(log_w)[positions, parent]  # (P, n): H(w_c[j, :])
+        prior = log_w[positions, parent.clamp_min(0)]  # (P, n, K_{l-1}): log w_c[j, :]
+        prior_entropy = categorical_entropy(log_w)[positions, parent.clamp_min(0)]  # (P, n): H(w_c[j, :])
         posterior = torch.log_softmax(prior.add_(levels[level - 1]), dim=-1)
-        gaps.append((prior_entropy - categorical_entropy(posterior)).t())  # (n, P)
+        gaps.append(((prior_entropy - categorical_entropy(posterior)) * (parent >= 0)).t())  # (n, P)
 
-    root_log_w = model.root.log_weights()[0]  # (classes, K_L)
-    top = levels[-1][0]  # (n, K_L)
+    root_log_w = model.root.log_weights()[0]  # (classes, R * K_L)
+    # the root's input channel r * K_L + k is channel k of repetition r (grid (R, 1) on top)
+    top = levels[-1].transpose(0, 1).reshape(n, -1)  # (n, R * K_L)
     log_px_given_class = torch.logsumexp(root_log_w.unsqueeze(0) + top.unsqueeze(1), dim=-1)  # (n, classes)
     log_px = torch.logsumexp(log_px_given_class + log_prior, dim=1)
-    log_pi_top = flows[-1].flatten().log()
+    log_pi_top = flows[-1].flatten(1).t().flatten().log()  # (R * K_L,) in the root's channel order
     root_gap = categorical_entropy(log_pi_top) - categorical_entropy(torch.log_softmax(log_pi_top + top, dim=1))
     return SampleStatistics(
         levels=level_terms,
@@ -128,9 +131,9 @@ def analytic_bounds(model: ConvAC, flows: list[torch.Tensor]) -> tuple[list[tupl
         mixed_high = torch.einsum("pja,pa->pj", w, high) + categorical_entropy(w.log())
         low, high = pool(mixed_low.unsqueeze(1))[:, 0], pool(mixed_high.unsqueeze(1))[:, 0]  # (P_l, K_l)
         bounds.append(_weighted(flows[level], low, high))
-    pi_top = flows[-1].flatten()
-    top_low = float((pi_top * low[0]).sum())
-    top_high = float((pi_top * high[0]).sum() + categorical_entropy(pi_top.log()))
+    pi_top = flows[-1].flatten(1).t()  # (R, K_L): P(repetition r, Z_L = k)
+    top_low = float((pi_top * low).sum())
+    top_high = float((pi_top * high).sum() + categorical_entropy(pi_top.flatten().log()))
     return bounds, (max(top_low, bounds[-1][0]), top_high)
 
 
@@ -145,7 +148,8 @@ def node_entropies(model: ConvAC, n: int, generator: torch.Generator) -> list[tu
     """``H(node_{l,i,k})`` for every node, with standard errors: ``[(K_l, H_l, W_l)] * 2``.
 
     Level 0 is exact. For ``l >= 1``: force channel ``k`` at every position of level ``l``,
-    sample below (``sample_below``) and evaluate up to level ``l``; ``sum_l K_l`` batches of ``n``.
+    sample below (``sample_below``) and evaluate up to level ``l``; ``R * sum_l K_l`` batches of
+    ``n`` (one per repetition ``r``, whose row of the grid it fills).
     """
     leaf = model.leaf_entropy().t().reshape(model.channels[0], *model.grids[0])
     results = [(leaf, torch.zeros_like(leaf))]
@@ -153,8 +157,13 @@ def node_entropies(model: ConvAC, n: int, generator: torch.Generator) -> list[tu
         means, ses = [], []
         for k in range(model.channels[level]):
             forced = torch.full((n, *model.grids[level]), k, dtype=torch.long, device=leaf.device)
-            x = model.sample_below(level, forced, generator)
-            terms = -model.level_log_probs(x)[level][:, k]  # (n, H_l, W_l)
+            terms = -model.level_log_probs(model.sample_below(level, forced, generator))[level][:, k]  # (n, H_l, W_l)
+            if model.num_repetitions > 1:  # row r of the grid from repetition r's samples
+                rows = [terms[:, 0]] + [
+                    -model.level_log_probs(model.sample_below(level, forced, generator, repetition=r))[level][:, k, r]
+                    for r in range(1, model.num_repetitions)
+                ]
+                terms = torch.stack(rows, 1)
             means.append(terms.mean(0))
             ses.append(terms.std(0) / n**0.5)
         results.append((torch.stack(means), torch.stack(ses)))

@@ -7,16 +7,21 @@ weights_only=True)`` rebuilds it without unpickling code.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.nn import functional as F
 
+from convac.structure import learn_structure
+from convac.training.em import EM
 from convac.zoo import create_model
 
 OBJECTIVES = ("generative", "discriminative", "hybrid")
+EM_DEFAULTS = {"pseudocount": 0.1, "full_batch": False}
 
 
 class ConvACModule(L.LightningModule):
@@ -34,15 +39,31 @@ class ConvACModule(L.LightningModule):
     ``test/``; with ``test_missing_fraction > 0`` the test also logs ``test/acc_missing``, the
     accuracy when that fraction of the variables (seeded per batch) is marginalized.
 
+    A model with ``structure="learned"`` learns its structure from the datamodule's training
+    split when fitting starts (:func:`convac.structure.learn_structure`; a resumed run then loads
+    the stored one from its checkpoint); the seconds it took are logged as ``structure/seconds``.
+
     Args:
         model_name: a name of :func:`convac.list_models` (``"ht"``, ``"cp"``, ...).
         model_kwargs: that model's constructor arguments (plain types only).
         objective: one of ``generative``, ``discriminative``, ``hybrid``.
         hybrid_alpha: the generative weight of the ``hybrid`` objective, in ``[0, 1]``.
-        optimizer: a class name of ``torch.optim`` (``Adam``, ``AdamW``, ``SGD``, ...).
-        lr: learning rate.
-        weight_decay: the optimizer's weight decay.
+        optimizer: a class name of ``torch.optim`` (``Adam``, ``AdamW``, ``SGD``, ...), or
+            ``"em"``: expectation-maximization (:class:`convac.training.em.EM`, generative
+            objective only), whose step size is ``lr``.
+        lr: learning rate (EM: the step size in ``(0, 1]``).
+        weight_decay: the optimizer's weight decay (not for EM).
         test_missing_fraction: share of variables marginalized for ``test/acc_missing``.
+        em: EM settings: ``pseudocount`` (added to every expected count) and ``full_batch``
+            (one M-step per epoch from the statistics of all its batches; mini-batch EM
+            otherwise, one step per batch).
+        scheduler: a class name of ``torch.optim.lr_scheduler`` (``CosineAnnealingLR``,
+            ``ReduceLROnPlateau``, ...) stepped once per epoch, or None; ``ReduceLROnPlateau``
+            watches ``val/loss``.
+        scheduler_kwargs: its arguments; ``CosineAnnealingLR`` takes ``T_max`` from the
+            trainer's ``max_epochs`` when not given.
+        structure_learning: :func:`convac.structure.learn_structure` arguments (``seed``,
+            ``bins``, ``max_rows``, ``noise``).
     """
 
     def __init__(
@@ -55,6 +76,10 @@ class ConvACModule(L.LightningModule):
         lr: float = 0.01,
         weight_decay: float = 0.0,
         test_missing_fraction: float = 0.0,
+        em: dict[str, Any] | None = None,
+        scheduler: str | None = None,
+        scheduler_kwargs: dict[str, Any] | None = None,
+        structure_learning: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -62,10 +87,25 @@ class ConvACModule(L.LightningModule):
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if not 0.0 <= hybrid_alpha <= 1.0:
             raise ValueError(f"hybrid_alpha must be in [0, 1], got {hybrid_alpha}")
-        if not isinstance(getattr(torch.optim, optimizer, None), type):
-            raise ValueError(f"optimizer must name a torch.optim class (Adam, SGD, ...), got {optimizer!r}")
+        self.use_em = optimizer.lower() == "em"
+        if not self.use_em and not isinstance(getattr(torch.optim, optimizer, None), type):
+            raise ValueError(f"optimizer must name a torch.optim class (Adam, SGD, ...) or be 'em', got {optimizer!r}")
+        if scheduler is not None and not isinstance(getattr(torch.optim.lr_scheduler, scheduler, None), type):
+            raise ValueError(f"scheduler must name a torch.optim.lr_scheduler class (CosineAnnealingLR, ...), got {scheduler!r}")
         if not 0.0 <= test_missing_fraction < 1.0:
             raise ValueError(f"test_missing_fraction must be in [0, 1), got {test_missing_fraction}")
+        unknown = set(em or {}) - set(EM_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown EM settings {sorted(unknown)}; expected {sorted(EM_DEFAULTS)}")
+        self.em_settings = {**EM_DEFAULTS, **(em or {})}
+        if self.use_em:
+            if objective != "generative":
+                raise ValueError(f"optimizer=em maximizes a likelihood: it needs objective=generative, got {objective!r}")
+            if not 0.0 < lr <= 1.0:
+                raise ValueError(f"optimizer=em takes lr as its step size in (0, 1], got lr={lr}")
+            if self.em_settings["pseudocount"] < 0:
+                raise ValueError(f"em.pseudocount must be >= 0, got {self.em_settings['pseudocount']}")
+            self.automatic_optimization = False  # EM's statistics and M-step: see training_step
         self.model = create_model(model_name, **(model_kwargs or {}))
         if objective != "generative" and self.model.num_classes < 2:
             raise ValueError(
@@ -73,10 +113,28 @@ class ConvACModule(L.LightningModule):
                 f"got num_classes={self.model.num_classes}"
             )
         self.bits_per_nat = 1.0 / (self.model.num_variables * math.log(2))
+        self.structure_seconds: float | None = None
 
     def forward(self, x: Tensor, missing: Tensor | None = None) -> Tensor:
         """(B, C, H, W) -> (B,): ``log P(x)``."""
         return self.model.log_prob(x, missing)
+
+    def setup(self, stage: str) -> None:
+        """Learn the model's structure from the training split when fitting a ``learned`` one."""
+        if stage != "fit" or getattr(self.model, "structure", "grid") != "learned":
+            return
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "split"):
+            rank_zero_warn("structure='learned' but no convac datamodule to learn it from: the model keeps its "
+                           "order (call convac.structure.learn_structure(model, x) before fitting)")
+            return
+        start = time.perf_counter()
+        learn_structure(self.model, datamodule.split("train")[0], **(self.hparams.structure_learning or {}))
+        self.structure_seconds = time.perf_counter() - start
+
+    def on_train_start(self) -> None:
+        if self.structure_seconds is not None:
+            self.log("structure/seconds", self.structure_seconds, on_step=False, on_epoch=True, sync_dist=True)
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         """Compute the objective of ``batch = (x (B, C, H, W), y (B,))`` and log its metrics."""
@@ -109,7 +167,34 @@ class ConvACModule(L.LightningModule):
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        if self.use_em:
+            self._em_statistics(loss * len(batch[0]), batch_idx)
+        return loss
+
+    def _em_statistics(self, total_nll: Tensor, batch_idx: int) -> None:
+        """EM (manual optimization): add the batch's counts (the gradient of the summed NLL and
+        the flows), then take the M-step after this batch (mini-batch EM) or after the epoch's
+        last batch (full-batch EM). Under DDP the counts are summed over the processes."""
+        optimizer = self.optimizers()
+        self.manual_backward(total_nll)
+        optimizer.optimizer.accumulate()
+        if self.em_settings["full_batch"] and batch_idx + 1 < self.trainer.num_training_batches:
+            return
+        world = self.trainer.world_size
+        reduce = (lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")) if world > 1 else None
+        optimizer.step(all_reduce=reduce, world_size=world)
+        optimizer.zero_grad()
+
+    def on_train_epoch_end(self) -> None:
+        """Step the learning-rate (or EM step-size) schedule under manual optimization."""
+        scheduler = self.lr_schedulers() if not self.automatic_optimization else None
+        if scheduler is None:
+            return
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(self.trainer.callback_metrics["val/loss"])
+        else:
+            scheduler.step()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -140,6 +225,18 @@ class ConvACModule(L.LightningModule):
         if diff:
             raise ValueError("the checkpoint holds another architecture than this run builds: " + "; ".join(diff))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        optimizer = getattr(torch.optim, self.hparams.optimizer)
-        return optimizer(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+    def configure_optimizers(self) -> Any:
+        """The optimizer (or EM) and, when ``scheduler`` is set, its per-epoch schedule."""
+        hp = self.hparams
+        if self.use_em:
+            optimizer = EM(self.model, lr=hp.lr, pseudocount=self.em_settings["pseudocount"])
+        else:
+            optimizer = getattr(torch.optim, hp.optimizer)(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.scheduler is None:
+            return optimizer
+        kwargs = dict(hp.scheduler_kwargs or {})
+        if hp.scheduler == "CosineAnnealingLR" and "T_max" not in kwargs:
+            kwargs["T_max"] = max(1, self.trainer.max_epochs or 1)
+        scheduler = getattr(torch.optim.lr_scheduler, hp.scheduler)(optimizer, **kwargs)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val/loss"}}

@@ -1,0 +1,181 @@
+"""Structure learning: a balanced binary dimension tree over the level-0 positions, from data.
+
+A ConvAC with ``structure="learned"`` is an HT over a *sequence* of positions whose order is
+learned from the training split: the regular 1x2 product pooling of that sequence is a balanced
+binary tree, and the order decides which positions share a region at every level. The order is
+built bottom-up by *balanced hierarchical matching* on pairwise mutual information (the
+agglomerative clustering of hidden Chow-Liu trees, Liu & Van den Broeck, NeurIPS 2021, and of
+the variable splits of LearnSPN, Gens & Domingos, ICML 2013, made balanced):
+
+1. ``MI[i, j]``, the empirical mutual information of every pair of positions (nats; values
+   quantized to at most ``bins`` levels; a position with several variables takes the mean over
+   its variable pairs);
+2. level by level, the regions are paired by a greedy maximum-weight matching on the mean MI
+   between their positions (average linkage), so strongly dependent regions merge first;
+3. the order is the left-to-right leaf order of the final tree.
+
+The pooling schedule fixes the tree's shape: at level ``l`` every region holds ``2^l``
+positions except possibly the last one. The matching keeps that invariant: when the number of
+regions is odd, the partial region (or, when all are full, the least connected one) stays
+unpaired, and a merged region that holds the partial one is placed last.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def quantize(values: torch.Tensor, discrete: bool, bins: int) -> tuple[torch.Tensor, int]:
+    """Codes in ``[0, levels)`` for MI estimation: ``values`` (N, D) float, NaN = missing ->
+    ((N, D) long with ``-1`` where missing, levels).
+
+    Discrete data with at most ``bins`` values keeps its values; with more, it is cut into
+    ``bins`` equal-width bins of its range; continuous data into ``bins`` bins at the empirical
+    quantiles of each variable."""
+    if bins < 2:
+        raise ValueError(f"bins must be at least 2, got {bins}")
+    missing = torch.isnan(values)
+    if discrete:
+        low, high = float(values[~missing].min()), float(values[~missing].max())
+        width = max(1.0, (high - low + 1) / bins)
+        codes = ((values - low) / width).floor().nan_to_num(0).long().clamp_(0, bins - 1)
+        levels = min(bins, int(high - low) + 1)
+    else:
+        cuts = torch.nanquantile(values, torch.linspace(0, 1, bins + 1, dtype=values.dtype)[1:-1], dim=0)  # (bins-1, D)
+        codes = (values.unsqueeze(-1) > cuts.t().unsqueeze(0)).sum(-1)
+        levels = bins
+    return codes.masked_fill_(missing, -1), levels
+
+
+def pairwise_mutual_information(codes: torch.Tensor, levels: int, pseudocount: float = 0.1) -> torch.Tensor:
+    """``MI[i, j]`` in nats of every pair of columns of ``codes`` (N, D) long in ``[-1, levels)``
+    (``-1`` missing: a pair counts the rows where both are observed) -> (D, D) float64, diagonal 0.
+
+    Joint counts of all pairs at once: ``O^T O`` with ``O`` the (N, D * levels) one-hot matrix;
+    ``pseudocount`` is added to every joint cell (Laplace smoothing)."""
+    n, d = codes.shape
+    onehot = torch.zeros(n, d, levels, dtype=torch.float32)
+    onehot.scatter_(2, codes.clamp_min(0).unsqueeze(-1), (codes >= 0).unsqueeze(-1).float())
+    flat = onehot.view(n, d * levels)
+    joint = (flat.t() @ flat).double().view(d, levels, d, levels).permute(0, 2, 1, 3) + pseudocount  # (D, D, v, v)
+    joint = joint / joint.sum((2, 3), keepdim=True)
+    left, right = joint.sum(3, keepdim=True), joint.sum(2, keepdim=True)
+    mi = (joint * (joint.log() - left.log() - right.log())).sum((2, 3))
+    mi.fill_diagonal_(0.0)
+    return mi.clamp_min_(0.0)
+
+
+def position_mutual_information(
+    patches: torch.Tensor, discrete: bool, bins: int = 8, max_rows: int = 10_000, seed: int = 0
+) -> torch.Tensor:
+    """Mean pairwise MI (nats) between positions: ``patches`` (N, P, V) float, the ``V``
+    variables of every position (NaN = missing or padding) -> (P, P) float64. At most
+    ``max_rows`` rows are used (a subset drawn with ``seed``)."""
+    n, p, v = patches.shape
+    if n > max_rows:
+        patches = patches[torch.from_numpy(np.random.default_rng(seed).choice(n, max_rows, replace=False))]
+    codes, levels = quantize(patches.reshape(len(patches), p * v).double(), discrete, bins)
+    return pairwise_mutual_information(codes, levels).view(p, v, p, v).mean((1, 3))
+
+
+def balanced_tree_order(similarity: torch.Tensor, noise: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """The leaf order (P,) long of a balanced binary tree over ``P`` positions, built by greedy
+    matching on ``similarity`` (P, P), symmetric, higher = merge first (module docstring).
+
+    ``noise > 0`` multiplies every region similarity by ``exp(noise * g)``, ``g`` standard
+    Gumbel noise drawn with ``seed``, at every level: a randomized tree (used for the other
+    repetitions of a mixture)."""
+    sim = similarity.double().clone()
+    count = sim.shape[0]
+    if sim.shape != (count, count):
+        raise ValueError(f"similarity must be a square (P, P) matrix, got {tuple(similarity.shape)}")
+    rng = np.random.default_rng(seed)
+    regions: list[list[int]] = [[i] for i in range(count)]
+    size = 1  # the size of a full region at this level
+    while len(regions) > 1:
+        n = len(regions)
+        partial = n - 1 if len(regions[-1]) < size else None
+        scores = sim.numpy().copy()
+        if noise > 0:
+            gumbel = rng.gumbel(size=(n, n))
+            scores = scores * np.exp(noise * (gumbel + gumbel.T) / 2)
+        np.fill_diagonal(scores, -np.inf)
+        unpaired = None
+        if n % 2:  # one region waits a level: the partial one, else the least connected
+            unpaired = partial if partial is not None else int(np.argmin(scores.max(1)))
+            scores[unpaired, :] = scores[:, unpaired] = -np.inf
+        pairs = _greedy_matching(scores, (n - (unpaired is not None)) // 2)
+        merged, members = [], []
+        for a, b in pairs:
+            if b == partial:  # the full region first: blocks stay aligned with the pooling
+                a, b = b, a
+            if a == partial:
+                a, b = b, a
+            merged.append(regions[a] + regions[b])
+            members.append([a, b])
+        last = [i for i, (a, b) in enumerate(members) if partial in (a, b)]
+        order = [i for i in range(len(merged)) if i not in last] + last
+        merged, members = [merged[i] for i in order], [members[i] for i in order]
+        if unpaired is not None:
+            merged.append(regions[unpaired])
+            members.append([unpaired])
+        sim = _average_linkage(sim, members, [len(r) for r in regions])
+        regions = merged
+        size *= 2
+    return torch.tensor(regions[0], dtype=torch.long)
+
+
+def _greedy_matching(scores: np.ndarray, num_pairs: int) -> list[tuple[int, int]]:
+    """``num_pairs`` disjoint pairs ``(a, b)``, ``a < b``, taken by decreasing score."""
+    upper = np.triu_indices(len(scores), k=1)
+    values = scores[upper]
+    taken = np.zeros(len(scores), dtype=bool)
+    pairs = []
+    for k in np.argsort(-values, kind="stable"):
+        a, b = upper[0][k], upper[1][k]
+        if taken[a] or taken[b] or not np.isfinite(values[k]):
+            continue
+        taken[a] = taken[b] = True
+        pairs.append((int(a), int(b)))
+        if len(pairs) == num_pairs:
+            break
+    return pairs
+
+
+def _average_linkage(sim: torch.Tensor, members: list[list[int]], sizes: list[int]) -> torch.Tensor:
+    """Similarity of merged regions: the mean over position pairs, i.e. the size-weighted mean
+    of the old region similarities. (n, n) -> (m, m) for ``m = len(members)``."""
+    n = sim.shape[0]
+    assign = torch.zeros(len(members), n, dtype=torch.float64)
+    for i, group in enumerate(members):
+        for g in group:
+            assign[i, g] = sizes[g]
+    total = assign.sum(1, keepdim=True)
+    new = (assign @ sim @ assign.t()) / (total * total.t())
+    return new.fill_diagonal_(0.0)
+
+
+def learn_structure(
+    model,
+    x: torch.Tensor,
+    seed: int = 0,
+    bins: int = 8,
+    max_rows: int = 10_000,
+    noise: float = 1.0,
+) -> torch.Tensor:
+    """Learn the order of every repetition of a ``structure="learned"`` ConvAC from data ``x``
+    (N, C, H, W) (the training split; NaN marks missing values of float data) and set it
+    (:meth:`ConvAC.set_order`). Repetition 0 is the matching tree of the MI of the patch
+    positions; repetition ``r >= 1`` a randomized one (``noise``, seeded by ``seed`` and ``r``).
+    Returns the order (R, P_img). Deterministic for a seed and the data."""
+    if model.structure != "learned":
+        raise ValueError(f"learn_structure needs a model with structure='learned', got structure={model.structure!r}")
+    if x.dim() != 4 or tuple(x.shape[1:]) != tuple(model.in_shape):
+        raise ValueError(f"expected training data of shape (N, {', '.join(map(str, model.in_shape))}), got {tuple(x.shape)}")
+    patches = model._to_patches(x.double(), float("nan")).transpose(0, 1)  # (N, P_img, V), padding NaN
+    mi = position_mutual_information(patches, model.leaf_spec.is_discrete, bins, max_rows, seed)
+    order = torch.stack([
+        balanced_tree_order(mi, noise=noise if r else 0.0, seed=seed * 1000 + r) for r in range(model.num_repetitions)
+    ])
+    model.set_order(order)
+    return order

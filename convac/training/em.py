@@ -1,0 +1,205 @@
+"""Expectation-maximization for ConvACs: expected counts from one backward pass (DESIGN section 7).
+
+For a sum node ``S_j = sum_a w[j, a] C_a`` the expected count of edge ``(j, a)`` over a batch is
+``n[j, a] = sum_x P(S_j on the path, A = a | x)``; with the weights given as softmax logits,
+``d log P(x) / d logit[j, a] = n_x[j, a] - w[j, a] N_x[j]``, where ``N_x[j]`` is the *flow* of the
+node, ``P(S_j on the path | x) = d log P(x) / d log S_j(x)`` (Peharz et al., "Einsum Networks",
+ICML 2020; Darwiche, JACM 2003). So with ``G`` the gradient of the batch's negative
+log-likelihood ``-sum_x log P(x)`` and ``N`` the batch's flows,
+
+    n = -G + w * N,
+
+and the same holds for the leaves (categorical values; Gaussian moments below). The flows are
+the gradients of the product nodes' log-values, which :class:`FlowRecorder` keeps with forward
+hooks on the leaf layer, every pooling layer and the root: nothing in the model knows about EM.
+A missing variable contributes no gradient, so its count is ``f * N``, exactly the E-step of EM
+with that variable marginalized.
+
+The M-step, with pseudocount ``alpha`` and step size ``s`` (the param group's ``lr``, so
+``torch.optim.lr_scheduler`` works unchanged; ``s = 1`` is classical EM):
+
+    w <- (1 - s) w + s (n + alpha) / sum_a (n + alpha)
+
+Gaussian leaves (``sigma = min_std + softplus(rho)``): with ``r`` the component's flow,
+``sum r x = sigma^2 (-G_mu) + mu N`` and ``sum r (x - mu)^2 = sigma^3 (-G_sigma) + sigma^2 N``;
+the new mean and variance are those moments over ``N + alpha`` (``alpha`` pseudo-observations at
+the current mean and variance), mixed with step ``s``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from convac.leaves import CategoricalLayer, GaussianLayer
+from convac.model import ConvAC
+
+AllReduce = Callable[[Tensor], Tensor]
+
+
+class FlowRecorder:
+    """Forward hooks that keep the log-values of the leaf layer, every pooling layer and the root
+    (while gradients are on) and, after each backward pass, add their gradients up over the batch:
+    :attr:`flows` ``[(P_l, K_l)]`` for levels ``0..L`` (``-dL/dh``: the expected number of
+    examples whose path goes through each product node) and :attr:`root` ``(num_classes,)``."""
+
+    def __init__(self, model: ConvAC):
+        self.model = model
+        self._outputs: list[Tensor | None] = [None] * (model.num_levels + 2)
+        self.reset()
+        modules = [model.leaves, *model.pools, model.root]
+        self._handles = [m.register_forward_hook(self._keep(i)) for i, m in enumerate(modules)]
+
+    def _keep(self, index: int):
+        def hook(module: nn.Module, args, output: Tensor) -> None:
+            if output.requires_grad:
+                output.retain_grad()
+                self._outputs[index] = output
+
+        return hook
+
+    def reset(self) -> None:
+        """Forget the accumulated flows (after an M-step)."""
+        self.flows: list[Tensor] | None = None
+        self.root: Tensor | None = None
+
+    def accumulate(self) -> None:
+        """Add the flows of the last backward pass: call it after each ``backward()`` of the
+        negative log-likelihood."""
+        if any(out is None or out.grad is None for out in self._outputs):
+            raise RuntimeError("no gradients to read flows from: run a forward pass with gradients and backward() first")
+        sums = [-out.grad.sum(1) for out in self._outputs]  # (P_l, K_l) per level; (1, classes) at the root
+        self._outputs = [None] * len(self._outputs)
+        if self.flows is None:
+            self.flows, self.root = sums[:-1], sums[-1][0]
+        else:
+            self.flows = [a + b for a, b in zip(self.flows, sums[:-1])]
+            self.root = self.root + sums[-1][0]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+class EM(torch.optim.Optimizer):
+    """Stochastic (``lr < 1``) or classical (``lr = 1``) EM as a ``torch.optim.Optimizer`` over
+    all of a :class:`ConvAC`'s parameters.
+
+    Use: the negative log-likelihood *summed* over the batch, ``backward()``, then
+    :meth:`accumulate`; call :meth:`step` after one batch (mini-batch EM) or after all of them
+    (full-batch EM), then ``zero_grad()``.
+
+    Args:
+        model: the ConvAC (normalized leaves and simplex weights).
+        lr: the step size ``s`` in ``(0, 1]``.
+        pseudocount: ``alpha >= 0`` added to every expected count (Laplace smoothing).
+    """
+
+    def __init__(self, model: ConvAC, lr: float = 0.1, pseudocount: float = 0.1):
+        if not 0.0 < lr <= 1.0:
+            raise ValueError(f"the EM step size (lr) must be in (0, 1], got {lr}")
+        if pseudocount < 0:
+            raise ValueError(f"the EM pseudocount must be >= 0, got {pseudocount}")
+        super().__init__(model.parameters(), dict(lr=lr, pseudocount=pseudocount))
+        self.model = model
+        self.recorder = FlowRecorder(model)
+
+    def accumulate(self) -> None:
+        """Add the last backward pass's flows (see :class:`FlowRecorder`)."""
+        self.recorder.accumulate()
+
+    @torch.no_grad()
+    def step(self, closure=None, all_reduce: AllReduce | None = None, world_size: int = 1):
+        """The M-step from the accumulated gradients and flows, then forget the flows.
+
+        Under data parallelism the parameters' gradients arrive averaged over ``world_size``
+        processes while the flows are local: ``all_reduce`` (a sum over processes) makes the
+        counts those of every process's data."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.recorder.flows is None:
+            raise RuntimeError("EM.step() without statistics: call accumulate() after each backward()")
+        reduce = all_reduce or (lambda t: t)
+        flows = [reduce(f) for f in self.recorder.flows]
+        root = reduce(self.recorder.root)
+        self.recorder.reset()
+        group = self.param_groups[0]
+        s, alpha = group["lr"], group["pseudocount"]
+        model = self.model
+
+        def grad(p: Tensor) -> Tensor:
+            return torch.zeros_like(p) if p.grad is None else p.grad * world_size
+
+        # sum layers: the flow of the sum node (p, j) is that of its parent product node (i, j)
+        for level, (layer, pool) in enumerate(zip(model.sums, model.pools), start=1):
+            parent = pool.expand(_grid(flows[level], model.grids[level]))  # (K_l, H_{l-1}, W_{l-1})
+            node_flow = parent.flatten(1).t()  # (P, K_l)
+            if layer.shared:
+                node_flow = node_flow.sum(0, keepdim=True)
+            flow = node_flow.view(*layer.logits.shape[:-1], 1)  # (H, W, K_l, 1), or (K_l, 1) shared
+            _categorical_step(layer.logits, grad(layer.logits), flow, -1, s, alpha)
+        # the root: one sum node per class, with flow P(y | x) (or 1{y} for a joint objective)
+        _categorical_step(model.root.logits, grad(model.root.logits), root.view(-1, 1), -1, s, alpha)
+        if isinstance(model.class_logits, nn.Parameter):
+            counts = root.clamp_min(0) + alpha
+            _mix_log_probs(model.class_logits, F.log_softmax(model.class_logits, 0), (counts / counts.sum()).log(), s)
+
+        leaves, leaf_flow = model.leaves, flows[0]  # (P_0, M)
+        if leaves.shared:
+            leaf_flow = leaf_flow.sum(0, keepdim=True)
+        if isinstance(leaves, CategoricalLayer):  # logits (P, V, values, M), normalized over dim 2
+            flow = leaf_flow.unsqueeze(1).unsqueeze(1)  # (P, 1, 1, M)
+            _categorical_step(leaves.logits, grad(leaves.logits), flow, 2, s, alpha)
+        elif isinstance(leaves, GaussianLayer):
+            _gaussian_step(leaves, grad(leaves.mean), grad(leaves.raw_std), leaf_flow.unsqueeze(1), s, alpha)
+        else:  # pragma: no cover - every leaf family of convac.leaves is handled above
+            raise TypeError(f"EM does not know the leaf layer {type(leaves).__name__}")
+        return loss
+
+
+def _grid(flow: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(P_l, K_l) -> (K_l, H_l, W_l)."""
+    return flow.t().reshape(-1, *grid)
+
+
+def _categorical_step(logits: Tensor, grad: Tensor, node_flow: Tensor, dim: int, s: float, alpha: float) -> None:
+    """M-step of softmax-normalized ``logits`` (normalized over ``dim``): counts
+    ``n = -grad + w * node_flow`` (``node_flow`` has size 1 along ``dim``), then
+    ``w <- (1 - s) w + s normalize(n + alpha)``, written back as log-probabilities."""
+    log_w = F.log_softmax(logits, dim=dim)
+    counts = (log_w.exp() * node_flow - grad).clamp_min_(0.0) + alpha
+    total = counts.sum(dim, keepdim=True)
+    # rows that no example reached (and no pseudocount) keep their weights
+    log_em = torch.where(total > 0, counts.log() - total.log(), log_w)
+    _mix_log_probs(logits, log_w, log_em, s)
+
+
+def _mix_log_probs(target: Tensor, log_old: Tensor, log_new: Tensor, s: float) -> None:
+    """``target <- log((1 - s) exp(log_old) + s exp(log_new))``, in log space."""
+    if s >= 1.0:
+        target.copy_(log_new)
+    else:
+        target.copy_(torch.logaddexp(log_old + math.log1p(-s), log_new + math.log(s)))
+
+
+def _gaussian_step(leaves: GaussianLayer, grad_mean: Tensor, grad_raw: Tensor, flow: Tensor, s: float, alpha: float) -> None:
+    """M-step of Gaussian leaves from the gradients of ``mean`` and ``raw_std`` (P, V, M) and the
+    components' flows ``flow`` (P, 1, M): weighted first and second moments (module docstring)."""
+    mean, sigma = leaves.mean, leaves.std()
+    grad_sigma = grad_raw / torch.sigmoid(leaves.raw_std)  # d softplus(rho) / d rho = sigmoid(rho)
+    weight = (flow + alpha).clamp_min(1e-12)  # N + alpha pseudo-observations at the current mean and variance
+    sum_x = sigma**2 * -grad_mean + mean * flow + alpha * mean
+    new_mean = sum_x / weight
+    sum_sq = sigma**3 * -grad_sigma + sigma**2 * flow + alpha * sigma**2  # around the old mean
+    new_var = (sum_sq / weight - (new_mean - mean) ** 2).clamp_min(leaves.min_std**2 * (1 + 1e-6))
+    unreached = weight <= 1e-12  # no example and no pseudocount: keep the parameters
+    new_mean, new_var = torch.where(unreached, mean, new_mean), torch.where(unreached, sigma**2, new_var)
+    mean.mul_(1 - s).add_(s * new_mean)
+    variance = (1 - s) * sigma**2 + s * new_var
+    excess = (variance.sqrt() - leaves.min_std).clamp_min(1e-12)
+    leaves.raw_std.copy_(excess + torch.log(-torch.expm1(-excess)))  # softplus^-1

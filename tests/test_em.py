@@ -1,0 +1,140 @@
+"""EM (convac.training.em) against the closed-form update of an independent probability-space circuit."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from convac import Categorical, CPConvAC, Gaussian, HTConvAC
+from convac.training.em import EM
+
+
+def build(leaf, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    model = HTConvAC((1, 1, 4), leaf, num_components=2, channels=[3, 2], **kwargs).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    return model
+
+
+def naive_log_likelihood(model, x, params):
+    """``sum_x log P(x)`` of a binary HT over 4 variables written out in probability space from
+    free (unnormalized) parameters ``params``: leaf densities ``leaf`` (P, B, M), sum weights
+    ``w1`` (4, K1, M), ``w2`` (2, K2, K1), root ``w3`` (K2,)."""
+    s1 = torch.einsum("pja,pba->pbj", params["w1"], params["leaf"])  # (4, B, K1)
+    p1 = s1[0::2] * s1[1::2]  # products of pairs: (2, B, K1)
+    s2 = torch.einsum("pja,pba->pbj", params["w2"], p1)  # (2, B, K2)
+    p2 = s2[0] * s2[1]  # (B, K2)
+    return (p2 @ params["w3"]).log().sum()
+
+
+def closed_form_counts(model, x, leaf_values):
+    """Expected counts by the classic identity ``n = theta * d log L / d theta`` on the naive circuit."""
+    params = {
+        "leaf": leaf_values.clone().requires_grad_(),
+        "w1": model.sums[0].weights().detach().clone().requires_grad_(),
+        "w2": model.sums[1].weights().detach().clone().requires_grad_(),
+        "w3": model.root.weights()[0, 0].detach().clone().requires_grad_(),
+    }
+    naive_log_likelihood(model, x, params).backward()
+    return {k: v.detach() * v.grad for k, v in params.items()}
+
+
+def em_step(model, x, lr=1.0, pseudocount=0.0):
+    optimizer = EM(model, lr=lr, pseudocount=pseudocount)
+    (-model.log_prob(x).sum()).backward()
+    optimizer.accumulate()
+    optimizer.step()
+    optimizer.zero_grad()
+    optimizer.recorder.remove()
+
+
+@pytest.mark.parametrize("pseudocount", [0.0, 0.5])
+def test_full_batch_step_equals_the_closed_form_categorical(pseudocount):
+    model = build(Categorical(3))
+    x = torch.randint(0, 3, (40, 1, 1, 4), generator=torch.Generator().manual_seed(1))
+    f = model.leaves.log_probabilities().detach().exp()  # (P, 1, values, M)
+    leaf_values = f[torch.arange(4).view(4, 1), 0, x.view(40, 4).t()]  # (P, B, M): f_{p,m}(x_p)
+    counts = closed_form_counts(model, x, leaf_values)
+    # leaf counts: the component's responsibility for every observed value
+    leaf_counts = torch.zeros(4, 3, 2, dtype=torch.float64)
+    for p in range(4):
+        leaf_counts[p].index_add_(0, x.view(40, 4)[:, p], counts["leaf"][p])
+
+    def normalized(c, dim):
+        c = c + pseudocount
+        return c / c.sum(dim, keepdim=True)
+
+    em_step(model, x, pseudocount=pseudocount)
+    torch.testing.assert_close(model.sums[0].weights(), normalized(counts["w1"], -1))
+    torch.testing.assert_close(model.sums[1].weights(), normalized(counts["w2"], -1))
+    torch.testing.assert_close(model.root.weights()[0, 0], normalized(counts["w3"], -1))
+    torch.testing.assert_close(model.leaves.log_probabilities().exp()[:, 0], normalized(leaf_counts, 1))
+
+
+def test_full_batch_step_equals_the_closed_form_gaussian():
+    model = build(Gaussian(min_std=1e-3))
+    x = torch.randn(60, 1, 1, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    mean, std = model.leaves.mean.detach()[:, 0], model.leaves.std().detach()[:, 0]  # (P, M)
+    leaf_values = torch.distributions.Normal(mean.unsqueeze(1), std.unsqueeze(1)).log_prob(x.view(60, 4).t().unsqueeze(-1)).exp()
+    r = closed_form_counts(model, x, leaf_values)["leaf"]  # (P, B, M) responsibilities
+    xs = x.view(60, 4).t().unsqueeze(-1)  # (P, B, 1)
+    new_mean = (r * xs).sum(1) / r.sum(1)
+    new_var = (r * (xs - new_mean.unsqueeze(1)) ** 2).sum(1) / r.sum(1)
+    em_step(model, x)
+    torch.testing.assert_close(model.leaves.mean[:, 0], new_mean)
+    torch.testing.assert_close(model.leaves.std()[:, 0] ** 2, new_var)
+
+
+@pytest.mark.parametrize("leaf", [Categorical(3), Gaussian(min_std=0.05)], ids=["categorical", "gaussian"])
+def test_full_batch_em_never_lowers_the_training_likelihood(leaf):
+    model = build(leaf, seed=3)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 3, (80, 1, 1, 4), generator=g) if isinstance(leaf, Categorical) else torch.randn(80, 1, 1, 4, generator=g, dtype=torch.float64)
+    lls = []
+    for _ in range(6):
+        with torch.no_grad():
+            lls.append(model.log_prob(x).sum().item())
+        em_step(model, x)
+    assert all(b >= a - 1e-9 for a, b in zip(lls, lls[1:])), lls
+
+
+def test_missing_values_are_marginalized_in_the_e_step():
+    """With a variable missing, its leaf counts are the component's flow times f: the EM update of
+    a model on data with a missing column equals the update on the data with that column filled
+    by its conditional expectation, which for one step means: the missing column's distribution
+    is unchanged for a component whose flow is the same."""
+    model = build(Categorical(3), seed=5)
+    x = torch.randint(0, 3, (30, 1, 1, 4), generator=torch.Generator().manual_seed(6))
+    missing = torch.zeros_like(x, dtype=torch.bool)
+    missing[..., 0] = True  # variable 0 never observed
+    before = model.leaves.log_probabilities().exp()[0, 0].detach().clone()  # (values, M) of position 0
+    optimizer = EM(model, lr=1.0, pseudocount=0.0)
+    (-model.log_prob(x, missing).sum()).backward()
+    optimizer.accumulate()
+    optimizer.step()
+    torch.testing.assert_close(model.leaves.log_probabilities().exp()[0, 0], before)
+
+
+def test_em_rejects_bad_settings():
+    model = build(Categorical(3))
+    with pytest.raises(ValueError, match="step size"):
+        EM(model, lr=0.0)
+    with pytest.raises(ValueError, match="pseudocount"):
+        EM(model, pseudocount=-1.0)
+    with pytest.raises(RuntimeError, match="accumulate"):
+        EM(model).step()
+
+
+def test_shared_parameters_pool_their_counts_and_stay_monotone():
+    """Shared leaves and weights take the counts of every position together: full-batch EM on a CP
+    model with both shared never lowers the likelihood (a wrongly pooled count would)."""
+    torch.manual_seed(7)
+    model = CPConvAC((1, 2, 2), Categorical(3), num_components=2, rank=3, share_leaves=True, share_weights=True).double()
+    x = torch.randint(0, 3, (50, 1, 2, 2), generator=torch.Generator().manual_seed(8))
+    lls = []
+    for _ in range(5):
+        with torch.no_grad():
+            lls.append(model.log_prob(x).sum().item())
+        em_step(model, x)
+    assert all(b >= a - 1e-9 for a, b in zip(lls, lls[1:])), lls

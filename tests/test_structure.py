@@ -1,0 +1,121 @@
+"""Structure learning (convac.structure) and learned-structure models: the tree, its determinism,
+and its storage with the model (the exact queries of such models are in test_model / test_entropy)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from convac import Bernoulli, Categorical, Gaussian, HTConvAC, create_model
+from convac.structure import balanced_tree_order, learn_structure, pairwise_mutual_information, quantize
+from convac.zoo.pretrained import load_into, read_weights, save_weights
+
+
+def copies_data(n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary data (n, 1, 1, d) in which variable ``i`` is a noisy copy of variable ``partner[i]``
+    and the pairs are independent of each other: the tree must pair every variable with its copy."""
+    g = torch.Generator().manual_seed(seed)
+    partner = torch.randperm(d, generator=g)
+    pairs = partner.view(-1, 2)
+    x = torch.zeros(n, d, dtype=torch.long)
+    source = torch.randint(0, 2, (n, d // 2), generator=g)
+    flip = (torch.rand(n, d // 2, generator=g) < 0.05).long()
+    x[:, pairs[:, 0]] = source
+    x[:, pairs[:, 1]] = source ^ flip
+    return x.view(n, 1, 1, d), pairs
+
+
+def test_mutual_information_matches_its_definition():
+    x, pairs = copies_data(4000, 6)
+    codes, levels = quantize(x.view(4000, 6).double(), discrete=True, bins=8)
+    mi = pairwise_mutual_information(codes, levels, pseudocount=0.0)
+    # a binary symmetric channel with flip rate 0.05 on a fair bit: I = log 2 - H(0.05)
+    h = -(0.05 * torch.log(torch.tensor(0.05)) + 0.95 * torch.log(torch.tensor(0.95)))
+    a, b = pairs[0].tolist()
+    assert mi[a, b].item() == pytest.approx(torch.log(torch.tensor(2.0)).item() - h.item(), abs=0.02)
+    assert mi[pairs[0, 0], pairs[1, 0]].item() < 0.01 and torch.equal(mi, mi.t()) and (mi.diagonal() == 0).all()
+
+
+@pytest.mark.parametrize("d", [8, 9, 12])
+def test_learned_tree_pairs_dependent_variables_first(d):
+    x, pairs = copies_data(3000, d - d % 2)
+    if d % 2:  # one extra independent variable
+        x = torch.cat([x, torch.randint(0, 2, (3000, 1, 1, 1))], dim=-1)
+    model = HTConvAC((1, 1, d), Bernoulli(), 2, 2, structure="learned")
+    order = learn_structure(model, x)[0]
+    assert sorted(order.tolist()) == list(range(d))  # every variable exactly once
+    level_one = {frozenset(order[i:i + 2].tolist()) for i in range(0, d - 1, 2)}
+    assert {frozenset(p.tolist()) for p in pairs} <= level_one
+    if d % 2:
+        assert order[-1].item() == d - 1  # the unpaired variable waits at the end of the sequence
+
+
+def test_balanced_tree_keeps_blocks_aligned_with_the_pooling():
+    """Every level-l block of the order is one region of the tree: a planted hierarchy of
+    similarities (pairs, then pairs of pairs) comes out block by block, for any size."""
+    for d in (5, 7, 16, 21):
+        g = torch.Generator().manual_seed(d)
+        hidden = torch.randperm(d, generator=g)  # position of variable i in the planted order
+        distance = (hidden.view(-1, 1) ^ hidden.view(1, -1)).double()  # xor distance: a binary tree
+        similarity = 1.0 / (1.0 + distance)
+        order = balanced_tree_order(similarity.fill_diagonal_(0.0))
+        planted = hidden[order]  # the planted positions, in the learned order
+        for size in (2, 4, 8):
+            for start in range(0, d - size + 1, size):
+                block = planted[start:start + size]
+                assert (block // size).unique().numel() == 1, (d, size, planted.tolist())
+
+
+def test_same_seed_and_data_give_the_same_structure_and_noise_varies_repetitions():
+    x, _ = copies_data(500, 16)
+    model = HTConvAC((1, 1, 16), Bernoulli(), 2, 2, structure="learned", num_repetitions=3)
+    first = learn_structure(model, x, seed=1).clone()
+    assert torch.equal(first, learn_structure(model, x, seed=1))
+    assert not torch.equal(first, learn_structure(model, x, seed=2))
+    assert not torch.equal(first[1], first[2])  # randomized trees for the other repetitions
+
+
+def test_images_and_gaussian_leaves_and_patches():
+    torch.manual_seed(0)
+    x = torch.rand(200, 3, 5, 4)
+    x[:, :, 2] = x[:, :, 1] + 0.01 * torch.randn(200, 3, 4)  # rows 1 and 2 copy each other
+    model = HTConvAC((3, 5, 4), Gaussian(), 2, 2, patch_size=2, structure="learned", num_repetitions=2)
+    order = learn_structure(model, x)
+    assert order.shape == (2, 6) and all(sorted(o.tolist()) == list(range(6)) for o in order)
+    assert model.grids[0] == (2, 6) and model.log_prob(x[:4]).shape == (4,)
+    x[0, 0, 0, 0] = float("nan")  # a missing value is left out of the statistics
+    learn_structure(model, x)
+
+
+def test_structure_survives_save_and_load_without_data(tmp_path):
+    x, _ = copies_data(300, 10)
+    kwargs = dict(in_shape=[1, 1, 10], leaf={"name": "bernoulli"}, num_components=2, channels=3,
+                  structure="learned", num_repetitions=2)
+    model = create_model("ht", **kwargs)
+    learn_structure(model, x)
+    # state dict
+    fresh = create_model("ht", **kwargs)
+    assert not torch.equal(fresh.order, model.order)
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(fresh.order, model.order)
+    assert torch.allclose(fresh.log_prob(x[:5]), model.log_prob(x[:5]))
+    # the zoo's safetensors format
+    path = tmp_path / "m.safetensors"
+    save_weights(path, model, "ht", kwargs)
+    loaded = load_into(create_model("ht", **kwargs), read_weights(path), "test")
+    assert torch.equal(loaded.order, model.order)
+
+
+def test_set_order_rejects_what_is_not_a_permutation():
+    model = HTConvAC((1, 1, 4), Categorical(3), 2, 2, structure="learned", num_repetitions=2)
+    with pytest.raises(ValueError, match="permutation"):
+        model.set_order(torch.tensor([[0, 1, 2, 2], [0, 1, 2, 3]]))
+    with pytest.raises(ValueError, match="permutation"):
+        model.set_order(torch.tensor([[0, 1, 2, 3]]))
+    with pytest.raises(ValueError, match="structure='learned'"):
+        HTConvAC((1, 1, 4), Categorical(3), 2, 2).set_order(torch.arange(4).view(1, 4))
+    with pytest.raises(ValueError, match="num_repetitions"):
+        HTConvAC((1, 1, 4), Categorical(3), 2, 2, num_repetitions=2)
+    with pytest.raises(ValueError, match="pool=2"):
+        HTConvAC((1, 1, 4), Categorical(3), 2, 2, pool=4, structure="learned")
+    with pytest.raises(ValueError, match="structure must be"):
+        HTConvAC((1, 1, 4), Categorical(3), 2, 2, structure="chow-liu")
