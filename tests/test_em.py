@@ -61,8 +61,8 @@ def test_full_batch_step_equals_the_closed_form_categorical(pseudocount):
     for p in range(4):
         leaf_counts[p].index_add_(0, x.view(40, 4)[:, p], counts["leaf"][p])
 
-    def normalized(c, dim):
-        c = c + pseudocount
+    def normalized(c, dim):  # the pseudocount is shared by the entries of each distribution
+        c = c + pseudocount / c.shape[dim]
         return c / c.sum(dim, keepdim=True)
 
     em_step(model, x, pseudocount=pseudocount)

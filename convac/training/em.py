@@ -15,19 +15,24 @@ hooks on the leaf layer, every pooling layer and the root: nothing in the model 
 A missing variable contributes no gradient, so its count is ``f * N``, exactly the E-step of EM
 with that variable marginalized.
 
-The M-step, with pseudocount ``alpha`` and step size ``s`` (the param group's ``lr``, so
-``torch.optim.lr_scheduler`` works unchanged; ``s = 1`` is classical EM):
+The M-step keeps a running average of the counts, in the space of the sufficient statistics
+(online EM, Cappe & Moulines, JRSS-B 2009; Liang & Klein, NAACL 2009), with step size ``s``
+(the param group's ``lr``, so ``torch.optim.lr_scheduler`` works unchanged) and a pseudocount
+``alpha`` shared by the entries of each distribution (Laplace smoothing):
 
-    w <- (1 - s) w + s (n + alpha) / sum_a (n + alpha)
+    S <- (1 - s) S + s n,    w[j, :] <- (S[j, :] + alpha / K) / (sum_a S[j, a] + alpha)
+
+with ``S`` bias-corrected by ``1 - (1 - s)^t`` after ``t`` steps, as Adam does. ``s = 1`` (with
+the counts of the whole training set) is classical EM. A node that a batch does not reach keeps
+its weights: only its own counts, relative to its own total, move them.
 
 Gaussian leaves (``sigma = min_std + softplus(rho)``): with ``r`` the component's flow,
 ``sum r x = sigma^2 (-G_mu) + mu N`` and ``sum r (x - mu)^2 = sigma^3 (-G_sigma) + sigma^2 N``;
-the new mean and variance are those moments over ``N + alpha`` (``alpha`` pseudo-observations at
-the current mean and variance), mixed with step ``s``.
+the running statistics are ``(N, sum r x, sum r x^2)``, and the new mean and variance are their
+moments with ``alpha`` pseudo-observations at the current mean and variance.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -103,7 +108,7 @@ class EM(torch.optim.Optimizer):
             raise ValueError(f"the EM step size (lr) must be in (0, 1], got {lr}")
         if pseudocount < 0:
             raise ValueError(f"the EM pseudocount must be >= 0, got {pseudocount}")
-        super().__init__(model.parameters(), dict(lr=lr, pseudocount=pseudocount))
+        super().__init__(model.parameters(), dict(lr=lr, pseudocount=pseudocount, decay=1.0))
         self.model = model
         self.recorder = FlowRecorder(model)
 
@@ -129,7 +134,7 @@ class EM(torch.optim.Optimizer):
         root = reduce(self.recorder.root)
         self.recorder.reset()
         group = self.param_groups[0]
-        s, alpha = group["lr"], group["pseudocount"]
+        self._decay = self._decay * (1.0 - group["lr"])  # (1 - s)^t: the bias correction
         model = self.model
 
         def grad(p: Tensor) -> Tensor:
@@ -141,65 +146,74 @@ class EM(torch.optim.Optimizer):
             node_flow = parent.flatten(1).t()  # (P, K_l)
             if layer.shared:
                 node_flow = node_flow.sum(0, keepdim=True)
-            flow = node_flow.view(*layer.logits.shape[:-1], 1)  # (H, W, K_l, 1), or (K_l, 1) shared
-            _categorical_step(layer.logits, grad(layer.logits), flow, -1, s, alpha)
+            self._categorical_step(layer.logits, node_flow.view(*layer.logits.shape[:-1], 1), -1, grad(layer.logits))
         # the root: one sum node per class, with flow P(y | x) (or 1{y} for a joint objective)
-        _categorical_step(model.root.logits, grad(model.root.logits), root.view(-1, 1), -1, s, alpha)
+        self._categorical_step(model.root.logits, root.view(-1, 1), -1, grad(model.root.logits))
         if isinstance(model.class_logits, nn.Parameter):
-            counts = root.clamp_min(0) + alpha
-            _mix_log_probs(model.class_logits, F.log_softmax(model.class_logits, 0), (counts / counts.sum()).log(), s)
+            self._categorical_step(model.class_logits, root.sum().view(1), 0, grad(model.class_logits))
 
         leaves, leaf_flow = model.leaves, flows[0]  # (P_0, M)
         if leaves.shared:
             leaf_flow = leaf_flow.sum(0, keepdim=True)
         if isinstance(leaves, CategoricalLayer):  # logits (P, V, values, M), normalized over dim 2
-            flow = leaf_flow.unsqueeze(1).unsqueeze(1)  # (P, 1, 1, M)
-            _categorical_step(leaves.logits, grad(leaves.logits), flow, 2, s, alpha)
+            self._categorical_step(leaves.logits, leaf_flow.unsqueeze(1).unsqueeze(1), 2, grad(leaves.logits))
         elif isinstance(leaves, GaussianLayer):
-            _gaussian_step(leaves, grad(leaves.mean), grad(leaves.raw_std), leaf_flow.unsqueeze(1), s, alpha)
+            self._gaussian_step(leaves, leaf_flow.unsqueeze(1), grad(leaves.mean), grad(leaves.raw_std))
         else:  # pragma: no cover - every leaf family of convac.leaves is handled above
             raise TypeError(f"EM does not know the leaf layer {type(leaves).__name__}")
         return loss
+
+    @property
+    def _decay(self) -> float:
+        """``prod_t (1 - s_t)`` over the steps so far (in the param group: saved in checkpoints)."""
+        return self.param_groups[0]["decay"]
+
+    @_decay.setter
+    def _decay(self, value: float) -> None:
+        self.param_groups[0]["decay"] = value
+
+    def _running(self, param: Tensor, name: str, batch: Tensor) -> Tensor:
+        """``S <- (1 - s) S + s batch`` for the statistic ``name`` of ``param`` (kept in the
+        optimizer's state, so checkpoints hold it), bias-corrected."""
+        s = self.param_groups[0]["lr"]
+        state = self.state[param]
+        state[name] = batch * s if name not in state else state[name].mul_(1.0 - s).add_(batch, alpha=s)
+        return state[name] / (1.0 - self._decay)
+
+    def _categorical_step(self, logits: Tensor, node_flow: Tensor, dim: int, grad: Tensor) -> None:
+        """M-step of softmax-normalized ``logits`` (normalized over ``dim``): batch counts
+        ``n = -grad + w * node_flow`` (``node_flow`` has size 1 along ``dim``), running counts,
+        then ``w = normalize(S + alpha / K)``, written back as log-probabilities."""
+        log_w = F.log_softmax(logits, dim=dim)
+        counts = self._running(logits, "counts", (log_w.exp() * node_flow - grad).clamp_min_(0.0))
+        alpha = self.param_groups[0]["pseudocount"]
+        counts = counts + alpha / logits.shape[dim]
+        total = counts.sum(dim, keepdim=True)
+        # rows that no example ever reached (and no pseudocount) keep their weights
+        logits.copy_(torch.where(total > 0, counts.clamp_min(1e-300).log() - total.log(), log_w))
+
+    def _gaussian_step(self, leaves: GaussianLayer, flow: Tensor, grad_mean: Tensor, grad_raw: Tensor) -> None:
+        """M-step of Gaussian leaves from the gradients of ``mean`` and ``raw_std`` (P, V, M) and
+        the components' flows ``flow`` (P, 1, M): running ``(N, sum r x, sum r x^2)`` (module
+        docstring)."""
+        mean, sigma = leaves.mean, leaves.std()
+        grad_sigma = grad_raw / torch.sigmoid(leaves.raw_std)  # d softplus(rho) / d rho = sigmoid(rho)
+        sum_x = sigma**2 * -grad_mean + mean * flow
+        sum_sq = sigma**3 * -grad_sigma + sigma**2 * flow + 2 * mean * sum_x - mean**2 * flow
+        n = self._running(leaves.mean, "flow", flow.expand_as(mean))
+        sum_x, sum_sq = self._running(leaves.mean, "sum_x", sum_x), self._running(leaves.mean, "sum_sq", sum_sq)
+        alpha = self.param_groups[0]["pseudocount"]  # pseudo-observations at the current mean and variance
+        weight = n + alpha
+        reached = weight > 1e-12
+        new_mean = (sum_x + alpha * mean) / weight.clamp_min(1e-12)
+        second = (sum_sq + alpha * (sigma**2 + mean**2)) / weight.clamp_min(1e-12)
+        new_var = (second - new_mean**2).clamp_min(leaves.min_std**2 * (1 + 1e-6))
+        new_std = torch.where(reached, new_var.sqrt(), sigma)
+        leaves.mean.copy_(torch.where(reached, new_mean, mean))
+        excess = (new_std - leaves.min_std).clamp_min(1e-12)
+        leaves.raw_std.copy_(excess + torch.log(-torch.expm1(-excess)))  # softplus^-1
 
 
 def _grid(flow: Tensor, grid: tuple[int, int]) -> Tensor:
     """(P_l, K_l) -> (K_l, H_l, W_l)."""
     return flow.t().reshape(-1, *grid)
-
-
-def _categorical_step(logits: Tensor, grad: Tensor, node_flow: Tensor, dim: int, s: float, alpha: float) -> None:
-    """M-step of softmax-normalized ``logits`` (normalized over ``dim``): counts
-    ``n = -grad + w * node_flow`` (``node_flow`` has size 1 along ``dim``), then
-    ``w <- (1 - s) w + s normalize(n + alpha)``, written back as log-probabilities."""
-    log_w = F.log_softmax(logits, dim=dim)
-    counts = (log_w.exp() * node_flow - grad).clamp_min_(0.0) + alpha
-    total = counts.sum(dim, keepdim=True)
-    # rows that no example reached (and no pseudocount) keep their weights
-    log_em = torch.where(total > 0, counts.log() - total.log(), log_w)
-    _mix_log_probs(logits, log_w, log_em, s)
-
-
-def _mix_log_probs(target: Tensor, log_old: Tensor, log_new: Tensor, s: float) -> None:
-    """``target <- log((1 - s) exp(log_old) + s exp(log_new))``, in log space."""
-    if s >= 1.0:
-        target.copy_(log_new)
-    else:
-        target.copy_(torch.logaddexp(log_old + math.log1p(-s), log_new + math.log(s)))
-
-
-def _gaussian_step(leaves: GaussianLayer, grad_mean: Tensor, grad_raw: Tensor, flow: Tensor, s: float, alpha: float) -> None:
-    """M-step of Gaussian leaves from the gradients of ``mean`` and ``raw_std`` (P, V, M) and the
-    components' flows ``flow`` (P, 1, M): weighted first and second moments (module docstring)."""
-    mean, sigma = leaves.mean, leaves.std()
-    grad_sigma = grad_raw / torch.sigmoid(leaves.raw_std)  # d softplus(rho) / d rho = sigmoid(rho)
-    weight = (flow + alpha).clamp_min(1e-12)  # N + alpha pseudo-observations at the current mean and variance
-    sum_x = sigma**2 * -grad_mean + mean * flow + alpha * mean
-    new_mean = sum_x / weight
-    sum_sq = sigma**3 * -grad_sigma + sigma**2 * flow + alpha * sigma**2  # around the old mean
-    new_var = (sum_sq / weight - (new_mean - mean) ** 2).clamp_min(leaves.min_std**2 * (1 + 1e-6))
-    unreached = weight <= 1e-12  # no example and no pseudocount: keep the parameters
-    new_mean, new_var = torch.where(unreached, mean, new_mean), torch.where(unreached, sigma**2, new_var)
-    mean.mul_(1 - s).add_(s * new_mean)
-    variance = (1 - s) * sigma**2 + s * new_var
-    excess = (variance.sqrt() - leaves.min_std).clamp_min(1e-12)
-    leaves.raw_std.copy_(excess + torch.log(-torch.expm1(-excess)))  # softplus^-1
