@@ -46,7 +46,7 @@ def _labels(array: np.ndarray, key: str, num_samples: int, path: Path) -> torch.
     if np.issubdtype(array.dtype, np.floating) and np.isfinite(array).all() and (array == np.round(array)).all():
         return torch.from_numpy(array.astype(np.int64))
     bad = array[~np.isfinite(array) | (array != np.round(array))] if np.issubdtype(array.dtype, np.floating) else array
-    raise ValueError(f"{path}: {key} holds non-integer labels (e.g. {bad.flat[0]!r}); labels must be class indices 0, 1, ...")
+    raise ValueError(f"{path}: {key} holds non-integer labels (e.g. {bad.flat[0].item()!r}); labels must be class indices 0, 1, ...")
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:

@@ -53,11 +53,11 @@ def _to_floats(path: Path, rows: list[tuple[int, list[str]]], columns: list[str]
     """The cells as an ``(N, D)`` float64 array, NaN for an empty or ``NaN`` cell; a ValueError
     names the line, column and cell that is not a number."""
     cells = np.char.strip(np.array([row for _, row in rows], dtype=str))
-    cells[cells == ""] = "nan"
+    cells = np.where(cells == "", "nan", cells)  # (a new array: "nan" may not fit the cells' width)
     try:
         return cells.astype(np.float64)  # fast; on failure, cell by cell to name the bad one
     except ValueError:
-        return np.array([[_cell_value(path, line, column, cell) for column, cell in zip(columns, row)]
+        return np.array([[_cell_value(path, line, column, str(cell)) for column, cell in zip(columns, row)]
                          for (line, _), row in zip(rows, cells)])
 
 
