@@ -17,6 +17,7 @@ from PIL import Image
 
 from convac import create_model
 from convac.cli.common import setup_data
+from convac.cli.eval import evaluate
 from convac.configs import schema
 from convac.data import create_datamodule
 from convac.training import ConvACModule
@@ -444,6 +445,12 @@ def test_cli_trains_an_array_file_two_epochs(tmp_path):
     assert epochs_logged(run) == [0, 1] and (run / "entropy.csv").is_file()
     config = (run / "config.yaml").read_text()
     assert "in_shape:\n  - 1\n  - 6\n  - 6" in config and "num_classes: 3" in config and "num_values: 4" in config
+    # convac-eval rebuilds the data from the checkpoint; NaN entries and the random mask both marginalized
+    with initialize_config_module("convac.configs", version_base="1.3"):
+        cfg = compose("eval", overrides=[f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"output_dir={tmp_path / 'eval'}",
+                                         "trainer.enable_progress_bar=false"])
+    metrics = evaluate(cfg)
+    assert np.isfinite(metrics["test/nll"]) and 0.0 <= metrics["test/acc_missing"] <= 1.0
 
 
 def test_cli_trains_an_rgb_image_folder_two_epochs(tmp_path):
