@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 Split = tuple[Tensor, Tensor]
 SPLITS = ("train", "val", "test")
-LAYOUT_KEYS = ("in_shape", "num_values", "num_classes")  # read from the data when not given
 
 
 def hold_out(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -213,6 +212,8 @@ class ConvACDataModule(L.LightningDataModule):
         self._read_classes(splits)
 
     def _read_values(self, splits: dict[str, Split]) -> None:
+        """Check the values of ``x``; read whether some are missing (NaN), whether the data is
+        real-valued (non-integer, ``continuous`` only) and, for integer data, ``num_values``."""
         for split, (x, _) in splits.items():
             if x.is_floating_point() and torch.isinf(x).any():
                 raise ValueError(f"{self._where(split)} holds infinite values (a missing value is NaN)")
@@ -248,6 +249,7 @@ class ConvACDataModule(L.LightningDataModule):
                 )
 
     def _read_classes(self, splits: dict[str, Split]) -> None:
+        """Read ``num_classes`` (largest label + 1) or check the labels against it."""
         ranges = {split: _range(y) for split, (_, y) in splits.items()}
         ranges = {split: r for split, r in ranges.items() if r is not None}
         if self.num_classes is None:

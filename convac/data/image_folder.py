@@ -20,7 +20,7 @@ from convac.data.base import ConvACDataModule, Split, fill_splits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 MODES = ("L", "RGB")
-_GRAY_BANDS = {("1",), ("L",), ("I",), ("F",), ("L", "A")}
+_GRAY_BANDS = {("1",), ("L",), ("L", "A")}
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -53,12 +53,17 @@ def list_images(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
 
 
 def _open(path: Path) -> Image.Image:
+    """The decoded image at ``path``; a ValueError names the file if Pillow cannot read it or
+    it is not an 8-bit image (16-bit and float images would be clipped)."""
     try:
         with Image.open(path) as image:
             image.load()
-            return image
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: cannot read the image ({e})") from e
+    if image.mode.startswith(("I", "F")):
+        raise ValueError(f"{path} is a {image.mode} image (16-bit, 32-bit or float); data=image_folder reads 8-bit "
+                         f"images: convert it to 8-bit grayscale or RGB")
+    return image
 
 
 def read_images(files: list[Path], size: tuple[int, int] | None, mode: str | None) -> np.ndarray:
