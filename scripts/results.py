@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from convac import create_model, load_pretrained
+from convac.cli.common import setup_data
 from convac.configs import schema
-from convac.data import DigitsDataModule, create_datamodule
+from convac.data import DigitsDataModule
 from convac.zoo.entries import compose_train_config
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -184,7 +185,7 @@ def run_density(out_dir: Path, only: set[str] | None = None) -> dict:
             print(f"skipping {dataset}: {root} is absent", file=sys.stderr)
             continue
         cfg = compose_train_config([f"experiment={experiment}"] + ([f"data.root={root}"] if root else []))
-        datamodule = create_datamodule(**schema.to_kwargs(cfg.data))
+        datamodule = setup_data(cfg)  # fills the shape read from the data into cfg.model
         model_kwargs = schema.to_kwargs(cfg.model)
         params = sum(p.numel() for p in create_model(model_kwargs.pop("name"), **model_kwargs).parameters())
         ours = run_ours(experiment, root, out_dir / "runs" / experiment)

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from convac import create_model
-from convac.cli.common import build_trainer
+from convac.cli.common import build_trainer, setup_data
 from convac.configs import schema
 
 MODELS = ["ht", "cp", "ht_classifier", "cp_classifier"]
@@ -33,6 +33,8 @@ def compose_train(*overrides: str, output_dir="/tmp/convac-test"):
 def test_model_data_compose_and_build(hydra_ctx, model, data):
     cfg = compose_train(f"model={model}", f"data={data}")
     schema.to_object(cfg)
+    datamodule = setup_data(cfg)  # fills the layout read from the data into cfg.data
+    assert list(cfg.data.in_shape) == list(datamodule.in_shape) == [1, 8, 8]
     kwargs = schema.to_kwargs(cfg.model)
     assert kwargs["in_shape"] == list(cfg.data.in_shape)
     assert kwargs["leaf"] == {"name": "categorical", "num_values": cfg.data.num_values}
@@ -63,7 +65,8 @@ def test_cpu_trainers_instantiate(hydra_ctx, tmp_path, trainer):
 
 
 def test_leaf_groups_and_list_values(hydra_ctx):
-    cfg = compose_train("model/leaf=gaussian", "data.continuous=true", "model.channels=[8,4,2]", "model.pool=[2,2]")
+    cfg = compose_train("model/leaf=gaussian", "data.continuous=true", "model.channels=[8,4,2]", "model.pool=[2,2]",
+                        "data.in_shape=[1,8,8]")
     kwargs = schema.to_kwargs(cfg.model)
     assert kwargs["leaf"] == {"name": "gaussian", "min_std": 0.001}
     assert kwargs["channels"] == [8, 4, 2] and kwargs["pool"] == [2, 2]
@@ -90,8 +93,10 @@ def test_experiments_compose(hydra_ctx, experiment, extra):
         assert obj.data.continuous and obj.model.leaf.name == schema.LeafName.gaussian
     if experiment == "deep_ht64":  # 64x64 -> 1x1 by 2x2 pooling: 6 fusion levels
         assert obj.model.in_shape == [1, 64, 64] and obj.model.pool == 2 and obj.data.name == "synthetic"
+    if experiment in ("mnist_t10k_ht", "debd_ht"):  # the shape is read from the files by setup_data
+        assert obj.data.in_shape is None and obj.model.in_shape is None
     if experiment == "mnist_t10k_ht":
-        assert obj.data.split == schema.IDXSplit.t10k and obj.model.in_shape == [1, 28, 28]
+        assert obj.data.split == schema.IDXSplit.t10k
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,7 @@ def test_declared_layout_is_checked():
         create_datamodule("digits", num_values=10).setup()
     with pytest.raises(ValueError, match="unknown dataset 'cifar'.*digits"):
         create_datamodule("cifar")
-    assert set(DATAMODULES) == {"digits", "mnist", "fashion_mnist", "debd", "synthetic"}
+    assert set(DATAMODULES) == {"digits", "mnist", "fashion_mnist", "debd", "synthetic", "array", "table", "image_folder"}
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -114,12 +114,14 @@ def _write_debd(folder, name, rows):
 def test_debd_files(tmp_path, nested):
     rows = np.random.default_rng(0).integers(0, 2, (7, 5))
     _write_debd(tmp_path / "toy" if nested else tmp_path, "toy", rows)
-    dm = create_datamodule("debd", root=str(tmp_path), dataset="toy", in_shape=[1, 1, 5])
+    dm = create_datamodule("debd", root=str(tmp_path), dataset="toy")  # the shape read from the files
     x, y = dm.split("val")
     assert x.shape == (7, 1, 1, 5) and x.dtype == torch.long and y.eq(0).all()
     assert np.array_equal(x[:, 0, 0].numpy(), rows)
-    with pytest.raises(ValueError, match=r"set data.in_shape=\[1, 1, 5\]"):
-        create_datamodule("debd", root=str(tmp_path), dataset="toy").setup()
+    assert dm.layout == {"in_shape": [1, 1, 5], "num_values": 2, "num_classes": 1}
+    assert dm.hparams.in_shape == [1, 1, 5]  # stored in checkpoints
+    with pytest.raises(ValueError, match=r"data.in_shape is \[1, 1, 16\] .* shape \[1, 1, 5\]; set data.in_shape=\[1, 1, 5\]"):
+        create_datamodule("debd", root=str(tmp_path), dataset="toy", in_shape=[1, 1, 16]).setup()
     with pytest.raises(FileNotFoundError, match="nope.train.data, nope.valid.data, nope.test.data"):
         create_datamodule("debd", root=str(tmp_path), dataset="nope").setup()
 

@@ -165,7 +165,7 @@ BAD_DATA = {
     "idx_truncated_gzip": (lambda p: idx_folder(p, "truncated_gz"), IDX, ["corrupt gzip stream"]),
     "idx_labels_out_of_range": (lambda p: idx_folder(p, "labels_out_of_range"), IDX,
                                 ["data.num_classes is 10", "labels in [0, 12]"]),
-    "idx_images_of_another_size": (lambda p: idx_folder(p, "other_size"), IDX,
+    "idx_images_of_another_size": (lambda p: idx_folder(p, "other_size"), [*IDX, "data.in_shape=[1,28,28]"],
                                    ["data.in_shape is [1, 28, 28]", "[1, 32, 32]"]),
     "csv_not_0_1": (lambda p: debd_folder(p, "0,1,0\n1,2,0\n"), DEBD, ["data.num_values is 2", "values in [0, 2]"]),
     "csv_ragged_rows": (lambda p: debd_folder(p, "0,1,0\n1,1\n"), DEBD, ["toy.train.data", "columns changed from 3 to 2"]),

@@ -57,7 +57,7 @@ def test_registry_names_every_architecture_and_entry():
 
 @pytest.mark.parametrize("config", MODEL_CONFIGS)
 def test_every_model_config_builds_through_the_registry(config):
-    kwargs = schema.to_kwargs(compose_train_config([f"model={config}"]).model)
+    kwargs = schema.to_kwargs(compose_train_config([f"model={config}", "data.in_shape=[1,8,8]"]).model)
     name = kwargs.pop("name")
     assert shapes(convac.create_model(name, **kwargs)) == shapes(CONSTRUCTORS[name](**kwargs))
 

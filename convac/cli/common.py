@@ -1,5 +1,6 @@
-"""What the entry points share: seeding and threads, the trainer built from its config, reading a
-checkpoint, and reporting a user's error in one line."""
+"""What the entry points share: seeding and threads, the data module built from its config (with
+the layout read from the data filled into the config), the trainer built from its config, reading
+a checkpoint, and reporting a user's error in one line."""
 from __future__ import annotations
 
 import os
@@ -15,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from convac.configs import schema
+from convac.data import ConvACDataModule, create_datamodule
 from convac.training import NonFiniteError
 from convac.zoo.pretrained import load_checkpoint_dict
 
@@ -29,6 +31,18 @@ def start(cfg: DictConfig) -> None:
     L.seed_everything(cfg.seed, workers=True)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+
+
+def setup_data(cfg: DictConfig) -> ConvACDataModule:
+    """The DataModule of ``cfg.data``, set up (its files read and checked), with the layout it
+    read (``in_shape``, ``num_values``, ``num_classes``: :attr:`ConvACDataModule.layout`)
+    written into ``cfg.data``, so that the model config's ``${data.in_shape}`` (and
+    ``${data.num_values}``, ``${data.num_classes}``) resolve to what the data holds."""
+    datamodule = create_datamodule(**schema.to_kwargs(cfg.data))
+    datamodule.setup()
+    for key, value in datamodule.layout.items():
+        cfg.data[key] = value
+    return datamodule
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:

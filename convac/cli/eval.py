@@ -12,8 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from convac.cli.common import build_trainer, exit_on_error, read_checkpoint, start
-from convac.configs import schema
+from convac.cli.common import build_trainer, exit_on_error, read_checkpoint, setup_data, start
 from convac.data import create_datamodule
 from convac.training import ConvACModule
 
@@ -23,13 +22,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     start(cfg)
     saved = read_checkpoint(cfg.ckpt, "ckpt")
     if cfg.data is not None:
-        data_kwargs = schema.to_kwargs(cfg.data)
+        datamodule = setup_data(cfg)
     elif "datamodule_hyper_parameters" in saved:
-        data_kwargs = dict(saved["datamodule_hyper_parameters"])
+        datamodule = create_datamodule(**saved["datamodule_hyper_parameters"])
+        datamodule.setup()
     else:
         raise ValueError(f"ckpt={cfg.ckpt} stores no data settings; pass data=... (e.g. data=digits)")
-    datamodule = create_datamodule(**data_kwargs)
-    datamodule.setup()
     module = ConvACModule.load_from_checkpoint(
         cfg.ckpt, map_location="cpu", weights_only=True, test_missing_fraction=cfg.missing_fraction
     )

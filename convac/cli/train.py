@@ -1,7 +1,9 @@
 """``convac-train [overrides]``: train a ConvAC from the Hydra configs in :mod:`convac.configs`.
 
 Writes into the run folder (``hydra.run.dir``): ``config.yaml`` (resolved), ``metrics.csv``,
-``entropy.csv``, ``checkpoints/last.ckpt`` and ``checkpoints/best-*.ckpt``. ``ckpt_path=last``
+``entropy.csv``, ``checkpoints/last.ckpt`` and ``checkpoints/best-*.ckpt``. The data is read
+first, and the layout read from it fills the config's null ``data.in_shape`` (``num_values``,
+``num_classes``), which the model config interpolates. ``ckpt_path=last``
 with the same ``hydra.run.dir`` resumes a run (also one that was killed). The data, the model
 and a checkpoint to resume are checked before anything is written, so a bad input leaves no
 partial run folder files; the console entry point reports such errors in one line.
@@ -15,9 +17,8 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from convac.cli.common import build_trainer, exit_on_error, read_checkpoint, start
+from convac.cli.common import build_trainer, exit_on_error, read_checkpoint, setup_data, start
 from convac.configs import schema
-from convac.data import create_datamodule
 from convac.training import ConvACModule, CSVLogger
 
 
@@ -25,9 +26,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) the model of a composed ``train`` config; returns the final metrics."""
     start(cfg)
     out = Path(cfg.output_dir)
-    datamodule = create_datamodule(**schema.to_kwargs(cfg.data))
-    datamodule.setup()  # read and check the files now, before the run folder is written
+    datamodule = setup_data(cfg)  # read and check the files now, before the run folder is written
     model_kwargs = schema.to_kwargs(cfg.model)
+    datamodule.check_leaf(model_kwargs["leaf"])
     module = ConvACModule(
         model_name=model_kwargs.pop("name"),
         model_kwargs=model_kwargs,

@@ -64,11 +64,11 @@ class ModelConfig:
     """Arguments shared by every ConvAC constructor (``name`` picks the registry entry)."""
 
     name: str = MISSING
-    in_shape: List[int] = MISSING
+    in_shape: Optional[List[int]] = MISSING  # ${data.in_shape}: null until read from the data
     leaf: LeafConfig = field(default_factory=LeafConfig)
     num_components: int = MISSING
     patch_size: int = 1
-    num_classes: int = 1
+    num_classes: Optional[int] = 1  # classifiers: ${data.num_classes}, null until read from the data
     share_leaves: bool = False
     share_weights: bool = False
     class_prior: ClassPrior = ClassPrior.uniform
@@ -102,14 +102,23 @@ class IDXSplit(str, Enum):
     t10k = "t10k"  # t10k-* only: first 8,000 train (val held out), last 2,000 test
 
 
+class ImageMode(str, Enum):
+    L = "L"  # 8-bit grayscale, one channel
+    RGB = "RGB"  # three channels
+
+
 @dataclass
 class DataConfig:
-    """Arguments shared by every DataModule (see ``convac.data.base.ConvACDataModule``)."""
+    """Arguments shared by every DataModule (see ``convac.data.base.ConvACDataModule``).
+
+    ``in_shape``, ``num_values`` and ``num_classes`` are read from the data when null (a given
+    value is checked against it); the entry points fill the values read into the config
+    (``convac.cli.common.setup_data``) before the model's ``${data.in_shape}`` is resolved."""
 
     name: str = MISSING
-    in_shape: List[int] = MISSING
-    num_values: int = MISSING
-    num_classes: int = MISSING
+    in_shape: Optional[List[int]] = None
+    num_values: Optional[int] = None
+    num_classes: Optional[int] = None
     batch_size: int = 64
     num_workers: int = 0
     seed: int = 0
@@ -118,8 +127,15 @@ class DataConfig:
 
 
 @dataclass
-class DigitsDataConfig(DataConfig):
+class HeldOutDataConfig(DataConfig):
+    """Data without a test split of its own: ``test_fraction`` of it is held out (seeded)."""
+
     test_fraction: float = 0.2
+
+
+@dataclass
+class DigitsDataConfig(HeldOutDataConfig):
+    """scikit-learn's 8x8 digits (bundled)."""
 
 
 @dataclass
@@ -135,7 +151,32 @@ class DEBDDataConfig(DataConfig):
 
 
 @dataclass
+class ArrayDataConfig(HeldOutDataConfig):
+    path: str = MISSING
+
+
+@dataclass
+class TableDataConfig(HeldOutDataConfig):
+    path: str = MISSING
+    label_column: Optional[str] = None
+    header: Optional[bool] = None
+    delimiter: str = ","
+
+
+@dataclass
+class ImageFolderDataConfig(HeldOutDataConfig):
+    root: str = MISSING
+    size: Optional[List[int]] = None
+    mode: Optional[ImageMode] = None
+
+
+@dataclass
 class SyntheticDataConfig(DataConfig):
+    """The teacher's layout is a setting here, not read from data."""
+
+    in_shape: List[int] = MISSING
+    num_values: int = MISSING
+    num_classes: int = MISSING
     num_components: int = MISSING
     channels: Any = MISSING
     sharpness: float = MISSING
@@ -220,7 +261,8 @@ class EvalConfig:
 
 def register() -> None:
     """Store the schemas (idempotent) in the ``schema`` group: ``schema/train``,
-    ``schema/eval``, ``schema/model/{ht,cp}``, ``schema/data/{digits,idx,debd,synthetic}``;
+    ``schema/eval``, ``schema/model/{ht,cp}``, ``schema/data/{digits,idx,debd,synthetic,array,table,
+    image_folder}``;
     a yaml file extends one with ``- /schema/model/ht@_here_`` in its defaults."""
     cs = ConfigStore.instance()
     cs.store(group="schema", name="train", node=TrainConfig)
@@ -231,6 +273,9 @@ def register() -> None:
     cs.store(group="schema/data", name="idx", node=IDXDataConfig)
     cs.store(group="schema/data", name="debd", node=DEBDDataConfig)
     cs.store(group="schema/data", name="synthetic", node=SyntheticDataConfig)
+    cs.store(group="schema/data", name="array", node=ArrayDataConfig)
+    cs.store(group="schema/data", name="table", node=TableDataConfig)
+    cs.store(group="schema/data", name="image_folder", node=ImageFolderDataConfig)
 
 
 def to_object(cfg: DictConfig) -> Any:

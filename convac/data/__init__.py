@@ -1,13 +1,19 @@
-"""Lightning DataModules for convac: digits, MNIST / Fashion-MNIST (IDX), DEBD, synthetic.
+"""Lightning DataModules for convac: digits, MNIST / Fashion-MNIST (IDX), DEBD, synthetic, and
+your own data: arrays (``.npy`` / ``.npz``), CSV tables and image folders.
 
 ``create_datamodule(name, **kwargs)`` builds one by its config name (``data.name``), the
-kwargs being the module's constructor arguments.
+kwargs being the module's constructor arguments. Every module serves ``split(name)`` ->
+``(x, y)`` and reads its layout (``in_shape``, ``num_values``, ``num_classes``) from the data
+where it is not given (:class:`ConvACDataModule`).
 """
+from convac.data.array import ArrayDataModule
 from convac.data.base import ConvACDataModule
 from convac.data.debd import DEBDDataModule
 from convac.data.digits import DigitsDataModule
 from convac.data.idx import FashionMNISTDataModule, MNISTDataModule
+from convac.data.image_folder import ImageFolderDataModule
 from convac.data.synthetic import SyntheticDataModule
+from convac.data.table import TableDataModule
 
 DATAMODULES: dict[str, type[ConvACDataModule]] = {
     cls.name: cls
@@ -17,6 +23,9 @@ DATAMODULES: dict[str, type[ConvACDataModule]] = {
         FashionMNISTDataModule,
         DEBDDataModule,
         SyntheticDataModule,
+        ArrayDataModule,
+        TableDataModule,
+        ImageFolderDataModule,
     )
 }
 
@@ -29,12 +38,15 @@ def create_datamodule(name: str, **kwargs) -> ConvACDataModule:
 
 
 __all__ = [
+    "ArrayDataModule",
     "ConvACDataModule",
     "DATAMODULES",
     "DEBDDataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",
+    "ImageFolderDataModule",
     "MNISTDataModule",
     "SyntheticDataModule",
+    "TableDataModule",
     "create_datamodule",
 ]

@@ -34,8 +34,8 @@ def read_debd(path: str | Path) -> torch.Tensor:
 class DEBDDataModule(ConvACDataModule):
     """A DEBD set ``dataset`` from ``root`` (``root/NAME.*.data`` or ``root/NAME/NAME.*.data``).
 
-    ``in_shape`` must be ``(1, 1, D)`` with ``D`` the set's number of variables (16 for nltcs,
-    69 for plants); a mismatch is reported with the value to set.
+    ``in_shape`` is ``(1, 1, D)`` with ``D`` the set's number of variables (16 for nltcs, 69
+    for plants), read from the files when not given; a given one that differs is reported.
     """
 
     name = "debd"
@@ -44,9 +44,9 @@ class DEBDDataModule(ConvACDataModule):
         self,
         root: str,
         dataset: str = "nltcs",
-        in_shape: list[int] | tuple[int, ...] = (1, 1, 16),
-        num_values: int = 2,
-        num_classes: int = 1,
+        in_shape: list[int] | tuple[int, ...] | None = None,
+        num_values: int | None = 2,
+        num_classes: int | None = 1,
         **kwargs,
     ) -> None:
         super().__init__(in_shape, num_values, num_classes, **kwargs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from sklearn.datasets import load_digits
 
-from convac.data.base import ConvACDataModule, Split, hold_out
+from convac.data.base import ConvACDataModule, Split, fill_splits
 
 
 class DigitsDataModule(ConvACDataModule):
@@ -18,9 +18,9 @@ class DigitsDataModule(ConvACDataModule):
 
     def __init__(
         self,
-        in_shape: list[int] | tuple[int, ...] = (1, 8, 8),
-        num_values: int = 17,
-        num_classes: int = 10,
+        in_shape: list[int] | tuple[int, ...] | None = None,
+        num_values: int | None = 17,
+        num_classes: int | None = 10,
         test_fraction: float = 0.2,
         **kwargs,
     ) -> None:
@@ -31,6 +31,4 @@ class DigitsDataModule(ConvACDataModule):
         bunch = load_digits()
         x = torch.from_numpy(bunch.images).long().unsqueeze(1)  # (1797, 1, 8, 8)
         y = torch.from_numpy(bunch.target).long()
-        rest, test = hold_out(x, y, self.test_fraction, self.seed)
-        train, val = hold_out(*rest, self.val_fraction, self.seed + 1)
-        return {"train": train, "val": val, "test": test}
+        return fill_splits({"train": (x, y)}, self.test_fraction, self.val_fraction, self.seed)

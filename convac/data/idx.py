@@ -99,9 +99,9 @@ class MNISTDataModule(ConvACDataModule):
         self,
         root: str,
         split: str = "train",
-        in_shape: list[int] | tuple[int, ...] = (1, 28, 28),
-        num_values: int = 256,
-        num_classes: int = 10,
+        in_shape: list[int] | tuple[int, ...] | None = None,
+        num_values: int | None = 256,
+        num_classes: int | None = 10,
         **kwargs,
     ) -> None:
         super().__init__(in_shape, num_values, num_classes, **kwargs)

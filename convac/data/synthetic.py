@@ -33,6 +33,9 @@ class SyntheticDataModule(ConvACDataModule):
         num_test: int = 500,
         **kwargs,
     ) -> None:
+        if None in (in_shape, num_values, num_classes):
+            raise ValueError("data=synthetic draws samples of a given layout: set data.in_shape, data.num_values "
+                             f"and data.num_classes (got {in_shape}, {num_values}, {num_classes})")
         super().__init__(in_shape, num_values, num_classes, **kwargs)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         generator = torch.Generator().manual_seed(self.seed)

@@ -2,7 +2,9 @@
 
 The experiment config is the single source of truth of an entry's architecture:
 ``create_model("ht_digits")`` composes ``experiment=zoo_ht_digits`` with Hydra and builds the
-model of its ``model`` node, exactly as ``convac-train experiment=zoo_ht_digits`` does. The
+model of its ``model`` node, exactly as ``convac-train experiment=zoo_ht_digits`` does. It is
+built without data, so a zoo experiment pins ``data.in_shape`` (which training checks against
+the files) instead of reading it from them. The
 shipped weights and card (``scripts/train_zoo.py``) are derived from that run.
 """
 from __future__ import annotations
@@ -79,6 +81,9 @@ def _architecture_json(experiment: str) -> str:
     from convac.configs import schema
 
     kwargs = schema.to_kwargs(compose_train_config([f"experiment={experiment}"]).model)
+    if kwargs["in_shape"] is None:  # built without data: the shape cannot be read from it
+        raise ValueError(f"experiment={experiment} leaves data.in_shape to be read from the data; a zoo entry "
+                         f"pins it (data.in_shape: [C, H, W]) so that its model is built without data")
     return json.dumps([kwargs.pop("name"), kwargs])
 
 
