@@ -16,7 +16,7 @@ def test_make_leaf_accepts_specs_names_and_mappings():
     assert make_leaf(Categorical(7).to_dict()) == Categorical(7)
     with pytest.raises(ValueError, match="bad arguments for leaf 'categorical'"):
         make_leaf({"name": "categorical", "num_vals": 5})
-    with pytest.raises(ValueError, match="num_values >= 2"):
+    with pytest.raises(ValueError, match="Categorical num_values must be an integer >= 2, got 1"):
         Categorical(1)
 
 
@@ -57,7 +57,7 @@ def test_categorical_log_prob_gradient_matches_autograd(shared):
     x = torch.randint(0, 5, (3, 7, 2))
     missing = torch.rand(3, 7, 2) < 0.3
     upstream = torch.randn(3, 7, 4, dtype=torch.float64)
-    layer.log_prob(x, missing).backward(upstream)
+    layer(x, missing).backward(upstream)
 
     logits = layer.logits.detach().clone().requires_grad_()
     table = torch.log_softmax(logits, 2).expand(3, -1, -1, -1)  # (P, V, 5, M)
