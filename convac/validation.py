@@ -51,10 +51,9 @@ def check_flag(name: str, value) -> bool:
 
 def check_grid(name: str, value) -> Grid:
     """An ``(h, w)`` pair of positive integers; an int ``n`` means ``(n, n)``."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        value = (value, value)
-    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(is_positive_int(v) for v in value):
+    pair = (value, value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(is_positive_int(v) for v in pair):
         raise ValueError(f"{name} must be an int or an (h, w) pair of positive integers, got {value!r}")
-    return (int(value[0]), int(value[1]))
+    return (int(pair[0]), int(pair[1]))
 
 
