@@ -110,15 +110,30 @@ def min_log_weight(dtype: torch.dtype, in_channels: int) -> float:
 BROADCAST_CHUNK = 1 << 22
 
 
+def _broadcast_chunks(x: torch.Tensor, log_weights: torch.Tensor):
+    """Blocks ``(positions, rows, log_w)`` of the broadcast ``log w[p, j, :] + x[p, b, :]``, each
+    of at most :data:`BROADCAST_CHUNK` elements (or one position and one batch row): ``positions``
+    and ``rows`` slice ``x`` (P, B, K_in); ``log_w`` (p or 1, 1, K_out, K_in) is the matching
+    slice of ``log_weights`` (P or 1, K_out, K_in)."""
+    p, b, k_in = x.shape
+    node = log_weights.shape[1] * k_in  # elements per position and batch row
+    pos_step = max(1, min(p, BROADCAST_CHUNK // max(1, node)))
+    for i in range(0, p, pos_step):
+        positions = slice(i, i + pos_step)
+        log_w = (log_weights if log_weights.shape[0] == 1 else log_weights[positions]).unsqueeze(1)
+        row_step = max(1, BROADCAST_CHUNK // (min(pos_step, p - i) * node))
+        for j in range(0, b, row_step):
+            yield positions, slice(j, j + row_step), log_w
+
+
 def _broadcast_reduce(x: torch.Tensor, log_weights: torch.Tensor, reduce) -> torch.Tensor:
     """``reduce(log w[p, j, :] + x[p, b, :])`` over the input channels: ``x`` (P, B, K_in),
-    ``log_weights`` (P or 1, K_out, K_in) -> (P, B, K_out), forming the broadcast tensor in
-    batch chunks of at most :data:`BROADCAST_CHUNK` elements."""
-    p, b, k_in = x.shape
-    k_out = log_weights.shape[1]
-    step = max(1, BROADCAST_CHUNK // max(1, p * k_out * k_in))
-    log_w = log_weights.unsqueeze(1)  # (P or 1, 1, K_out, K_in)
-    return torch.cat([reduce(log_w + x[:, i:i + step].unsqueeze(2)) for i in range(0, b, step)], dim=1)
+    ``log_weights`` (P or 1, K_out, K_in) -> (P, B, K_out), the broadcast tensor formed in blocks
+    (:func:`_broadcast_chunks`)."""
+    out = x.new_empty(*x.shape[:2], log_weights.shape[1])
+    for positions, rows, log_w in _broadcast_chunks(x, log_weights):
+        out[positions, rows] = reduce(log_w + x[positions, rows].unsqueeze(2))
+    return out
 
 
 def _logsumexp_last(t: torch.Tensor) -> torch.Tensor:
@@ -132,7 +147,7 @@ def _max_last(t: torch.Tensor) -> torch.Tensor:
 class _LogSumExact(torch.autograd.Function):
     """Autograd for :func:`log_sum_exact`, ``y = logsumexp_a(log w[j, a] + x[a])``, with the
     posterior ``q[p, b, j, a] = exp(log w[p, j, a] + x[p, b, a] - y[p, b, j])`` recomputed in
-    batch chunks (never stored whole):
+    blocks (never stored whole):
 
         dL/dx[p, b, a] = sum_j g[p, b, j] q[p, b, j, a],
         dL/dlog w[p, j, a] = sum_b g[p, b, j] q[p, b, j, a]   (summed over positions when shared).
@@ -150,22 +165,17 @@ class _LogSumExact(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, log_weights, y = ctx.saved_tensors
-        p, b, k_in = x.shape
-        k_out = log_weights.shape[1]
         y = torch.nan_to_num(y, neginf=0.0)  # rows of -inf inputs: every q is exp(-inf) = 0
-        step = max(1, BROADCAST_CHUNK // max(1, p * k_out * k_in))
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros((p, k_out, k_in), dtype=x.dtype, device=x.device) if ctx.needs_input_grad[1] else None
-        for i in range(0, b, step):
-            rows = slice(i, i + step)
-            q = (log_weights.unsqueeze(1) + x[:, rows].unsqueeze(2) - y[:, rows].unsqueeze(3)).exp_()
-            q.mul_(grad[:, rows].unsqueeze(3))  # (P, b, K_out, K_in): g_j q_ja
+        grad_w = torch.zeros_like(log_weights) if ctx.needs_input_grad[1] else None
+        shared = log_weights.shape[0] == 1
+        for positions, rows, log_w in _broadcast_chunks(x, log_weights):
+            q = (log_w + x[positions, rows].unsqueeze(2) - y[positions, rows].unsqueeze(3)).exp_()
+            q.mul_(grad[positions, rows].unsqueeze(3))  # (p, b, K_out, K_in): g_j q_ja
             if grad_x is not None:
-                grad_x[:, rows] = q.sum(2)
+                grad_x[positions, rows] = q.sum(2)
             if grad_w is not None:
-                grad_w += q.sum(1)
-        if grad_w is not None and log_weights.shape[0] == 1:
-            grad_w = grad_w.sum(0, keepdim=True)
+                grad_w[0 if shared else positions] += q.sum((0, 1)) if shared else q.sum(1)
         return grad_x, grad_w
 
 
@@ -234,17 +244,17 @@ class SumLayer(nn.Module):
         log-weights are all at least :func:`min_log_weight` and those with a smaller one; None
         when every position is fast (ordinary parameters).
 
-        Decided from the weights alone (one ``log_softmax`` and a min over the logits, then one
-        host synchronization) and cached until the logits change (their version counter, which
+        Decided from the weights alone (a min and a logsumexp over the logits' rows, then one host
+        synchronization) and cached until the logits change (their version counter, which
         every in-place update such as an optimizer step advances, storage, dtype and device;
         edits through ``logits.data`` bypass the counter).
         """
         logits = self.logits
         key = (logits._version, logits.data_ptr(), logits.dtype, logits.device)
         if key != self._plan_key:
-            with torch.no_grad():
-                lowest = self.log_weights().amin(dim=(1, 2))  # (P or 1,)
-                small = lowest < min_log_weight(logits.dtype, self.in_channels)
+            with torch.no_grad():  # min_a log w[j, a] = min_a logits[j, a] - logsumexp_a logits[j, a]
+                lowest = (logits.amin(-1) - torch.logsumexp(logits, -1)).reshape(-1, self.out_channels).amin(1)
+                small = lowest < min_log_weight(logits.dtype, self.in_channels)  # (P or 1,)
                 self._plan = None
                 if small.any():
                     self._plan = (torch.nonzero(~small).flatten(), torch.nonzero(small).flatten())

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from convac import Categorical, Gaussian, HTConvAC
+from convac import Categorical, Gaussian, HTConvAC, layers
 from convac.layers import ProductPool, SumLayer, log_einsum_exp, log_sum_exact, min_log_weight
 
 
@@ -166,33 +166,47 @@ def test_exact_positions_match_the_float64_reference_with_gradients(shared):
     assert torch.autograd.gradcheck(log_sum_exact, (x_small, log_w))
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 50])
+@pytest.mark.parametrize("positions", [1, 3])
+def test_exact_paths_in_blocks_equal_the_whole_broadcast(monkeypatch, chunk, positions):
+    """Blocks over positions and batch rows (down to one element of budget): values of the exact
+    sum and the max node, and the exact sum's gradients (gradcheck), as with one block."""
+    monkeypatch.setattr(layers, "BROADCAST_CHUNK", chunk)
+    x = (torch.randn(3, 5, 4, dtype=torch.float64) * 10).requires_grad_()
+    log_w = torch.log_softmax(torch.randn(positions, 2, 4, dtype=torch.float64) * 30, -1).requires_grad_()
+    broadcast = log_w.unsqueeze(1) + x.unsqueeze(2)  # (P, B, K_out, K_in)
+    assert torch.allclose(log_sum_exact(x, log_w), torch.logsumexp(broadcast, -1))
+    assert torch.equal(layers.log_max_product(x, log_w), broadcast.amax(-1))
+    assert torch.autograd.gradcheck(log_sum_exact, (x, log_w))
+
+
 def naive_log_sum_log(x: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
     """Reference with log-weights: logsumexp_a(log w[p, j, a] + x[p, b, a]) over the broadcast."""
     return torch.logsumexp(log_weights.unsqueeze(1) + x.unsqueeze(2), dim=-1)
 
 
-def test_exact_positions_follow_the_weights_and_are_cached():
+def test_exact_positions_follow_the_weights_and_are_cached(monkeypatch):
     """The plan is recomputed when the logits change in place (an optimizer step, a copy) or
     change dtype, and reused (no new check) while they do not."""
+    checks = []
+    threshold = layers.min_log_weight
+    monkeypatch.setattr(layers, "min_log_weight", lambda *args: checks.append(args) or threshold(*args))
     layer = SumLayer((1, 2), 3, 2, shared=False)
-    assert layer.exact_positions() is None
-    calls = []
-    original = layer.log_weights
-    layer.log_weights = lambda: calls.append(1) or original()
-    layer.exact_positions(), layer.exact_positions()
-    assert calls == []  # cached: the weights did not change
+    assert layer.exact_positions() is None and layer.exact_positions() is None
+    assert len(checks) == 1  # cached: the weights did not change
     with torch.no_grad():
         layer.logits[0, 1, 0, 0] = -1e4  # position 1
-    assert layer.exact_positions()[1].tolist() == [1] and calls == [1]
+    plan = layer.exact_positions()
+    assert plan[1].tolist() == [1] and layer.exact_positions() is plan and len(checks) == 2
     optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
     layer(torch.randn(2, 3, 3)).sum().backward()
     with torch.no_grad():
         layer.logits.grad.zero_()
         layer.logits.grad[0, 1, 0, 0] = -1e4  # one step moves the weight back up
     optimizer.step()
-    assert layer.exact_positions() is None
+    assert layer.exact_positions() is None and len(checks) == 3
     layer.double()
     with torch.no_grad():
         layer.logits.fill_(0)
         layer.logits[0, 0, 1, 2] = -800.0  # position 0; float64: below its threshold (about -671)
-    assert layer.exact_positions()[1].tolist() == [0]
+    assert layer.exact_positions()[1].tolist() == [0] and checks[-1][0] == torch.float64
