@@ -67,7 +67,7 @@ def test_extreme_parameters_float32_against_exact_enumeration(cls, kwargs, scale
     """log P(x), every level's values, gradients and the prior flow: float32 within a few float32
     ulps of the magnitudes involved of the exact float64 log-domain enumeration over all latents
     (float64 within 1e-9 of it), every value and gradient finite."""
-    for seed in range(3):
+    for seed in range(2):
         torch.manual_seed(seed)
         m32 = extreme_parameters(cls(**kwargs), scale, seed)
         m64 = copy.deepcopy(m32).double()
@@ -134,7 +134,7 @@ def factor_log_probs(model, x: torch.Tensor, latents: list[torch.Tensor]) -> tor
 def test_extreme_parameters_samples_stay_in_the_support(cls, kwargs, scale):
     """Samples and inpainted values (float32 models): every choice has a positive float64
     probability, every value lies in the leaf's range."""
-    for seed in range(3):
+    for seed in range(2):
         torch.manual_seed(seed)
         model = extreme_parameters(cls(**kwargs), scale, seed)
         model.root.logits.data[0] = torch.tensor([0.0] + [-1e4] * (model.channels[-1] - 1))[: model.channels[-1]]
