@@ -14,6 +14,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from convac.validation import check_flag, check_grid, check_positive_int
+
 Grid = tuple[int, int]
 
 
@@ -72,13 +74,17 @@ class _LogEinsumExp(torch.autograd.Function):
 
 
 def log_einsum_exp(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Log-space sum node: ``y[p, b, j] = log sum_a w[p, j, a] exp(x[p, b, a])``.
+    """Log-space sum node (fast path): ``y[p, b, j] = log sum_a w[p, j, a] exp(x[p, b, a])``.
 
     ``x`` (P, B, K_in) log-values; ``weights`` (P or 1, K_out, K_in) on the simplex (rows sum
     to 1) -> (P, B, K_out). Computed as ``log(exp(x - m) @ w^T) + m`` with ``m`` the max over
     input channels (``-inf`` maxima replaced by 0), so the ``(B, K_out, K_in)`` broadcast tensor
     is never formed (DESIGN section 1, "log-einsum-exp"; the paper's 1x1 conv, eqs. 10 and 20,
     in log-space). With gradients it runs :class:`_LogEinsumExp`; without, fully in place.
+
+    Exact to the precision of the dtype, with finite gradients, for any inputs as long as every
+    ``log w >= min_log_weight(dtype, K_in)`` (:func:`min_log_weight`); :class:`SumLayer` sends
+    rows with smaller weights to :func:`log_sum_exact` instead.
     """
     if torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad):
         return _LogEinsumExp.apply(x, weights)
@@ -86,21 +92,136 @@ def log_einsum_exp(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return mixed.log_().add_(shift)
 
 
+def min_log_weight(dtype: torch.dtype, in_channels: int) -> float:
+    """The smallest log-weight for which :func:`log_einsum_exp` is exact for any inputs:
+    ``log(K_in * tiny / eps)`` (about -71 + log K_in in float32, -672 + log K_in in float64).
+
+    Why: with ``a* = argmax_a x_a`` the term ``w[j, a*] exp(x_a* - m) = w[j, a*]`` of the linear
+    sum is at least ``K_in * tiny / eps``, while each of the ``K_in`` terms loses at most ``tiny``
+    to underflow (also with flush-to-zero), so the sum keeps its relative precision ``eps`` and
+    the backward ratio ``g / mixed`` stays finite. Smaller weights paired with the largest input
+    would underflow: the sum becomes ``-inf`` or its gradient ``inf``/NaN.
+    """
+    info = torch.finfo(dtype)
+    return math.log(in_channels * info.tiny / info.eps)
+
+
+# elements of the (P, B, K_out, K_in) broadcast tensor formed at once by the exact paths
+BROADCAST_CHUNK = 1 << 22
+
+
+def _broadcast_chunks(x: torch.Tensor, log_weights: torch.Tensor):
+    """Blocks ``(positions, rows, log_w)`` of the broadcast ``log w[p, j, :] + x[p, b, :]``, each
+    of at most :data:`BROADCAST_CHUNK` elements (or one position and one batch row): ``positions``
+    and ``rows`` slice ``x`` (P, B, K_in); ``log_w`` (p or 1, 1, K_out, K_in) is the matching
+    slice of ``log_weights`` (P or 1, K_out, K_in)."""
+    p, b, k_in = x.shape
+    node = log_weights.shape[1] * k_in  # elements per position and batch row
+    pos_step = max(1, min(p, BROADCAST_CHUNK // max(1, node)))
+    for i in range(0, p, pos_step):
+        positions = slice(i, i + pos_step)
+        log_w = (log_weights if log_weights.shape[0] == 1 else log_weights[positions]).unsqueeze(1)
+        row_step = max(1, BROADCAST_CHUNK // (min(pos_step, p - i) * node))
+        for j in range(0, b, row_step):
+            yield positions, slice(j, j + row_step), log_w
+
+
+def _broadcast_reduce(x: torch.Tensor, log_weights: torch.Tensor, reduce) -> torch.Tensor:
+    """``reduce(log w[p, j, :] + x[p, b, :])`` over the input channels: ``x`` (P, B, K_in),
+    ``log_weights`` (P or 1, K_out, K_in) -> (P, B, K_out), the broadcast tensor formed in blocks
+    (:func:`_broadcast_chunks`)."""
+    out = x.new_empty(*x.shape[:2], log_weights.shape[1])
+    for positions, rows, log_w in _broadcast_chunks(x, log_weights):
+        out[positions, rows] = reduce(log_w + x[positions, rows].unsqueeze(2))
+    return out
+
+
+def _logsumexp_last(t: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(t, dim=-1)
+
+
+def _max_last(t: torch.Tensor) -> torch.Tensor:
+    return t.amax(dim=-1)
+
+
+class _LogSumExact(torch.autograd.Function):
+    """Autograd for :func:`log_sum_exact`, ``y = logsumexp_a(log w[j, a] + x[a])``, with the
+    posterior ``q[p, b, j, a] = exp(log w[p, j, a] + x[p, b, a] - y[p, b, j])`` recomputed in
+    blocks (never stored whole):
+
+        dL/dx[p, b, a] = sum_j g[p, b, j] q[p, b, j, a],
+        dL/dlog w[p, j, a] = sum_b g[p, b, j] q[p, b, j, a]   (summed over positions when shared).
+
+    Every ``q <= 1``, so both are finite for finite ``g``. First-order only.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+        y = _broadcast_reduce(x, log_weights, _logsumexp_last)
+        ctx.save_for_backward(x, log_weights, y)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, log_weights, y = ctx.saved_tensors
+        y = torch.nan_to_num(y, neginf=0.0)  # rows of -inf inputs: every q is exp(-inf) = 0
+        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(log_weights) if ctx.needs_input_grad[1] else None
+        shared = log_weights.shape[0] == 1
+        for positions, rows, log_w in _broadcast_chunks(x, log_weights):
+            q = (log_w + x[positions, rows].unsqueeze(2) - y[positions, rows].unsqueeze(3)).exp_()
+            q.mul_(grad[positions, rows].unsqueeze(3))  # (p, b, K_out, K_in): g_j q_ja
+            if grad_x is not None:
+                grad_x[positions, rows] = q.sum(2)
+            if grad_w is not None:
+                grad_w[0 if shared else positions] += q.sum((0, 1)) if shared else q.sum(1)
+        return grad_x, grad_w
+
+
+def log_sum_exact(x: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """Log-space sum node in the log domain: ``y[p, b, j] = logsumexp_a(log w[p, j, a] + x[p, b, a])``.
+
+    ``x`` (P, B, K_in), ``log_weights`` (P or 1, K_out, K_in) -> (P, B, K_out). Exact to the
+    precision of the dtype, with finite gradients, for any finite weights and inputs (the
+    per-output maximum of ``log w + x`` is the shift). Costs ``P * B * K_out * K_in`` memory
+    traffic, formed in chunks (:data:`BROADCAST_CHUNK`): :class:`SumLayer` uses it only where
+    a weight is below :func:`min_log_weight`.
+    """
+    if torch.is_grad_enabled() and (x.requires_grad or log_weights.requires_grad):
+        return _LogSumExact.apply(x, log_weights)
+    return _broadcast_reduce(x, log_weights, _logsumexp_last)
+
+
+def log_max_product(x: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """Max node (the sum node of the max-product semiring, in log space):
+    ``y[p, b, j] = max_a(log w[p, j, a] + x[p, b, a])``; ``x`` (P, B, K_in), ``log_weights``
+    (P or 1, K_out, K_in) -> (P, B, K_out). Exact for any weights (no linear domain)."""
+    return _broadcast_reduce(x, log_weights, _max_last)
+
+
 class SumLayer(nn.Module):
     """Sum nodes on a grid: ``K_in -> K_out`` channels, weights ``softmax(logits)`` over ``K_in``.
 
     Logits have shape ``(H, W, K_out, K_in)`` per position, or ``(K_out, K_in)`` when shared
     (a true 1x1 convolution).
+
+    The forward pass is exact to the precision of the dtype, with finite gradients, for any
+    finite logits and inputs: positions whose log-weights are all at least
+    :func:`min_log_weight` take the fast shifted matmul (:func:`log_einsum_exp`); the others
+    (found from the weights alone, see :meth:`exact_positions`) take :func:`log_sum_exact`.
     """
 
     def __init__(self, grid: Grid, in_channels: int, out_channels: int, shared: bool):
         super().__init__()
-        self.grid = tuple(grid)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.shared = shared
-        shape = (out_channels, in_channels) if shared else (*self.grid, out_channels, in_channels)
+        self.grid = check_grid("grid", grid)
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.out_channels = check_positive_int("out_channels", out_channels)
+        self.shared = check_flag("shared", shared)
+        shape = (self.out_channels, self.in_channels) if shared else (*self.grid, self.out_channels, self.in_channels)
         self.logits = nn.Parameter(torch.randn(shape))
+        self._plan_key: tuple | None = None
+        self._plan: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def num_positions(self) -> int:
@@ -118,9 +239,44 @@ class SumLayer(nn.Module):
         """(P, K_out, K_in): the weights of every position (shared weights broadcast)."""
         return self.weights().expand(self.num_positions, -1, -1)
 
+    def exact_positions(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(fast, exact)`` long indices into the ``P or 1`` weight positions: those whose
+        log-weights are all at least :func:`min_log_weight` and those with a smaller one; None
+        when every position is fast (ordinary parameters).
+
+        Decided from the weights alone (a min and a logsumexp over the logits' rows, then one host
+        synchronization) and cached until the logits change (their version counter, which
+        every in-place update such as an optimizer step advances, storage, dtype and device;
+        edits through ``logits.data`` bypass the counter).
+        """
+        logits = self.logits
+        key = (logits._version, logits.data_ptr(), logits.dtype, logits.device)
+        if key != self._plan_key:
+            with torch.no_grad():  # min_a log w[j, a] = min_a logits[j, a] - logsumexp_a logits[j, a]
+                lowest = (logits.amin(-1) - torch.logsumexp(logits, -1)).reshape(-1, self.out_channels).amin(1)
+                small = lowest < min_log_weight(logits.dtype, self.in_channels)  # (P or 1,)
+                self._plan = None
+                if small.any():
+                    self._plan = (torch.nonzero(~small).flatten(), torch.nonzero(small).flatten())
+            self._plan_key = key
+        return self._plan
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(P, B, K_in) -> (P, B, K_out)."""
-        return log_einsum_exp(x, self.weights())
+        """(P, B, K_in) -> (P, B, K_out): ``log sum_a w[p, j, a] exp(x[p, b, a])``."""
+        plan = self.exact_positions()
+        if plan is None:
+            return log_einsum_exp(x, self.weights())
+        fast, exact = plan
+        if fast.numel() == 0:
+            return log_sum_exact(x, self.log_weights())
+        # some positions of a per-position layer: each part on its own path, then put back in order
+        parts = torch.cat([log_einsum_exp(x[fast], self.weights()[fast]), log_sum_exact(x[exact], self.log_weights()[exact])])
+        return parts[torch.argsort(torch.cat([fast, exact]))]
+
+    def max_product(self, x: torch.Tensor) -> torch.Tensor:
+        """(P, B, K_in) -> (P, B, K_out): ``max_a(log w[p, j, a] + x[p, b, a])``, the max node of
+        the MPE upward pass (:func:`log_max_product`)."""
+        return log_max_product(x, self.log_weights())
 
     def extra_repr(self) -> str:
         return f"grid={self.grid}, {self.in_channels} -> {self.out_channels}, shared={self.shared}"
@@ -135,8 +291,8 @@ class ProductPool(nn.Module):
 
     def __init__(self, in_grid: Grid, window: Grid):
         super().__init__()
-        self.in_grid = tuple(in_grid)
-        self.window = tuple(window)
+        self.in_grid = check_grid("in_grid", in_grid)
+        self.window = check_grid("window", window)
         self.out_grid = tuple(math.ceil(n / w) for n, w in zip(self.in_grid, self.window))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,16 +20,32 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from convac.validation import check_flag, check_positive_float, check_positive_int
+
+
+def normalized_cdf(cumulative: torch.Tensor) -> torch.Tensor:
+    """Float64 CDF rows from cumulative sums of probabilities (any scale, any float dtype):
+    ``cumulative`` (..., K) -> (..., K), each row nondecreasing and ending at exactly 1.
+
+    A cumulative sum in float32 (or a parallel scan on a GPU) may pass its final value before
+    the row's end or step down by an ulp; the running maximum and the division by the last
+    entry (``a <= b`` implies ``a / b <= 1``) remove both.
+    """
+    cdf = cumulative.double().cummax(-1).values
+    return cdf / cdf[..., -1:]
+
 
 def sample_from_cdf(cdf: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Draw from categorical distributions given by their CDFs: ``cdf`` (..., K) -> (...) long.
+    """Draw from categorical distributions given by their (unnormalized) CDFs: ``cdf`` (..., K)
+    -> (...) long.
 
-    ``k = #{j : CDF(j) <= u}`` with ``u ~ U(0, CDF(K-1))``, one uniform per draw; a
-    zero-probability ``k`` is never chosen (its CDF step is empty).
+    ``k = #{j : F(j) <= u}`` with ``F`` = :func:`normalized_cdf` and ``u ~ U[0, 1)`` in float64,
+    one per draw: since ``F(K-1) = 1 > u``, ``k <= K - 1``, and ``F(k-1) <= u < F(k)``, so a
+    value whose CDF step is empty (probability 0) is never chosen.
     """
-    u = torch.rand((*cdf.shape[:-1], 1), generator=generator, device=cdf.device, dtype=cdf.dtype)
-    index = (cdf <= u.mul_(cdf[..., -1:])).sum(-1)
-    return index.clamp_max_(cdf.shape[-1] - 1)
+    cdf = normalized_cdf(cdf)
+    u = torch.rand((*cdf.shape[:-1], 1), generator=generator, device=cdf.device, dtype=torch.float64)
+    return (cdf <= u).sum(-1)
 
 
 def sample_indices(logits: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
@@ -42,7 +58,7 @@ def sample_indices(logits: torch.Tensor, mode: str, generator: torch.Generator |
         return logits.argmax(-1)
     if mode != "sample":
         raise ValueError(f"mode must be 'sample' or 'mpe', got {mode!r}")
-    return sample_from_cdf(torch.softmax(logits, dim=-1).cumsum_(-1), generator)
+    return sample_from_cdf(torch.softmax(logits.double(), dim=-1).cumsum_(-1), generator)
 
 
 class _LogSoftmaxRows(torch.autograd.Function):
@@ -96,8 +112,7 @@ class Categorical:
     num_values: int
 
     def __post_init__(self) -> None:
-        if int(self.num_values) < 2:
-            raise ValueError(f"Categorical needs num_values >= 2, got {self.num_values}")
+        check_positive_int("Categorical num_values", self.num_values, minimum=2)
 
     is_discrete = True
 
@@ -118,8 +133,8 @@ class Bernoulli(Categorical):
     num_values: int = 2
 
     def __post_init__(self) -> None:
-        if self.num_values != 2:
-            raise ValueError(f"Bernoulli has exactly 2 values, got num_values={self.num_values}")
+        if isinstance(self.num_values, bool) or self.num_values != 2:
+            raise ValueError(f"Bernoulli has exactly 2 values, got num_values={self.num_values!r}")
 
     def _name(self) -> str:
         return "Bernoulli() (values 0/1)"
@@ -135,6 +150,9 @@ class Gaussian:
     min_std: float = 1e-3
 
     is_discrete = False
+
+    def __post_init__(self) -> None:
+        check_positive_float("Gaussian min_std", self.min_std)
 
     def make_layer(self, num_positions: int, num_vars: int, num_components: int, shared: bool) -> "GaussianLayer":
         return GaussianLayer(num_positions, num_vars, num_components, shared, self.min_std)
@@ -173,10 +191,10 @@ class LeafLayer(nn.Module):
 
     def __init__(self, num_positions: int, num_vars: int, num_components: int, shared: bool):
         super().__init__()
-        self.num_positions = num_positions
-        self.num_vars = num_vars
-        self.num_components = num_components
-        self.shared = shared
+        self.num_positions = check_positive_int("num_positions", num_positions)
+        self.num_vars = check_positive_int("num_vars", num_vars)
+        self.num_components = check_positive_int("num_components", num_components)
+        self.shared = check_flag("shared", shared)
 
     @property
     def _param_positions(self) -> int:
@@ -189,15 +207,19 @@ class LeafLayer(nn.Module):
             idx = torch.zeros_like(idx)
         return idx.view(-1, 1)
 
-    def forward(self, x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
-        """:meth:`log_prob` (the leaf layer as a module: forward hooks see its output)."""
-        return self.log_prob(x, missing)
+    def forward(self, x: torch.Tensor, missing: torch.Tensor, maximized: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``, ``missing`` (P, B, V) -> (P, B, M): ``log P(x_i | d)``; missing variables are
+        marginalized (they give 0).
 
-    def log_prob(self, x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
-        """``x``, ``missing`` (P, B, V) -> (P, B, M): ``log P(x_i | d)``, missing variables give 0."""
+        ``maximized`` (P, B, V) bool, a subset of ``missing``: these variables are maximized
+        instead, ``max_x log f_{i,d,v}(x)`` (the log-probability or -density of the mode), as
+        the MPE upward pass needs.
+        """
         per_var = self.log_prob_per_variable(x, missing)  # (P, B, V, M)
         if missing.any():  # skip a pass over the (P, B, V, M) values when nothing is missing
             per_var = per_var.masked_fill(missing.unsqueeze(-1), 0.0)
+        if maximized is not None and maximized.any():
+            per_var = torch.where(maximized.unsqueeze(-1), self.mode_log_prob_per_variable().unsqueeze(1), per_var)
         return per_var.sum(2) if self.num_vars > 1 else per_var.squeeze(2)
 
     def entropy(self, present: torch.Tensor | None = None) -> torch.Tensor:
@@ -216,7 +238,7 @@ class CategoricalLayer(LeafLayer):
 
     def __init__(self, num_values: int, num_positions: int, num_vars: int, num_components: int, shared: bool, name: str):
         super().__init__(num_positions, num_vars, num_components, shared)
-        self.num_values = num_values
+        self.num_values = check_positive_int("num_values", num_values, minimum=2)
         self.family_name = name
         self.logits = nn.Parameter(torch.randn(self._param_positions, num_vars, num_values, num_components))
 
@@ -260,26 +282,34 @@ class CategoricalLayer(LeafLayer):
         logp = self.log_probabilities()
         return -(logp.exp() * logp).sum(2)
 
+    def mode_log_prob_per_variable(self) -> torch.Tensor:
+        """(P or 1, V, M): ``max_x log f(x)``, the log-probability of the mode."""
+        return self.log_probabilities().amax(2)
+
     def sample(self, components: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
         """``components`` (P, n) -> (P, n, V) long values drawn from (or the mode of) ``f_{i,d,v}``.
 
-        Sampling inverts the CDF: with the rows ``r = (i, d, v)`` of the table laid end to end
-        as ``r + CDF_r`` (increasing in float64), one ``searchsorted`` of ``r + u``,
-        ``u ~ U(0, 1)``, finds ``x = #{k : CDF_r(k) <= u}`` for every draw at once, so no
-        ``(P, n, V, num_values)`` tensor is formed.
+        Sampling inverts the CDF: with the float64 CDF rows ``F_r`` (:func:`normalized_cdf`,
+        nondecreasing, ending at exactly 1) of the rows ``r = (i, d, v)`` of the table laid end
+        to end as ``r + F_r`` (nondecreasing overall), one ``searchsorted`` of
+        ``t = min(r + u, largest float64 below r + 1)``, ``u ~ U[0, 1)``, finds
+        ``x = #{k : r + F_r(k) <= t}`` for every draw at once, so no ``(P, n, V, num_values)``
+        tensor is formed. Since ``r <= t < r + 1 = r + F_r(last)``, the search stays in row ``r``
+        and picks a value whose CDF step is not empty: every value is in the support. (The CDF
+        resolution is about ``r * 2^-52``, below ``1e-9`` for a million rows.)
         """
         if mode not in ("sample", "mpe"):
             raise ValueError(f"mode must be 'sample' or 'mpe', got {mode!r}")
-        log_p = self.log_probabilities().detach().permute(0, 3, 1, 2)  # (P or 1, M, V, nv)
         positions = self._position_index(components.device)
         if mode == "mpe":
-            return log_p.argmax(-1)[positions, components]
-        cdf = log_p.double().exp().cumsum(-1)
-        cdf[..., -1] = 1.0  # u < 1 always lands inside its own row
+            return self.logits.detach().argmax(2).permute(0, 2, 1)[positions, components]  # (P or 1, M, V) look-up
+        probabilities = F.softmax(self.logits.detach().double(), dim=2).permute(0, 3, 1, 2)  # (P or 1, M, V, nv)
+        cdf = normalized_cdf(probabilities.cumsum(-1))
         rows = torch.arange(cdf[..., 0].numel(), device=cdf.device, dtype=torch.float64).view(cdf.shape[:-1])
         row = rows[positions, components]  # (P, n, V)
         u = torch.rand(row.shape, generator=generator, device=row.device, dtype=torch.float64)
-        flat = torch.searchsorted((cdf + rows.unsqueeze(-1)).reshape(-1), (row + u).contiguous(), right=True)
+        target = torch.minimum(row + u, torch.nextafter(row + 1, row)).contiguous()
+        flat = torch.searchsorted((cdf + rows.unsqueeze(-1)).reshape(-1), target, right=True)
         return flat - row.long() * self.num_values
 
 
@@ -290,7 +320,7 @@ class GaussianLayer(LeafLayer):
 
     def __init__(self, num_positions: int, num_vars: int, num_components: int, shared: bool, min_std: float):
         super().__init__(num_positions, num_vars, num_components, shared)
-        self.min_std = float(min_std)
+        self.min_std = check_positive_float("min_std", min_std)
         self.mean = nn.Parameter(torch.rand(self._param_positions, num_vars, num_components))
         self.raw_std = nn.Parameter(torch.full((self._param_positions, num_vars, num_components), -1.0))
 
@@ -314,6 +344,10 @@ class GaussianLayer(LeafLayer):
     def entropy_per_variable(self) -> torch.Tensor:
         """(P or 1, V, M): differential entropy ``0.5 log(2 pi e sigma^2)``."""
         return 0.5 * math.log(2 * math.pi * math.e) + torch.log(self.std())
+
+    def mode_log_prob_per_variable(self) -> torch.Tensor:
+        """(P or 1, V, M): ``max_x log f(x) = -log sigma - 0.5 log(2 pi)``, the log-density at the mean."""
+        return -torch.log(self.std()) - 0.5 * math.log(2 * math.pi)
 
     def sample(self, components: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
         """``components`` (P, n) -> (P, n, V) float values."""

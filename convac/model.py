@@ -20,6 +20,7 @@ Levels are ``l = 0..L``: level 0 holds the ``M`` leaf components on grid ``(H_0,
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Mapping, Sequence
 
 import torch
@@ -28,28 +29,16 @@ from torch.nn import functional as F
 
 from convac.layers import Grid, ProductPool, SumLayer
 from convac.leaves import LeafSpec, make_leaf, sample_from_cdf, sample_indices
+from convac.validation import check_flag, check_grid, check_positive_int, check_positive_ints
 
 STRUCTURES = ("grid", "learned")
 
 
-def _pair(value, what: str) -> Grid:
-    if isinstance(value, int):
-        value = (value, value)
-    pair = tuple(int(v) for v in value)
-    if len(pair) != 2:
-        raise ValueError(f"{what} must be an int or an (h, w) pair, got {value!r}")
-    if min(pair) < 1:
-        raise ValueError(f"{what} must be positive, got {value!r}")
-    return pair
-
-
 def _leaf_grid(in_shape: Sequence[int], patch_size: int) -> Grid:
     """``(H_0, W_0) = (ceil(H / p), ceil(W / p))``, the level-0 grid of an input ``(C, H, W)``."""
-    if len(in_shape) != 3:
-        raise ValueError(f"in_shape must be (C, H, W), got {tuple(in_shape)}")
-    if int(patch_size) < 1:
-        raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}")
-    return (math.ceil(int(in_shape[1]) / patch_size), math.ceil(int(in_shape[2]) / patch_size))
+    _, h, w = check_positive_ints("in_shape", in_shape, length=3)
+    p = check_positive_int("patch_size", patch_size)
+    return (math.ceil(h / p), math.ceil(w / p))
 
 
 class ConvAC(nn.Module):
@@ -83,27 +72,25 @@ class ConvAC(nn.Module):
         num_repetitions: int = 1,
     ):
         super().__init__()
-        self.in_shape = tuple(int(s) for s in in_shape)
-        if len(self.in_shape) != 3 or min(self.in_shape) < 1:
-            raise ValueError(f"in_shape must be (C, H, W) with positive sizes, got {tuple(in_shape)}")
-        for name, value in (("num_components", num_components), ("patch_size", patch_size), ("num_classes", num_classes)):
-            if int(value) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.in_shape = tuple(check_positive_ints("in_shape", in_shape, length=3))
+        num_components = check_positive_int("num_components", num_components)
+        channels = check_positive_ints("channels", channels)
+        windows = [check_grid("a pooling window", w) for w in windows]
         if len(channels) != len(windows):
             raise ValueError(f"channels has {len(channels)} entries but there are {len(windows)} fusion layers")
-        if any(int(k) < 1 for k in channels):
-            raise ValueError(f"channels must be positive integers, got {list(channels)}")
+        check_flag("share_leaves", share_leaves)
+        check_flag("share_weights", share_weights)
         if class_prior not in ("uniform", "learned"):
             raise ValueError(f"class_prior must be 'uniform' or 'learned', got {class_prior!r}")
         if structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
-        if int(num_repetitions) < 1 or (structure == "grid" and int(num_repetitions) != 1):
-            raise ValueError(f"num_repetitions must be 1 for structure='grid' and >= 1 for 'learned', "
-                             f"got {num_repetitions!r} with structure={structure!r}")
+        if check_positive_int("num_repetitions", num_repetitions) != 1 and structure == "grid":
+            raise ValueError(f"num_repetitions must be 1 for structure='grid' (one tree; 'learned' builds R of them), "
+                             f"got {num_repetitions!r}")
 
         self.leaf_spec = make_leaf(leaf)
-        self.patch_size = int(patch_size)
-        self.num_classes = int(num_classes)
+        self.patch_size = check_positive_int("patch_size", patch_size)
+        self.num_classes = check_positive_int("num_classes", num_classes)
         self.structure = structure
         self.num_repetitions = int(num_repetitions)
         c, p = self.in_shape[0], self.patch_size
@@ -116,16 +103,15 @@ class ConvAC(nn.Module):
         else:
             grid = self.patch_grid
         self.grids: list[Grid] = [grid]
-        self.channels: list[int] = [int(num_components)] + [int(k) for k in channels]
+        self.channels: list[int] = [num_components] + channels
 
-        self.leaves = self.leaf_spec.make_layer(grid[0] * grid[1], c * p * p, int(num_components), share_leaves)
+        self.leaves = self.leaf_spec.make_layer(grid[0] * grid[1], c * p * p, num_components, share_leaves)
         # (P_img, V): False for the variables that only pad the last patches of the image
         present = self._to_patches(torch.ones(1, *self.in_shape, dtype=torch.bool), False)[:, 0]
         self.register_buffer("present_patch_variables", present, persistent=False)
         self.sums = nn.ModuleList()
         self.pools = nn.ModuleList()
         for k_in, k_out, window in zip(self.channels[:-1], self.channels[1:], windows):
-            window = _pair(window, "a pooling window")
             self.sums.append(SumLayer(grid, k_in, k_out, share_weights))
             self.pools.append(ProductPool(grid, window))
             grid = self.pools[-1].out_grid
@@ -237,15 +223,22 @@ class ConvAC(nn.Module):
         return top.transpose(0, 1).reshape(1, top.shape[1], -1)
 
     # ---------------------------------------------------------------- bottom-up pass
-    def _upward(self, x: torch.Tensor, missing: torch.Tensor) -> list[torch.Tensor]:
+    def _upward(self, x: torch.Tensor, missing: torch.Tensor, max_product: bool = False) -> list[torch.Tensor]:
         """Log-values of the product nodes of every level, position-major ``(P_l, B, K_l)``,
-        for an input and full mask checked by :meth:`_check_input`."""
-        # padded variables are missing, hence marginalized (leaf log-likelihood 0); the leaves
-        # ignore the values of missing entries (NaN included)
-        h = self.leaves(self._tree_positions(self._to_patches(x, 0)), self._tree_positions(self._to_patches(missing, True)))
+        for an input and full mask checked by :meth:`_check_input`.
+
+        With ``max_product`` the MPE upward pass instead: missing variables are maximized (the
+        leaves give their mode's log-probability) and every sum node is a max node,
+        ``max_a(log w[j, a] + h_a)``; the values are ``max`` over the missing variables and the
+        latents below each node of ``log P(x_obs, x_mis, z | node)``.
+        """
+        # padded variables are missing, hence marginalized (leaf log-likelihood 0), also in the
+        # max-product pass; the leaves ignore the values of missing entries (NaN included)
+        maximized = self._tree_positions(self._to_patches(missing, False)) if max_product else None
+        h = self.leaves(self._tree_positions(self._to_patches(x, 0)), self._tree_positions(self._to_patches(missing, True)), maximized)
         levels = [h]
         for sum_layer, pool in zip(self.sums, self.pools):
-            h = pool(sum_layer(h))
+            h = pool(sum_layer.max_product(h) if max_product else sum_layer(h))
             levels.append(h)
         return levels
 
@@ -326,9 +319,11 @@ class ConvAC(nn.Module):
         then the leaf values.
 
         With ``evidence`` (the ``(P_l, n, K_l)`` values of :meth:`_upward`) each choice follows
-        the posterior ``P(a | j, x_obs) ∝ w[j, a] exp(h_a(x_obs))``; without, the prior
-        ``w[j, a]``. Returns values ``(n, C, H, W)``, read from repetition ``repetition`` (n,)
-        of each sample, and latents ``[(n, H_m, W_m)]``, ``m = 0..l``, ``-1`` where inactive.
+        the posterior ``P(a | j, x_obs) ∝ w[j, a] exp(h_a(x_obs))`` (``mode="sample"``), or is
+        ``argmax_a(log w[j, a] + h_a)`` with the max-product values ``h`` (``mode="mpe"``,
+        back-tracking); without evidence, the prior ``w[j, a]``. Leaves give a sample (or their
+        mode). Returns values ``(n, C, H, W)``, read from repetition ``repetition`` (n,) of each
+        sample, and latents ``[(n, H_m, W_m)]``, ``m = 0..l``, ``-1`` where inactive.
         """
         n = top.shape[0]
         latents = [top]
@@ -408,18 +403,27 @@ class ConvAC(nn.Module):
         y=None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Fill the missing variables of ``x`` (B, C, H, W) from the posterior given the observed ones.
+        """Fill the missing variables of ``x`` (B, C, H, W) given the observed ones.
 
-        ``mode="sample"`` draws an exact sample of ``P(x_mis | x_obs)`` (and of ``y | x_obs``
-        unless ``y`` is given); ``mode="mpe"`` takes the most probable choice at every node
-        of the same top-down pass (the greedy posterior mode).
+        * ``mode="sample"``: an exact sample of ``P(x_mis | x_obs)`` (of ``P(x_mis | x_obs, y)``
+          when ``y`` is given): the top-down pass draws every latent from its posterior given the
+          bottom-up evidence.
+        * ``mode="mpe"``: the most probable explanation, ``argmax_{x_mis, z} P(x_obs, x_mis, z)``
+          jointly over the missing variables and every latent ``z`` (the channel chosen at every
+          sum node; the class ``y`` too unless given, else ``P(. | y)``): a max-product upward
+          pass (:meth:`_upward`) and arg-max back-tracking down the same top-down pass; exact
+          for a ConvAC. Ties go to the lowest index. This is not the most probable completion
+          ``argmax_{x_mis} P(x_obs, x_mis)``, which sums over ``z`` (NP-hard in general).
         """
         x, missing = self._check_input(x, missing)
-        evidence = self._upward(x, missing)
+        if mode not in ("sample", "mpe"):
+            raise ValueError(f"mode must be 'sample' or 'mpe', got {mode!r}")
+        evidence = self._upward(x, missing, max_product=mode == "mpe")
         labels = self._class_labels(x.shape[0], y, x.device)
         if labels is None:
-            class_logits = self.root(self._root_input(evidence[-1]))[0] + self.log_class_prior()
-            labels = sample_indices(class_logits, mode, generator)
+            root_input = self._root_input(evidence[-1])
+            top = self.root.max_product(root_input) if mode == "mpe" else self.root(root_input)
+            labels = sample_indices(top[0] + self.log_class_prior(), mode, generator)
         top, repetition = self._choose_root(labels, evidence, mode, generator)
         filled, _ = self._descend(self.num_levels, top, repetition, evidence, mode, generator)
         return torch.where(missing, filled.to(x.dtype), x)
@@ -462,17 +466,17 @@ class HTConvAC(ConvAC):
                 raise ValueError(f"structure='learned' builds binary trees and needs pool=2, got pool={pool!r}")
             grid = (1, grid[0] * grid[1])  # each repetition: a sequence of the patch positions
         windows = self._schedule(grid, pool)
-        if isinstance(channels, int):
-            channels = [channels] * len(windows)
-        super().__init__(in_shape, leaf, num_components, list(channels), windows, patch_size,
+        if isinstance(channels, numbers.Integral):
+            channels = [check_positive_int("channels", channels)] * len(windows)
+        super().__init__(in_shape, leaf, num_components, channels, windows, patch_size,
                          num_classes, share_leaves, share_weights, class_prior, structure, num_repetitions)
 
     @staticmethod
     def _schedule(grid: Grid, pool) -> list[Grid]:
         """The windows that take ``grid`` to 1x1."""
-        if isinstance(pool, (list, tuple)) and pool and not isinstance(pool[0], int):
-            return [_pair(w, "a pooling window") for w in pool]
-        window = _pair(pool, "pool")
+        if isinstance(pool, (list, tuple)) and pool and not isinstance(pool[0], numbers.Integral):
+            return [check_grid("a pooling window", w) for w in pool]
+        window = check_grid("pool", pool)
         windows = []
         h, w = grid
         while (h, w) != (1, 1):
@@ -501,5 +505,5 @@ class CPConvAC(ConvAC):
         class_prior: str = "uniform",
     ):
         global_window = _leaf_grid(in_shape, patch_size)
-        super().__init__(in_shape, leaf, num_components, [int(rank)], [global_window], patch_size,
+        super().__init__(in_shape, leaf, num_components, [check_positive_int("rank", rank)], [global_window], patch_size,
                          num_classes, share_leaves, share_weights, class_prior)

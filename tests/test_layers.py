@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from convac import Categorical, Gaussian, HTConvAC
-from convac.layers import ProductPool, SumLayer, log_einsum_exp
+from convac import Categorical, Gaussian, HTConvAC, layers
+from convac.layers import ProductPool, SumLayer, log_einsum_exp, log_sum_exact, min_log_weight
 
 
 def naive_log_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -92,3 +92,121 @@ def test_log_einsum_exp_gradients_match_finite_differences(positions):
     grads = torch.autograd.grad(reference.sum(), (x, w))
     ours = torch.autograd.grad(log_einsum_exp(x, w).sum(), (x, w))
     assert all(torch.allclose(a, b) for a, b in zip(ours, grads))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: SumLayer((2, 0), 3, 2, False), r"grid must be an int or an \(h, w\) pair of positive integers, got \(2, 0\)"),
+    (lambda: SumLayer((2, 2), 0, 2, False), r"in_channels must be a positive integer, got 0"),
+    (lambda: SumLayer((2, 2), 3, 2.0, False), r"out_channels must be a positive integer, got 2.0"),
+    (lambda: SumLayer((2, 2), 3, 2, None), r"shared must be True or False, got None"),
+    (lambda: ProductPool((4, 4), (2, -2)), r"window must be .* got \(2, -2\)"),
+    (lambda: ProductPool((4,), 2), r"in_grid must be .* got \(4,\)"),
+])
+def test_invalid_layer_arguments_raise_one_line_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+# ------------------------------------------------------------ tiny weights (issue 12, case 2)
+def test_fast_path_threshold_is_exact_for_any_inputs():
+    """Weights at :func:`min_log_weight` on the largest input, the other inputs far below: the
+    shifted matmul keeps float32 precision and finite gradients; 30 nats lower it would not,
+    and the layer takes the exact path there."""
+    k_in = 4
+    for dtype in (torch.float32, torch.float64):
+        lowest = min_log_weight(dtype, k_in)
+        for log_w0 in (lowest + 0.5, lowest - 30):
+            logits = torch.tensor([[log_w0, 0.0, 0.0, 0.0]], dtype=torch.float64)  # (1, K_in)
+            logits[0, 0] = log_w0 + torch.logsumexp(logits[0, 1:], 0)  # so that log w[0] ~ log_w0
+            log_w = torch.log_softmax(logits, -1)
+            x = torch.tensor([[[0.0, -3e3, -2e3, -1e3]]], dtype=torch.float64)  # the tiny weight's input is the max
+            reference = torch.logsumexp(log_w.unsqueeze(0) + x, -1)
+            layer = SumLayer((1, 1), k_in, 1, shared=True).to(dtype)
+            with torch.no_grad():
+                layer.logits.copy_(logits.to(dtype))
+            x_in = x.to(dtype).requires_grad_()
+            y = layer(x_in)
+            y.sum().backward()
+            fast = layer.exact_positions() is None
+            assert fast == (log_w0 > lowest)
+            assert torch.allclose(y.double(), reference, rtol=4 * torch.finfo(dtype).eps, atol=0)
+            assert torch.isfinite(x_in.grad).all() and torch.isfinite(layer.logits.grad).all()
+            if fast:  # the plain shifted matmul, without the layer's check, is exact here too
+                assert torch.allclose(log_einsum_exp(x.to(dtype), log_w.exp().to(dtype).unsqueeze(0)).double(), reference,
+                                      rtol=4 * torch.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_exact_positions_match_the_float64_reference_with_gradients(shared):
+    """A per-position layer with tiny weights at some positions only (each part on its own
+    path) and a shared one: values and gradients of float32 equal the float64 log-domain
+    reference; ``log_sum_exact``'s backward passes gradcheck."""
+    torch.manual_seed(0)
+    layer = SumLayer((2, 3), in_channels=5, out_channels=4, shared=shared)
+    with torch.no_grad():
+        layer.logits.mul_(3)
+        layer.logits.view(-1, 4, 5)[-1, 1, 2] = -1e4  # the last weight position gets a weight e^-1e4
+    plan = layer.exact_positions()
+    assert plan is not None and plan[1].tolist() == [0 if shared else 5]
+    x = (torch.randn(6, 7, 5) * 50).requires_grad_()
+    with torch.no_grad():
+        x[:, :, 2] = x.detach().amax(-1) + 200  # the input paired with the tiny weight dominates
+    y = layer(x)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    x64 = x.detach().double().requires_grad_()
+    logits64 = layer.logits.detach().double().requires_grad_()
+    reference = naive_log_sum_log(x64, torch.log_softmax(logits64, -1).reshape(-1, 4, 5))
+    (reference * g.double()).sum().backward()
+    assert torch.allclose(y.double(), reference, rtol=1e-6, atol=1e-4)
+    assert torch.allclose(x.grad.double(), x64.grad, atol=1e-5)
+    assert torch.allclose(layer.logits.grad.double(), logits64.grad, atol=1e-4)
+    x_small = (torch.randn(2, 3, 5, dtype=torch.float64) * 10).requires_grad_()
+    log_w = torch.log_softmax(torch.randn(1 if shared else 2, 4, 5, dtype=torch.float64) * 30, -1).requires_grad_()
+    assert torch.autograd.gradcheck(log_sum_exact, (x_small, log_w))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 50])
+@pytest.mark.parametrize("positions", [1, 3])
+def test_exact_paths_in_blocks_equal_the_whole_broadcast(monkeypatch, chunk, positions):
+    """Blocks over positions and batch rows (down to one element of budget): values of the exact
+    sum and the max node, and the exact sum's gradients (gradcheck), as with one block."""
+    monkeypatch.setattr(layers, "BROADCAST_CHUNK", chunk)
+    x = (torch.randn(3, 5, 4, dtype=torch.float64) * 10).requires_grad_()
+    log_w = torch.log_softmax(torch.randn(positions, 2, 4, dtype=torch.float64) * 30, -1).requires_grad_()
+    broadcast = log_w.unsqueeze(1) + x.unsqueeze(2)  # (P, B, K_out, K_in)
+    assert torch.allclose(log_sum_exact(x, log_w), torch.logsumexp(broadcast, -1))
+    assert torch.equal(layers.log_max_product(x, log_w), broadcast.amax(-1))
+    assert torch.autograd.gradcheck(log_sum_exact, (x, log_w))
+
+
+def naive_log_sum_log(x: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """Reference with log-weights: logsumexp_a(log w[p, j, a] + x[p, b, a]) over the broadcast."""
+    return torch.logsumexp(log_weights.unsqueeze(1) + x.unsqueeze(2), dim=-1)
+
+
+def test_exact_positions_follow_the_weights_and_are_cached(monkeypatch):
+    """The plan is recomputed when the logits change in place (an optimizer step, a copy) or
+    change dtype, and reused (no new check) while they do not."""
+    checks = []
+    threshold = layers.min_log_weight
+    monkeypatch.setattr(layers, "min_log_weight", lambda *args: checks.append(args) or threshold(*args))
+    layer = SumLayer((1, 2), 3, 2, shared=False)
+    assert layer.exact_positions() is None and layer.exact_positions() is None
+    assert len(checks) == 1  # cached: the weights did not change
+    with torch.no_grad():
+        layer.logits[0, 1, 0, 0] = -1e4  # position 1
+    plan = layer.exact_positions()
+    assert plan[1].tolist() == [1] and layer.exact_positions() is plan and len(checks) == 2
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+    layer(torch.randn(2, 3, 3)).sum().backward()
+    with torch.no_grad():
+        layer.logits.grad.zero_()
+        layer.logits.grad[0, 1, 0, 0] = -1e4  # one step moves the weight back up
+    optimizer.step()
+    assert layer.exact_positions() is None and len(checks) == 3
+    layer.double()
+    with torch.no_grad():
+        layer.logits.fill_(0)
+        layer.logits[0, 0, 1, 2] = -800.0  # position 0; float64: below its threshold (about -671)
+    assert layer.exact_positions()[1].tolist() == [0] and checks[-1][0] == torch.float64

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -16,8 +17,41 @@ def test_make_leaf_accepts_specs_names_and_mappings():
     assert make_leaf(Categorical(7).to_dict()) == Categorical(7)
     with pytest.raises(ValueError, match="bad arguments for leaf 'categorical'"):
         make_leaf({"name": "categorical", "num_vals": 5})
-    with pytest.raises(ValueError, match="num_values >= 2"):
+    with pytest.raises(ValueError, match="Categorical num_values must be an integer >= 2, got 1"):
         Categorical(1)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: Gaussian(min_std=0), "Gaussian min_std must be a finite number > 0, got 0"),
+    (lambda: Gaussian(min_std=-0.5), "Gaussian min_std must be a finite number > 0, got -0.5"),
+    (lambda: Gaussian(min_std=math.nan), "got nan"),
+    (lambda: Gaussian(min_std=math.inf), "got inf"),
+    (lambda: Gaussian(min_std="0.1"), "got '0.1'"),
+    (lambda: Categorical(2.5), "Categorical num_values must be an integer >= 2, got 2.5"),
+    (lambda: Categorical(True), "got True"),
+    (lambda: Bernoulli(num_values=3), "Bernoulli has exactly 2 values, got num_values=3"),
+    (lambda: Categorical(3).make_layer(0, 1, 2, False), "num_positions must be a positive integer, got 0"),
+    (lambda: Categorical(3).make_layer(4, 1, 0, False), "num_components must be a positive integer, got 0"),
+    (lambda: Gaussian().make_layer(4, 1, 2, "yes"), "shared must be True or False, got 'yes'"),
+    (lambda: Gaussian().make_layer(4, 1, 2, False).__class__(4, 1, 2, False, min_std=0.0), "min_std must be a finite number > 0, got 0.0"),
+])
+def test_invalid_leaf_arguments_raise_one_line_errors(make, message):
+    """Issue 12, case 3: ``Gaussian(min_std=0)`` / ``(min_std=-0.5)`` gave NaN log-likelihoods."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
+def test_leaf_mode_log_probabilities():
+    """``max_x log f(x)``: the largest categorical log-probability; the Gaussian log-density at its mean."""
+    layer = Categorical(4).make_layer(3, 2, 5, shared=False).double()
+    assert torch.allclose(layer.mode_log_prob_per_variable(), layer.log_probabilities().max(2).values)
+    gaussian = Gaussian(min_std=0.1).make_layer(3, 2, 5, shared=False).double()
+    mode = gaussian.mode_log_prob_per_variable()  # (P, V, M)
+    observed = torch.zeros(3, 1, 2, dtype=torch.bool)
+    for m in range(5):
+        at_mean = gaussian.mean.detach()[:, :, m].unsqueeze(1)  # (P, 1, V): component m's means
+        assert torch.allclose(gaussian.log_prob_per_variable(at_mean, observed)[:, 0, :, m], mode[:, :, m])
+        assert (gaussian.log_prob_per_variable(at_mean + 0.01, observed)[:, 0, :, m] < mode[:, :, m]).all()
 
 
 def test_categorical_entropy_is_closed_form():
@@ -57,7 +91,7 @@ def test_categorical_log_prob_gradient_matches_autograd(shared):
     x = torch.randint(0, 5, (3, 7, 2))
     missing = torch.rand(3, 7, 2) < 0.3
     upstream = torch.randn(3, 7, 4, dtype=torch.float64)
-    layer.log_prob(x, missing).backward(upstream)
+    layer(x, missing).backward(upstream)
 
     logits = layer.logits.detach().clone().requires_grad_()
     table = torch.log_softmax(logits, 2).expand(3, -1, -1, -1)  # (P, V, 5, M)

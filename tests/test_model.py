@@ -1,6 +1,7 @@
 """The ConvAC's exact queries, checked against exhaustive enumeration on tiny discrete models."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from scipy import stats
 
 from convac import Bernoulli, Categorical, CPConvAC, Gaussian, HTConvAC
-from tests.conftest import all_inputs, shuffle_order
+from tests.conftest import all_inputs, latent_log_joint, shuffle_order
 
 # (constructor, kwargs): tiny CP and HT models on 1x4 and 2x2 grids, shared and unshared, per class
 TINY = [
@@ -198,6 +199,69 @@ def test_inpainting_mpe_is_deterministic_and_keeps_observed_values():
         model.inpaint(x, missing, mode="best")
 
 
+# tiny models whose latents can be enumerated: CP and HT, per class (learned prior), shared, padded patches
+MPE_MODELS = [
+    (HTConvAC, dict(in_shape=(1, 1, 4), leaf=Categorical(3), num_components=2, channels=3)),
+    (HTConvAC, dict(in_shape=(1, 1, 4), leaf=Bernoulli(), num_components=2, channels=2, num_classes=2)),
+    (CPConvAC, dict(in_shape=(1, 2, 2), leaf=Bernoulli(), num_components=3, rank=2, share_leaves=True, share_weights=True)),
+    (HTConvAC, dict(in_shape=(2, 1, 3), leaf=Bernoulli(), num_components=2, channels=2, patch_size=2, class_prior="learned", num_classes=3)),
+    (CPConvAC, dict(in_shape=(1, 1, 4), leaf=Categorical(3), num_components=2, rank=3, num_classes=2)),
+    # learned structures (random orders): a mixture of two trees, and one over padded patches
+    (HTConvAC, dict(in_shape=(1, 1, 4), leaf=Categorical(3), num_components=2, channels=2, structure="learned", num_repetitions=2, num_classes=2)),
+    (HTConvAC, dict(in_shape=(1, 3, 3), leaf=Bernoulli(), num_components=2, channels=[2, 2], patch_size=2, structure="learned")),
+]
+
+
+def best_consistent(joint: torch.Tensor, x_all: torch.Tensor, x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+    """(B,): the largest ``joint`` (N,) over the inputs of ``x_all`` that agree with ``x`` on its
+    observed variables."""
+    consistent = ((x_all.unsqueeze(0) == x.unsqueeze(1)) | missing.unsqueeze(1)).flatten(2).all(2)  # (B, N)
+    return joint.masked_fill(~consistent, -math.inf).amax(1)
+
+
+@pytest.mark.parametrize("cls,kwargs", MPE_MODELS, ids=[f"{c.__name__}-{i}" for i, (c, _) in enumerate(MPE_MODELS)])
+def test_mpe_is_the_joint_argmax_by_enumeration(cls, kwargs):
+    """``inpaint(mode="mpe")`` completes ``x`` with a maximizer of ``P(x_obs, x_mis, z, y)`` over
+    the missing variables, every latent ``z`` and the class ``y`` (or of ``P(x_obs, x_mis, z | y)``
+    for a given ``y``): checked against the enumeration of every completion and latent."""
+    for seed in range(4):
+        model = build(cls, kwargs, seed)
+        v = num_values(model)
+        x_all = all_inputs(model.in_shape, v)
+        joint = latent_log_joint(model, x_all)  # (N, classes, Z)
+        g = torch.Generator().manual_seed(seed)
+        x = x_all[torch.randint(len(x_all), (24,), generator=g)]
+        missing = torch.rand(x.shape, generator=g) < torch.rand(24, 1, 1, 1, generator=g)
+        filled = model.inpaint(x, missing, mode="mpe")
+        assert torch.equal(filled[~missing], x[~missing])
+        got = joint[encode(filled, v)].flatten(1).amax(1)  # max over y and z of the completion
+        assert torch.allclose(got, best_consistent(joint.flatten(1).amax(1), x_all, x, missing), atol=1e-10)
+        for y in range(model.num_classes):
+            filled = model.inpaint(x, missing, mode="mpe", y=y)
+            got = joint[encode(filled, v), y].amax(1)
+            assert torch.allclose(got, best_consistent(joint[:, y].amax(1), x_all, x, missing), atol=1e-10)
+
+
+def test_gaussian_mpe_is_the_joint_argmax_over_latents():
+    """Gaussian leaves: for every latent assignment the best missing values are the chosen
+    components' means, so the MPE value is the largest ``log P(x_obs, means, z, y)`` over ``z, y``."""
+    model = build(HTConvAC, dict(in_shape=(1, 1, 4), leaf=Gaussian(min_std=0.1), num_components=2, channels=2, num_classes=2))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 1, 1, 4, generator=g, dtype=torch.float64)
+    missing = torch.rand(x.shape, generator=g) < 0.5
+    filled = model.inpaint(x, missing, mode="mpe")
+    assert torch.equal(filled[~missing], x[~missing])
+    means = model.leaves.mean[:, 0, :]  # (P, M): one variable per position
+    z0 = torch.tensor(list(itertools.product(range(2), repeat=4)))  # level-0 latents, in enumeration order
+    for b in range(len(x)):
+        # the level-0 latents run slowest in the enumeration: block k of Z holds z_0 = z0[k]
+        per_z0 = torch.where(missing[b, 0, 0], means[torch.arange(4), z0], x[b, 0, 0]).view(-1, 1, 1, 4)  # (16, 1, 1, 4)
+        joint = latent_log_joint(model, per_z0)  # (16, classes, Z)
+        block = joint.shape[2] // len(z0)
+        best = max(float(joint[k, :, k * block:(k + 1) * block].max()) for k in range(len(z0)))
+        assert float(latent_log_joint(model, filled[b:b + 1]).max()) == pytest.approx(best, abs=1e-10)
+
+
 def test_cp_matches_paper_eq_10():
     """P(X|y) = sum_z a^y_z prod_i sum_d a^{z,i}_d P(x_i|d), computed directly in probability space."""
     model = build(CPConvAC, dict(in_shape=(1, 2, 3), leaf=Categorical(4), num_components=3, rank=5, num_classes=2))
@@ -228,6 +292,34 @@ def test_ht_pool_schedules():
         HTConvAC((1, 4, 4), Categorical(2), 2, 2, pool=[(2, 2)])
     with pytest.raises(ValueError, match="channels has 1 entries"):
         HTConvAC((1, 4, 4), Categorical(2), 2, [2])
+
+
+GOOD = dict(in_shape=(1, 4, 4), leaf=Categorical(3), num_components=2)
+
+
+@pytest.mark.parametrize("cls,kwargs,message", [
+    (HTConvAC, dict(GOOD, channels=2, in_shape=(1, 4)), r"in_shape must be 3 positive integers, got \(1, 4\)"),
+    (HTConvAC, dict(GOOD, channels=2, in_shape=(1, 4.5, 4)), r"in_shape must be 3 positive integers, got \(1, 4.5, 4\)"),
+    (HTConvAC, dict(GOOD, channels=2, in_shape=(1, 0, 4)), r"in_shape must be 3 positive integers"),
+    (HTConvAC, dict(GOOD, channels=2, num_components=0), r"num_components must be a positive integer, got 0"),
+    (HTConvAC, dict(GOOD, channels=2, num_components=2.5), r"num_components must be a positive integer, got 2.5"),
+    (HTConvAC, dict(GOOD, channels=0), r"channels must be a positive integer, got 0"),
+    (HTConvAC, dict(GOOD, channels=[2, -1]), r"channels must be a list of positive integers, got \[2, -1\]"),
+    (HTConvAC, dict(GOOD, channels=2, pool=0), r"pool must be an int or an \(h, w\) pair of positive integers, got 0"),
+    (HTConvAC, dict(GOOD, channels=2, pool=[(2, 2), (2, 0)]), r"a pooling window must be .* got \(2, 0\)"),
+    (HTConvAC, dict(GOOD, channels=2, patch_size=0), r"patch_size must be a positive integer, got 0"),
+    (HTConvAC, dict(GOOD, channels=2, num_classes=0), r"num_classes must be a positive integer, got 0"),
+    (HTConvAC, dict(GOOD, channels=2, share_leaves="no"), r"share_leaves must be True or False, got 'no'"),
+    (HTConvAC, dict(GOOD, channels=2, share_weights=1), r"share_weights must be True or False, got 1"),
+    (HTConvAC, dict(GOOD, channels=2, class_prior="flat"), r"class_prior must be 'uniform' or 'learned', got 'flat'"),
+    (HTConvAC, dict(GOOD, channels=2, leaf={"name": "gaussian", "min_std": 0}), r"Gaussian min_std must be a finite number > 0, got 0"),
+    (CPConvAC, dict(GOOD, rank=0), r"rank must be a positive integer, got 0"),
+    (CPConvAC, dict(GOOD, rank=True), r"rank must be a positive integer, got True"),
+])
+def test_invalid_constructor_arguments_raise_one_line_errors(cls, kwargs, message):
+    with pytest.raises(ValueError, match=message) as error:
+        cls(**kwargs)
+    assert "\n" not in str(error.value)
 
 
 def test_gaussian_model_density_and_samples():

@@ -261,6 +261,20 @@ def test_unwritable_output_folder(tmp_path, cli_error):
     assert_user_error(result, "train", ["Not a directory", "a_file/out"])
 
 
+@pytest.mark.parametrize("overrides,words", [
+    (["model/leaf=gaussian", "data.continuous=true", "model.leaf.min_std=-0.5"], ["Gaussian min_std must be a finite number > 0, got -0.5"]),
+    (["model.leaf.num_values=1"], ["Categorical num_values must be an integer >= 2, got 1"]),
+    (["model.num_components=0"], ["num_components must be a positive integer, got 0"]),
+    (["model.pool=[2,0]"], ["pool must be an int or an (h, w) pair of positive integers, got [2, 0]"]),
+    (["callbacks.entropy_probe.num_samples=1"], ["num_samples must be an integer >= 2, got 1"]),
+])
+def test_invalid_model_settings_stop_before_the_run_folder(tmp_path, cli_error, overrides, words):
+    """Issue 12, case 3: ``model.leaf.min_std=-0.5`` used to start, write a checkpoint and stop at
+    step 0 on NaN likelihoods."""
+    assert_user_error(cli_error("train", tmp_path / "run", *TINY, *overrides), "train", words)
+    assert_no_run_files(tmp_path / "run")
+
+
 def test_unknown_group_option_lists_the_options(tmp_path, cli_error):
     status, stderr = cli_error("train", tmp_path / "run", "model=foo")  # Hydra's own message
     assert status == 1 and "Traceback" not in stderr
@@ -325,3 +339,18 @@ def test_guard_finds_the_layer_whose_output_overflowed(tmp_path):
     assert "non-finite loss at epoch 0, batch 2 (global step 2)" in message
     assert "first non-finite output in layer model.sums.1 (SumLayer)" in message
     saved_checkpoint(message, tmp_path)
+
+
+def test_guard_names_the_leaves_when_they_make_the_first_nan(tmp_path):
+    """Issue 12, case 3: a NaN made by the leaves was blamed on ``model.sums.0``, the first layer
+    that the check saw; the leaf layer is now on the data path the guard watches."""
+    module = ConvACModule("ht", {**MODEL, "leaf": {"name": "gaussian"}})
+    object.__setattr__(module.model.leaves, "min_std", -0.5)  # as an unchecked min_std did: std < 0
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, num_sanity_val_steps=0, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        default_root_dir=tmp_path, callbacks=[FiniteGuard()])
+    with pytest.raises(NonFiniteError) as error:
+        trainer.fit(module, datamodule=create_datamodule("digits", batch_size=32, continuous=True))
+    message = str(error.value)
+    assert "non-finite loss at epoch 0, batch 0 (global step 0)" in message
+    assert "first non-finite output in layer model.leaves (GaussianLayer)" in message

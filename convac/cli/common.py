@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -49,10 +50,21 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     """``cfg.trainer`` with every entry of ``cfg.callbacks`` and ``cfg.logger`` (dicts of
     ``_target_`` nodes; either may be absent, and an absent ``logger`` group leaves the
     trainer's own ``logger`` setting alone)."""
-    extra = {"callbacks": [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]}
+    extra = {"callbacks": [_instantiate(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items()]}
     if "logger" in cfg:
-        extra["logger"] = [instantiate(c) for c in (cfg.logger or {}).values()] or False
-    return instantiate(cfg.trainer, **extra)
+        extra["logger"] = [_instantiate(c, f"logger.{k}") for k, c in (cfg.logger or {}).items()] or False
+    return _instantiate(cfg.trainer, "trainer", **extra)
+
+
+def _instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)``; a ValueError of the target's constructor (a bad setting)
+    comes out as a one-line ValueError naming the config ``key``, not Hydra's wrapped message."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ValueError):
+            raise ValueError(f"{key}: {e.__cause__}") from e.__cause__
+        raise
 
 
 def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:

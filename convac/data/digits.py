@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-from sklearn.datasets import load_digits
 
 from convac.data.base import ConvACDataModule, Split, fill_splits
 
@@ -28,6 +27,8 @@ class DigitsDataModule(ConvACDataModule):
         self.test_fraction = test_fraction
 
     def load_splits(self) -> dict[str, Split]:
+        from sklearn.datasets import load_digits  # scikit-learn is slow to import: only when read
+
         bunch = load_digits()
         x = torch.from_numpy(bunch.images).long().unsqueeze(1)  # (1797, 1, 8, 8)
         y = torch.from_numpy(bunch.target).long()

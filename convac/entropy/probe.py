@@ -37,7 +37,8 @@ def probe(
 
     ``H^0`` is exact; ``H^l`` (``l >= 1``) and ``H(X)`` are one-pass Monte Carlo estimates over
     ``num_samples`` exact samples (drawn with a generator seeded by ``seed``, in batches of
-    ``batch_size``), with the leaf term as a control variate of known mean ``H^0``; gaps are
+    ``batch_size``), with the leaf term as a control variate of known mean ``H^0`` and an
+    estimated variance-minimizing coefficient (:meth:`Estimate.controlled`); gaps are
     Rao-Blackwellized and also give the telescoped estimates. For Gaussian leaves ``bin_width`` adds
     ``D * log(1 / bin_width)`` to every level (the discretized entropy); it is ignored for
     discrete leaves.
@@ -70,12 +71,12 @@ def probe(
     if not model.leaf_spec.is_discrete and bin_width is not None:
         offset = model.num_variables * math.log(1.0 / bin_width)
 
-    # The leaf term -sum_i log node_{0,i,Z_0}(x) has the exact mean H^0: as a control variate it
-    # keeps every one-pass estimate unbiased, H^0 + mean(t - leaf term), with a smaller variance.
-    leaf_term = stats.levels[0].double()
+    # The leaf term -sum_i log node_{0,i,Z_0}(x) has the exact mean H^0: it is the control
+    # variate of every one-pass estimate, with the variance-minimizing coefficient of each.
+    leaf_term = stats.levels[0]
 
     def one_pass(term: torch.Tensor) -> Estimate:
-        return Estimate.of(term.double() - leaf_term, h0 + offset)
+        return Estimate.controlled(term, leaf_term, h0, offset)
 
     levels = [Estimate(h0 + offset)] + [one_pass(t) for t in stats.levels[1:]]
     cumulative = torch.zeros_like(stats.log_px, dtype=torch.float64)

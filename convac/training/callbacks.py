@@ -9,6 +9,7 @@ import lightning as L
 
 from convac.entropy import DEFAULT_NUM_SAMPLES, probe
 from convac.training.atomic import atomic_write
+from convac.validation import check_positive_float, check_positive_int
 
 
 class EntropyProbe(L.Callback):
@@ -42,8 +43,10 @@ class EntropyProbe(L.Callback):
         dirpath: str | None = None,
         plot: bool = True,
     ) -> None:
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        check_positive_int("every_n_epochs", every_n_epochs)
+        check_positive_int("num_samples", num_samples, minimum=2)
+        if bin_width not in ("auto", None):
+            check_positive_float("bin_width", bin_width)  # or 'auto' or None
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
         self.seed = seed

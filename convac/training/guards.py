@@ -15,7 +15,11 @@ class NonFiniteError(RuntimeError):
 
 def first_nonfinite_output(model: nn.Module, x: Tensor) -> str | None:
     """Run ``model(x)`` without gradients and return ``"name (Type)"`` of the first submodule, in
-    call order, whose floating-point output holds a NaN or an infinity (None if there is none)."""
+    call order, whose floating-point output holds a NaN or an infinity (None if there is none).
+
+    For a ConvAC the call order is the data path: ``leaves`` (the leaf layer is called as a
+    module), then ``sums.0``, ``pools.0``, ... and ``root``, so the answer is the module where
+    the non-finite value first appears."""
     found: list[str] = []
 
     def hook(name: str):
@@ -42,8 +46,9 @@ class FiniteGuard(L.Callback):
 
     * a non-finite gradient: the first parameter (module order) whose gradient is not finite;
     * a non-finite loss: the first parameter holding non-finite values, else the first submodule
-      of ``pl_module.model`` whose output is not finite on that batch (one extra forward pass of
-      the batch's inputs ``batch[0]``, only once it has failed).
+      of ``pl_module.model`` along the data path (leaves included) whose output is not finite on
+      that batch (:func:`first_nonfinite_output`: one extra forward pass of the batch's inputs
+      ``batch[0]``, only once it has failed).
 
     Cost: one host synchronization per optimizer step. Under DDP the ranks decide together
     (gradients are already all-reduced; the loss flags are OR-reduced), so all of them stop.
