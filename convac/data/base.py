@@ -14,6 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 Split = tuple[Tensor, Tensor]
@@ -33,6 +34,13 @@ def hold_out(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[Split, S
     return (x[kept], y[kept]), (x[out], y[out])
 
 
+def area_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Integer images ``(N, C, H, W)`` -> ``(N, C, h, w)``: every output pixel is the mean of the input
+    pixels its area covers (``adaptive_avg_pool2d``: block means when ``h`` divides ``H``; larger
+    outputs repeat pixels), rounded to the nearest integer, so the values stay in their range."""
+    return F.adaptive_avg_pool2d(x.double(), size).round().long()
+
+
 class ConvACDataModule(L.LightningDataModule):
     """Base DataModule: in-memory ``train`` / ``val`` / ``test`` splits of ``(x, y)``.
 
@@ -49,6 +57,8 @@ class ConvACDataModule(L.LightningDataModule):
         continuous: if True, ``x`` is served as float ``x / (num_values - 1)`` in ``[0, 1]``
             (for Gaussian leaves) and :attr:`bin_width` is ``1 / (num_values - 1)``;
             otherwise ``x`` stays a long tensor and :attr:`bin_width` is None.
+        resize: if True, samples whose ``(H, W)`` differ from ``in_shape``'s are resized to it
+            (:func:`area_resize`), e.g. digits at 4x4 or MNIST at 16x16 for a depth sweep.
     """
 
     name: ClassVar[str]
@@ -63,6 +73,7 @@ class ConvACDataModule(L.LightningDataModule):
         seed: int = 0,
         val_fraction: float = 0.1,
         continuous: bool = False,
+        resize: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -77,6 +88,7 @@ class ConvACDataModule(L.LightningDataModule):
         self.seed = seed
         self.val_fraction = val_fraction
         self.continuous = continuous
+        self.resize = resize
         self._data: dict[str, Split] | None = None
 
     @property
@@ -123,10 +135,13 @@ class ConvACDataModule(L.LightningDataModule):
     def _prepare(self, split: str, x: Tensor, y: Tensor) -> Split:
         """Check one split against the declared layout and convert it to the served dtype."""
         where = f"the {self.name} {split} split"
+        if self.resize and x.shape[1] == self.in_shape[0]:
+            x = area_resize(x, self.in_shape[1:])
         if tuple(x.shape[1:]) != self.in_shape:
+            hint = " (or data.resize=true to resize the samples to in_shape)" if x.shape[1] == self.in_shape[0] else ""
             raise ValueError(
                 f"data.in_shape is {list(self.in_shape)} but {where} has samples of shape "
-                f"{list(x.shape[1:])}; set data.in_shape={list(x.shape[1:])}"
+                f"{list(x.shape[1:])}; set data.in_shape={list(x.shape[1:])}{hint}"
             )
         if len(x) and (x.min() < 0 or x.max() >= self.num_values):
             raise ValueError(
