@@ -17,7 +17,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
 
 def read_history(path: str | Path) -> list[dict[str, float]]:
@@ -219,7 +219,7 @@ def scaling_figure(rows: list[dict], fits: dict) -> Figure:
     ax_add.set(xscale="log", yscale="log", xlabel="mappings (sum nodes + root)", ylabel="$H(X) - H^0$ (nats)",
                title="additive law (Thm 4)")
     for axis in (ax_add.xaxis, ax_add.yaxis):
-        axis.set_major_formatter(ScalarFormatter())
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         axis.set_minor_formatter(NullFormatter())
     ax_add.legend(fontsize=7)
 
@@ -240,6 +240,8 @@ def scaling_figure(rows: list[dict], fits: dict) -> Figure:
     ax_depth.set_ylim(bottom=0)
     ax_depth.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_depth.legend(fontsize=7)
+    datasets = ", ".join(sorted({str(r["data"]) for r in rows}))
+    fig.suptitle(f"the scaling law across {len(rows)} runs ({datasets})", fontsize=11)
     fig.tight_layout()
     return fig
 
