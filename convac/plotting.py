@@ -98,7 +98,6 @@ def entropy_figure(rows: list[dict[str, float]]) -> Figure:
     return fig
 
 
-
 # ------------------------------------------------------------------ where information is created
 def read_gaps(path: str | Path) -> dict[int, list[np.ndarray]]:
     """``gaps.csv`` (long format: epoch, level, row, column, gap, se) as ``{epoch: [gap grids]}``,
@@ -117,8 +116,8 @@ def read_gaps(path: str | Path) -> dict[int, list[np.ndarray]]:
         maps[epoch] = []
         for level in sorted(levels):
             r, c, gap = (np.array(v) for v in zip(*levels[level]))
-            grid = np.full((int(r.max()) + 1, int(c.max()) + 1), np.nan)
-            grid[r.astype(int), c.astype(int)] = gap
+            grid = np.full((r.max() + 1, c.max() + 1), np.nan)
+            grid[r, c] = gap
             maps[epoch].append(grid)
     return dict(sorted(maps.items()))
 

@@ -46,6 +46,14 @@ def find_runs(sweep_dir: str | Path) -> list[Path]:
     return runs
 
 
+def incomplete_runs(sweep_dir: str | Path) -> list[Path]:
+    """Run folders under ``sweep_dir`` (holding Hydra's ``.hydra``) without an ``entropy.csv``:
+    runs that failed, are still running, or ran without the probe."""
+    sweep_dir = Path(sweep_dir)
+    return sorted((p.parent for p in sweep_dir.rglob(".hydra") if not (p.parent / HISTORY).exists()),
+                  key=lambda p: _natural(p.relative_to(sweep_dir)))
+
+
 def _natural(path: Path) -> tuple:
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts)
 
@@ -53,7 +61,7 @@ def _natural(path: Path) -> tuple:
 def run_row(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     """The :data:`COLUMNS` of one run folder (its last probed epoch)."""
     with (run_dir / HISTORY).open(newline="") as f:
-        rows = [r for r in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{run_dir / HISTORY} has no rows")
     last = {k: float(v) for k, v in rows[-1].items() if v not in ("", None)}
@@ -162,7 +170,8 @@ def write_sweep(sweep_dir: str | Path, num_boot: int = 2000, seed: int = 0) -> t
                  for group, group_fits in fits.items()},
     }, indent=2) + "\n")
     figure = plot_scaling(rows, fits["all"], sweep_dir / "scaling.png")
-    return [table, fitted, figure], summary(rows, fits)
+    skipped = [f"skipped {run} (no {HISTORY})" for run in incomplete_runs(sweep_dir)]
+    return [table, fitted, figure], "\n".join([summary(rows, fits), *skipped])
 
 
 def _finite_or_none(values: dict[str, float]) -> dict[str, float | None]:

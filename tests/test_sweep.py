@@ -43,9 +43,11 @@ def test_two_run_multirun_aggregates_to_two_finite_rows(tmp_path, capsys):
             image.load()
             assert image.format == "PNG"
 
+    (sweep / "2" / ".hydra").mkdir(parents=True)  # a run that failed before its first epoch
     plot_main(["--sweep", str(sweep)])
     out = capsys.readouterr().out
     assert "gain per mapping" in out and str(sweep / "scaling.png") in out
+    assert f"skipped {sweep / '2'} (no entropy.csv)" in out
     with (sweep / "scaling.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and tuple(rows[0]) == COLUMNS
