@@ -38,7 +38,7 @@ def area_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Integer images ``(N, C, H, W)`` -> ``(N, C, h, w)``: every output pixel is the mean of the input
     pixels its area covers (``adaptive_avg_pool2d``: block means when ``h`` divides ``H``; larger
     outputs repeat pixels), rounded to the nearest integer, so the values stay in their range."""
-    return F.adaptive_avg_pool2d(x.double(), size).round().long()
+    return F.adaptive_avg_pool2d(x.float(), size).round().long()
 
 
 class ConvACDataModule(L.LightningDataModule):
