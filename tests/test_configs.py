@@ -82,6 +82,9 @@ def test_leaf_groups_and_list_values(hydra_ctx):
         ("mnist_t10k_ht", ["data.root=/nowhere"]),
         ("debd_ht", ["data.root=/nowhere"]),
         ("deep_ht64", []),
+        ("scaling_digits", ["model=cp"]),
+        ("scaling_mnist", ["data.root=/nowhere"]),
+        ("scaling_synthetic", []),
     ],
 )
 def test_experiments_compose(hydra_ctx, experiment, extra):
@@ -97,6 +100,10 @@ def test_experiments_compose(hydra_ctx, experiment, extra):
         assert obj.data.in_shape is None and obj.model.in_shape is None
     if experiment == "mnist_t10k_ht":
         assert obj.data.split == schema.IDXSplit.t10k
+    if experiment in ("scaling_digits", "scaling_mnist"):  # depth through the input size
+        assert obj.data.resize and obj.model.in_shape == obj.data.in_shape
+    if experiment == "scaling_synthetic":  # sequences of 2^L variables
+        assert obj.model.in_shape == [1, 1, 64]
 
 
 @pytest.mark.parametrize(

@@ -59,6 +59,19 @@ def test_declared_layout_is_checked():
     assert set(DATAMODULES) == {"digits", "mnist", "fashion_mnist", "debd", "synthetic", "array", "table", "image_folder"}
 
 
+def test_resize_serves_block_means_of_the_images():
+    full = create_datamodule("digits").split("train")[0]  # (N, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"or data.resize=true"):
+        create_datamodule("digits", in_shape=[1, 4, 4]).setup()
+    small = create_datamodule("digits", in_shape=[1, 4, 2], resize=True).split("train")[0]
+    blocks = full.view(-1, 1, 4, 2, 2, 4).double().mean((3, 5))  # 2x4 blocks
+    assert small.dtype == torch.long and small.shape[1:] == (1, 4, 2)
+    assert torch.equal(small, blocks.round().long())
+    assert int(small.max()) <= 16 and int(small.min()) >= 0
+    same = create_datamodule("digits", resize=True).split("train")[0]  # already 8x8: untouched
+    assert torch.equal(same, full)
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_idx_reader_round_trip(tmp_path, gz):
     images = np.random.default_rng(0).integers(0, 256, (5, 28, 28))

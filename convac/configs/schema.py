@@ -124,6 +124,7 @@ class DataConfig:
     seed: int = 0
     val_fraction: float = 0.1
     continuous: bool = False
+    resize: bool = False  # serve the samples resized to in_shape (area means): depth sweeps
 
 
 @dataclass

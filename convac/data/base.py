@@ -22,6 +22,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 Split = tuple[Tensor, Tensor]
@@ -39,6 +40,13 @@ def hold_out(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[Split, S
     n_out = round(fraction * len(x))
     kept, out = perm[n_out:], perm[:n_out]
     return (x[kept], y[kept]), (x[out], y[out])
+
+
+def area_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Integer images ``(N, C, H, W)`` -> ``(N, C, h, w)``: every output pixel is the mean of the input
+    pixels its area covers (``adaptive_avg_pool2d``: block means when ``h`` divides ``H``; larger
+    outputs repeat pixels), rounded to the nearest integer, so the values stay in their range."""
+    return F.adaptive_avg_pool2d(x.float(), size).round().long()
 
 
 def fill_splits(given: dict[str, Split], test_fraction: float, val_fraction: float, seed: int) -> dict[str, Split]:
@@ -88,6 +96,10 @@ class ConvACDataModule(L.LightningDataModule):
             real-valued data as it is (:attr:`bin_width` None); if False, ``x`` must hold
             integers (categorical / Bernoulli leaves) and :attr:`bin_width` is None.
 
+        resize: if True, samples whose ``(H, W)`` differ from ``in_shape``'s are resized to it
+            (:func:`area_resize`; integer images, ``in_shape`` given), e.g. digits at 4x4 or MNIST
+            at 16x16 for a depth sweep.
+
     After :meth:`setup`, :attr:`in_shape`, :attr:`num_values` and :attr:`num_classes` hold the
     layout read from the data (:attr:`layout`; also stored in :attr:`hparams`, hence in
     checkpoints) and :attr:`has_missing` says whether ``x`` holds NaN entries.
@@ -105,6 +117,7 @@ class ConvACDataModule(L.LightningDataModule):
         seed: int = 0,
         val_fraction: float = 0.1,
         continuous: bool = False,
+        resize: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -119,6 +132,7 @@ class ConvACDataModule(L.LightningDataModule):
         self.seed = seed
         self.val_fraction = val_fraction
         self.continuous = continuous
+        self.resize = resize
         self.has_missing = False
         self._real_valued = False
         self._data: dict[str, Split] | None = None
@@ -148,9 +162,17 @@ class ConvACDataModule(L.LightningDataModule):
         convert ``x`` to the served dtype."""
         if self._data is None:
             splits = self.load_splits()
+            if self.resize and self.in_shape is not None:  # nothing to resize to without a shape
+                splits = {k: (self._resized(k, x), y) for k, (x, y) in splits.items()}
             self._read_layout(splits)
             self._data = {k: self._serve(x, y) for k, (x, y) in splits.items()}
             self.hparams.update(self.layout)
+
+    def _resized(self, split: str, x: Tensor) -> Tensor:
+        """``x`` resized to ``in_shape`` (:func:`area_resize`) where its channels match."""
+        if x.is_floating_point():
+            raise ValueError(f"data.resize=true resizes integer images, but {self._where(split)} holds floats")
+        return area_resize(x, self.in_shape[1:]) if x.shape[1] == self.in_shape[0] else x
 
     def split(self, name: str) -> Split:
         """The served ``(x, y)`` of split ``name`` (``"train"``, ``"val"`` or ``"test"``):
@@ -200,6 +222,7 @@ class ConvACDataModule(L.LightningDataModule):
                 raise ValueError(
                     f"data.in_shape is {list(self.in_shape)} but {self._where(split)} has samples of shape "
                     f"{shape}; set data.in_shape={shape}, or leave it unset (null) to read it from the data"
+                    + (" (or data.resize=true to resize the samples to in_shape)" if shape[0] == self.in_shape[0] else "")
                 )
             if first is not None and shape != first[1]:
                 raise ValueError(

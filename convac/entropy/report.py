@@ -4,6 +4,7 @@ Metric names (DESIGN section 3) are produced by :meth:`EntropyReport.metrics`.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -171,6 +172,24 @@ class EntropyReport:
         out["scaling/min_gap_z"] = self.min_gap_z
         out["entropy/probe_seconds"] = self.seconds
         return out
+
+    def gap_rows(self) -> list[dict[str, float]]:
+        """Every mapping's gap as one row ``{level, row, column, gap, se}`` (nats): the long format of
+        ``gaps.csv``.
+
+        ``level`` is the fusion layer ``l = 1..L`` of the sum node and ``(row, column)`` its position on
+        grid ``l - 1`` (any ``(H_{l-1}, W_{l-1})``, square or not), so the rows of level ``l`` add up to
+        ``C_l``; the root mapping is level ``L + 1`` at ``(0, 0)`` (its gap is ``C_top``). All rows
+        add up to the telescoped ``H(X) - H^0`` (``h_x_tele - levels[0]``).
+        """
+        rows = []
+        for level, (gap, se) in enumerate(zip(self.gaps, self.gap_se), start=1):
+            positions = itertools.product(range(gap.shape[0]), range(gap.shape[1]))
+            for (r, c), value, error in zip(positions, gap.flatten().tolist(), se.flatten().tolist()):
+                rows.append({"level": level, "row": r, "column": c, "gap": value, "se": error})
+        rows.append({"level": self.num_levels + 1, "row": 0, "column": 0,
+                     "gap": self.root_gap.value, "se": self.root_gap.se})
+        return rows
 
     def summary(self) -> str:
         """A few lines for a terminal."""
