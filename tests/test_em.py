@@ -1,10 +1,17 @@
 """EM (convac.training.em) against the closed-form update of an independent probability-space circuit."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-from convac import Categorical, CPConvAC, Gaussian, HTConvAC
+from convac import Categorical, ConvACModule, CPConvAC, Gaussian, HTConvAC
+from convac.data import create_datamodule
 from convac.training.em import EM
 
 
@@ -138,3 +145,54 @@ def test_shared_parameters_pool_their_counts_and_stay_monotone():
             lls.append(model.log_prob(x).sum().item())
         em_step(model, x)
     assert all(b >= a - 1e-9 for a, b in zip(lls, lls[1:])), lls
+
+
+# ------------------------------------------------------------------- EM through Lightning
+EM_RUN = ["threads=1", "model.num_components=3", "model.channels=4", "trainer.enable_progress_bar=false",
+          "~callbacks.entropy_probe", "~callbacks.model_summary", "test=false", "module.optimizer=em"]
+
+
+def train_cli(run: Path, *overrides: str) -> dict[str, torch.Tensor]:
+    """``convac-train`` in a subprocess; the model's state in the run's last checkpoint."""
+    result = subprocess.run([sys.executable, "-m", "convac.cli.train", f"hydra.run.dir={run}", *EM_RUN, *overrides],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return ConvACModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True).model.state_dict()
+
+
+def test_full_batch_em_under_ddp_equals_one_process(tmp_path):
+    """Two gloo processes, each on half of the training split (1,294 digits: 647 each, none padded),
+    sum their counts into the same M-step as one process on all of it."""
+    full_batch = ["module.lr=1.0", "module.em.full_batch=true", "trainer.max_epochs=2"]
+    one = train_cli(tmp_path / "one", *full_batch)
+    two = train_cli(tmp_path / "two", *full_batch, "trainer=ddp_cpu")
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def em_module_and_trainer(folder: Path, epochs: int, full_batch: bool):
+    module = ConvACModule("ht", dict(in_shape=[1, 8, 8], leaf={"name": "categorical", "num_values": 17},
+                                     num_components=3, channels=4), optimizer="em", lr=0.3,
+                          em={"pseudocount": 1.0, "full_batch": full_batch})
+    trainer = L.Trainer(max_epochs=epochs, default_root_dir=folder, enable_progress_bar=False, logger=False,
+                        enable_model_summary=False, limit_val_batches=0, accelerator="cpu", devices=1,
+                        callbacks=[ModelCheckpoint(dirpath=folder, save_last=True)])
+    return module, trainer
+
+
+@pytest.mark.parametrize("full_batch", [False, True], ids=["mini-batch", "full-batch"])
+def test_a_resumed_em_run_equals_an_uninterrupted_one(tmp_path, full_batch):
+    """The running statistics live in the optimizer's state (saved in checkpoints) and the batch
+    order depends only on the seed and the epoch: 2 + 1 epochs give the parameters of 3."""
+    torch.manual_seed(0)
+    module, trainer = em_module_and_trainer(tmp_path / "straight", 3, full_batch)
+    trainer.fit(module, datamodule=create_datamodule("digits"))
+    torch.manual_seed(0)
+    first, trainer = em_module_and_trainer(tmp_path / "resumed", 2, full_batch)
+    trainer.fit(first, datamodule=create_datamodule("digits"))
+    torch.manual_seed(123)  # the resumed run's own seed does not matter
+    resumed, trainer = em_module_and_trainer(tmp_path / "resumed", 3, full_batch)
+    trainer.fit(resumed, datamodule=create_datamodule("digits"), ckpt_path=tmp_path / "resumed" / "last.ckpt")
+    for (name, a), b in zip(module.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(b, a, msg=name)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 Split = tuple[Tensor, Tensor]
 SPLITS = ("train", "val", "test")
@@ -40,6 +40,20 @@ def hold_out(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[Split, S
     n_out = round(fraction * len(x))
     kept, out = perm[n_out:], perm[:n_out]
     return (x[kept], y[kept]), (x[out], y[out])
+
+
+class EpochRandomSampler(RandomSampler):
+    """A random order of the training examples that depends only on ``seed`` and the epoch
+    (Lightning calls :meth:`set_epoch` before every epoch): a run resumed from a checkpoint sees
+    the batches of the run it continues. Under DDP Lightning replaces it (a ``RandomSampler``)
+    by its ``DistributedSampler``, seeded by the run's seed and the epoch as well."""
+
+    def __init__(self, data_source, seed: int) -> None:
+        super().__init__(data_source, generator=torch.Generator().manual_seed(seed))
+        self.seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed * 100_003 + epoch)
 
 
 def area_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -297,10 +311,11 @@ class ConvACDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = TensorDataset(*self.split(split))
         return DataLoader(
-            TensorDataset(*self.split(split)),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochRandomSampler(dataset, self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

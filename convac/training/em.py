@@ -100,16 +100,24 @@ class EM(torch.optim.Optimizer):
     Args:
         model: the ConvAC (normalized leaves and simplex weights).
         lr: the step size ``s`` in ``(0, 1]``.
-        pseudocount: ``alpha >= 0`` added to every expected count (Laplace smoothing).
+        pseudocount: ``alpha >= 0``, the total pseudo-count of each distribution, shared by its
+            entries (Laplace smoothing).
+        dataset_size: the number of training examples ``N``: a step's counts are scaled by
+            ``N / B`` (``B`` the examples it saw), so that the statistics estimate the counts
+            of the whole training set and ``alpha`` weighs the same whatever the batch size.
+            None: unscaled (``alpha`` then competes with one step's counts).
     """
 
-    def __init__(self, model: ConvAC, lr: float = 0.1, pseudocount: float = 0.1):
+    def __init__(self, model: ConvAC, lr: float = 0.1, pseudocount: float = 0.1, dataset_size: int | None = None):
         if not 0.0 < lr <= 1.0:
             raise ValueError(f"the EM step size (lr) must be in (0, 1], got {lr}")
         if pseudocount < 0:
             raise ValueError(f"the EM pseudocount must be >= 0, got {pseudocount}")
+        if dataset_size is not None and dataset_size < 1:
+            raise ValueError(f"dataset_size must be a positive number of examples, got {dataset_size}")
         super().__init__(model.parameters(), dict(lr=lr, pseudocount=pseudocount, decay=1.0))
         self.model = model
+        self.dataset_size = dataset_size
         self.recorder = FlowRecorder(model)
 
     def accumulate(self) -> None:
@@ -133,12 +141,16 @@ class EM(torch.optim.Optimizer):
         flows = [reduce(f) for f in self.recorder.flows]
         root = reduce(self.recorder.root)
         self.recorder.reset()
+        # every count is a gradient or a flow: scaling both scales the counts (to the training set);
+        # the gradients arrive averaged over the processes, the flows summed
+        scale = torch.ones((), device=root.device) if self.dataset_size is None else self.dataset_size / root.sum()
+        flows, root = [f * scale for f in flows], root * scale
         group = self.param_groups[0]
         self._decay = self._decay * (1.0 - group["lr"])  # (1 - s)^t: the bias correction
         model = self.model
 
         def grad(p: Tensor) -> Tensor:
-            return torch.zeros_like(p) if p.grad is None else p.grad * world_size
+            return torch.zeros_like(p) if p.grad is None else p.grad * (scale * world_size)
 
         # sum layers: the flow of the sum node (p, j) is that of its parent product node (i, j)
         for level, (layer, pool) in enumerate(zip(model.sums, model.pools), start=1):

@@ -186,6 +186,15 @@ class ConvACModule(L.LightningModule):
         optimizer.step(all_reduce=reduce, world_size=world)
         optimizer.zero_grad()
 
+    def _training_set_size(self) -> int | None:
+        """The number of training examples (for EM's count scale), read from the datamodule."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "split"):
+            return len(datamodule.split("train")[0])
+        rank_zero_warn("optimizer=em without a convac datamodule: the EM counts are not scaled to the training set "
+                       "size, so em.pseudocount weighs against one batch's counts")
+        return None
+
     def on_train_epoch_end(self) -> None:
         """Step the learning-rate (or EM step-size) schedule under manual optimization."""
         scheduler = self.lr_schedulers() if not self.automatic_optimization else None
@@ -229,7 +238,8 @@ class ConvACModule(L.LightningModule):
         """The optimizer (or EM) and, when ``scheduler`` is set, its per-epoch schedule."""
         hp = self.hparams
         if self.use_em:
-            optimizer = EM(self.model, lr=hp.lr, pseudocount=self.em_settings["pseudocount"])
+            optimizer = EM(self.model, lr=hp.lr, pseudocount=self.em_settings["pseudocount"],
+                           dataset_size=self._training_set_size())
         else:
             optimizer = getattr(torch.optim, hp.optimizer)(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.scheduler is None:
