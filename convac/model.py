@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from convac.layers import Grid, ProductPool, SumLayer
 from convac.leaves import LeafSpec, make_leaf, sample_from_cdf, sample_indices
-from convac.validation import check_flag, check_grid, check_positive_int, check_positive_ints
+from convac.validation import check_flag, check_grid, check_positive_float, check_positive_int, check_positive_ints
 
 STRUCTURES = ("grid", "learned")
 
@@ -438,7 +438,9 @@ class HTConvAC(ConvAC):
 
     ``pool`` is an int (that window along every axis longer than 1: 2 means 2x2 for images and
     1x2 for sequences), an ``(ph, pw)`` pair applied the same way, or a list of pairs (one per
-    fusion layer). ``channels`` is an int (every layer) or a list (one per layer).
+    fusion layer). ``channels`` is a list (one per layer) or an int ``K``: layer ``l`` then has
+    ``min(round(K * channel_growth^(l - 1)), max_channels)`` channels (every layer ``K`` with the
+    defaults), so a region of ``2^l`` variables can be given more states than its halves.
 
     ``structure="learned"`` builds ``num_repetitions`` balanced binary trees over the patch
     positions instead of the grid (the order of each is set from data by
@@ -459,6 +461,8 @@ class HTConvAC(ConvAC):
         class_prior: str = "uniform",
         structure: str = "grid",
         num_repetitions: int = 1,
+        channel_growth: float = 1.0,
+        max_channels: int | None = None,
     ):
         grid = _leaf_grid(in_shape, patch_size)
         if structure == "learned":
@@ -466,8 +470,14 @@ class HTConvAC(ConvAC):
                 raise ValueError(f"structure='learned' builds binary trees and needs pool=2, got pool={pool!r}")
             grid = (1, grid[0] * grid[1])  # each repetition: a sequence of the patch positions
         windows = self._schedule(grid, pool)
+        if check_positive_float("channel_growth", channel_growth) < 1.0:
+            raise ValueError(f"channel_growth must be >= 1 (the factor from one layer to the next), got {channel_growth!r}")
+        cap = math.inf if max_channels is None else check_positive_int("max_channels", max_channels)
         if isinstance(channels, numbers.Integral):
-            channels = [check_positive_int("channels", channels)] * len(windows)
+            first = check_positive_int("channels", channels)
+            channels = [int(min(round(first * channel_growth**layer), cap)) for layer in range(len(windows))]
+        elif channel_growth != 1.0 or max_channels is not None:
+            raise ValueError("channel_growth and max_channels shape an int channels; with a list, give every layer's width")
         super().__init__(in_shape, leaf, num_components, channels, windows, patch_size,
                          num_classes, share_leaves, share_weights, class_prior, structure, num_repetitions)
 

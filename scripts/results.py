@@ -1,7 +1,7 @@
 """Quality tables of the README (issue 6): classification under missing data, density estimation.
 
     python scripts/results.py missing [--model ht_digits_classifier] [--out results/missing.json]
-    python scripts/results.py density [--datasets digits nltcs] [--out results/density.json]
+    python scripts/results.py density [--datasets digits nltcs] [--out results/density.json]   (scripts/density.py)
     python scripts/results.py default-run [--threads null 1] [--out results/default.json]
 
 ``missing`` follows the protocol of Sharir et al.'s tensorial mixture models: test images of the
@@ -12,10 +12,8 @@ on complete images and fed mean- or zero-imputed ones.
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
-import math
 import subprocess
 import sys
 import time
@@ -24,23 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convac import create_model, load_pretrained
-from convac.cli.common import setup_data
-from convac.configs import schema
+from convac import load_pretrained
 from convac.data import DigitsDataModule
-from convac.zoo.entries import compose_train_config
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-# (dataset, model, experiment config, data root below ../shared/data or None)
-DENSITY_RUNS = [
-    ("digits", "CP", "zoo_cp_digits", None),
-    ("digits", "HT", "zoo_ht_digits", None),
-    ("mnist-t10k", "CP", "mnist_t10k_cp", "mnist-t10k"),
-    ("mnist-t10k", "HT", "mnist_t10k_ht", "mnist-t10k"),
-    ("nltcs", "HT", "zoo_ht_nltcs", "debd"),
-    ("plants", "HT", "zoo_ht_plants", "debd"),
-]
-CIRKIT_UNITS = (4, 8, 16, 32, 64, 128)
+from density import DATASETS, SHARED_DATA, markdown_density, run_density
 
 RATES = (0.0, 0.25, 0.5, 0.75, 0.9)
 SQUARES = (3, 4, 5, 6)
@@ -104,109 +88,6 @@ def markdown_missing(result: dict) -> str:
     return "\n".join(lines)
 
 
-def independent_baseline(datamodule) -> dict:
-    """Fully factorized categorical model, ``P(x) = prod_v f_v(x_v)`` with add-one smoothing,
-    fitted on the training split: the test NLL every structured model must beat."""
-    (train_x, _), (test_x, _) = datamodule.split("train"), datamodule.split("test")
-    v = datamodule.num_values
-    counts = torch.nn.functional.one_hot(train_x.flatten(1), v).sum(0).double() + 1.0  # (D, v)
-    log_f = (counts / counts.sum(1, keepdim=True)).log()
-    nll = -log_f.gather(1, test_x.flatten(1).t()).sum(0).mean()
-    return {"params": int(log_f.numel()), "test_nll": float(nll)}
-
-
-def run_ours(experiment: str, root: str | None, run_dir: Path) -> dict:
-    """Train with ``convac-train experiment=...`` (one thread) and read the best checkpoint's
-    test metrics from the run's ``metrics.csv``."""
-    command = [sys.executable, "-m", "convac.cli.train", f"experiment={experiment}", f"hydra.run.dir={run_dir}",
-               "threads=1", "~callbacks.entropy_probe"] + ([f"data.root={root}"] if root else [])
-    start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    seconds = time.perf_counter() - start
-    with (run_dir / "metrics.csv").open(newline="") as f:
-        test = [row for row in csv.DictReader(f) if row.get("test/nll")][-1]
-    return {"test_nll": float(test["test/nll"]), "seconds": seconds, "command": " ".join(["convac-train"] + command[3:])}
-
-
-def cirkit_units_for(params: int, shape, num_values: int) -> int:
-    """The libcirkit width whose parameter count is closest to ``params``."""
-    from bench import cirkit_circuit
-
-    counts = {k: sum(p.numel() for p in cirkit_circuit(shape, num_values, k, torch.device("cpu")).parameters())
-              for k in CIRKIT_UNITS}
-    return min(counts, key=lambda k: abs(math.log(counts[k] / params)))
-
-
-def run_cirkit(cfg, datamodule, units: int) -> dict:
-    """libcirkit's quad-tree CP circuit trained like ours: same splits, batch size, optimizer,
-    learning rate and epochs; test NLL of the epoch with the best validation NLL."""
-    from bench import cirkit_circuit
-
-    torch.manual_seed(cfg.seed)
-    circuit = cirkit_circuit(datamodule.in_shape, datamodule.num_values, units, torch.device("cpu"))
-    optimizer = getattr(torch.optim, cfg.module.optimizer)(circuit.parameters(), lr=cfg.module.lr)
-
-    def log_likelihoods(split: str) -> torch.Tensor:
-        x, _ = datamodule.split(split)
-        with torch.no_grad():
-            return torch.cat([circuit(b.flatten(1)).flatten() for b in x.split(1024)])
-
-    def nll(split: str) -> float:
-        return float(-log_likelihoods(split).mean())
-
-    best, best_state, start = math.inf, None, time.perf_counter()
-    for _ in range(cfg.trainer.max_epochs):
-        for x, _ in datamodule.train_dataloader():
-            loss = -circuit(x.flatten(1)).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        val = nll("val")
-        if val < best or best_state is None:
-            best, best_state = val, copy.deepcopy(circuit.state_dict())
-    circuit.load_state_dict(best_state)
-    test = log_likelihoods("test")
-    # libcirkit clamps log-values at about -708 (exp underflow in float64 terms): when every test
-    # image gets the same clamped value, the number is not a likelihood and is flagged as such
-    clamped = bool(test.std() < 1e-6)
-    return {"params": sum(p.numel() for p in circuit.parameters()), "units": units, "test_nll": float(-test.mean()),
-            "best_val_nll": best, "clamped": clamped, "seconds": time.perf_counter() - start}
-
-
-def run_density(out_dir: Path, only: set[str] | None = None) -> dict:
-    """Every row of :data:`DENSITY_RUNS` (skipping those whose data is absent), with libcirkit
-    at a similar parameter count and the independent baseline once per dataset."""
-    rows, done_baselines = [], set()
-    for dataset, label, experiment, root_name in DENSITY_RUNS:
-        if only and dataset not in only:
-            continue
-        root = str(SHARED_DATA / root_name) if root_name else None
-        if root and not Path(root).exists():
-            print(f"skipping {dataset}: {root} is absent", file=sys.stderr)
-            continue
-        cfg = compose_train_config([f"experiment={experiment}"] + ([f"data.root={root}"] if root else []))
-        datamodule = setup_data(cfg)  # fills the shape read from the data into cfg.model
-        model_kwargs = schema.to_kwargs(cfg.model)
-        params = sum(p.numel() for p in create_model(model_kwargs.pop("name"), **model_kwargs).parameters())
-        ours = run_ours(experiment, root, out_dir / "runs" / experiment)
-        dims = math.prod(datamodule.in_shape)
-        rows.append({"dataset": dataset, "model": f"convac {label}", "params": params, "dims": dims,
-                     "epochs": cfg.trainer.max_epochs, **ours})
-        print(rows[-1], file=sys.stderr)
-        if dataset not in done_baselines:
-            done_baselines.add(dataset)
-            units = cirkit_units_for(params, datamodule.in_shape, datamodule.num_values)
-            cirkit = run_cirkit(cfg, datamodule, units)
-            rows.append({"dataset": dataset, "model": f"libcirkit quad-tree CP (K={units})", "dims": dims,
-                         "epochs": cfg.trainer.max_epochs, **cirkit})
-            rows.append({"dataset": dataset, "model": "independent pixels", "dims": dims, "epochs": 0,
-                         **independent_baseline(datamodule)})
-            print(rows[-2:], file=sys.stderr)
-    for row in rows:
-        row["test_bpd"] = row["test_nll"] / (row["dims"] * math.log(2))
-    return {"rows": rows}
-
-
 def run_default(run_dir: Path, threads: str) -> dict:
     """The default ``convac-train`` (HT on digits, probe on): wall time, final validation and
     test metrics, and the probe's cost (``entropy/probe_share``) and precision per epoch."""
@@ -240,18 +121,6 @@ def markdown_default(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def markdown_density(result: dict) -> str:
-    lines = ["| dataset | model | params | epochs | test NLL (nats) | bits/dim | train s |", "|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        seconds = f"{r['seconds']:.0f}" if "seconds" in r else "-"
-        nll = f"{r['test_nll']:.2f}"
-        bpd = f"{r['test_bpd']:.3f}"
-        if r.get("clamped"):  # a constant clamped output, not a likelihood
-            nll, bpd = f"fails: clamped, every image gets log P = {-r['test_nll']:.1f}", "-"
-        lines.append(f"| {r['dataset']} | {r['model']} | {r['params']:,} | {r['epochs']} | {nll} | {bpd} | {seconds} |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="table", required=True)
@@ -259,8 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     missing.add_argument("--model", default="ht_digits_classifier", help="zoo name, .safetensors or .ckpt")
     missing.add_argument("--seed", type=int, default=0)
     missing.add_argument("--out", type=Path)
-    density = sub.add_parser("density", help="test NLL of CP/HT beside libcirkit and independent pixels")
-    density.add_argument("--datasets", nargs="*", help="a subset of: digits mnist-t10k nltcs plants")
+    density = sub.add_parser("density", help="test NLL of convac's recipes beside libcirkit's and independent variables")
+    density.add_argument("--datasets", nargs="*", help="a subset of: " + " ".join(d.name for d in DATASETS))
+    density.add_argument("--data-root", type=Path, default=SHARED_DATA, help="folder holding mnist-t10k/ and debd/")
     density.add_argument("--runs", type=Path, default=Path("results"), help="folder for the training runs")
     density.add_argument("--out", type=Path)
     default = sub.add_parser("default-run", help="the default convac-train: time, metrics, probe cost")
@@ -276,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         result = {"rows": [run_default(args.runs / "runs" / f"default_threads_{t}", t) for t in args.threads]}
         print(markdown_default(result["rows"]))
     else:
-        result = run_density(args.runs, set(args.datasets) if args.datasets else None)
+        result = run_density(args.runs, args.data_root, set(args.datasets) if args.datasets else None)
         print(markdown_density(result))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

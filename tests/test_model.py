@@ -294,6 +294,16 @@ def test_ht_pool_schedules():
         HTConvAC((1, 4, 4), Categorical(2), 2, [2])
 
 
+def test_channel_growth_widens_the_upper_layers():
+    tree = HTConvAC((1, 1, 69), Bernoulli(), 4, 16, structure="learned", channel_growth=2, max_channels=100)
+    assert tree.channels == [4, 16, 32, 64, 100, 100, 100, 100]  # 7 fusion layers over 69 positions
+    assert HTConvAC((1, 8, 8), Bernoulli(), 4, 6, channel_growth=1.5).channels == [4, 6, 9, 14]
+    with pytest.raises(ValueError, match="channel_growth must be >= 1"):
+        HTConvAC((1, 4, 4), Categorical(2), 2, 2, channel_growth=0.5)
+    with pytest.raises(ValueError, match="with a list"):
+        HTConvAC((1, 4, 4), Categorical(2), 2, [2, 2], max_channels=4)
+
+
 GOOD = dict(in_shape=(1, 4, 4), leaf=Categorical(3), num_components=2)
 
 

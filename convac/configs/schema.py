@@ -83,6 +83,8 @@ class HTModelConfig(ModelConfig):
     pool: Any = 2
     structure: Structure = Structure.grid
     num_repetitions: int = 1
+    channel_growth: float = 1.0
+    max_channels: Optional[int] = None
 
     def __post_init__(self) -> None:
         _check_int_tree("model.channels", self.channels, 1, "an int or a list of ints")
