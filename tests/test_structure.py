@@ -119,3 +119,20 @@ def test_set_order_rejects_what_is_not_a_permutation():
         HTConvAC((1, 1, 4), Categorical(3), 2, 2, pool=4, structure="learned")
     with pytest.raises(ValueError, match="structure must be"):
         HTConvAC((1, 1, 4), Categorical(3), 2, 2, structure="chow-liu")
+
+
+def test_training_learns_the_structure_from_the_training_split():
+    import lightning as L
+
+    from convac import ConvACModule
+    from convac.data import create_datamodule
+
+    datamodule = create_datamodule("digits")
+    kwargs = dict(in_shape=[1, 8, 8], leaf={"name": "categorical", "num_values": 17}, num_components=2, channels=2,
+                  structure="learned", num_repetitions=2)
+    module = ConvACModule("ht", kwargs, structure_learning={"seed": 3})
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(module, datamodule=datamodule)
+    expected = learn_structure(create_model("ht", **kwargs), datamodule.split("train")[0], seed=3)
+    assert torch.equal(module.model.order, expected) and module.structure_seconds > 0
