@@ -141,6 +141,18 @@ class ConvAC(nn.Module):
         at every level-0 position."""
         return self._tree_positions(self.present_patch_variables)
 
+    @torch.no_grad()
+    def reset_logits(self, std: float = 1.0, generator: torch.Generator | None = None) -> None:
+        """Draw every logit again from ``N(0, std^2)``: the sum weights (root included) and
+        categorical leaves (Gaussian leaves keep their means and scales). A larger ``std`` starts
+        from sharper weights, whose components differ from the first step on (EM needs that:
+        from near-uniform weights its first M-steps pull the components together)."""
+        std = check_positive_float("std", std)
+        logits = [layer.logits for layer in [*self.sums, self.root]]
+        logits += [self.leaves.logits] if isinstance(getattr(self.leaves, "logits", None), nn.Parameter) else []
+        for p in logits:
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype).mul_(std))  # drawn on the CPU
+
     def leaf_entropy(self) -> torch.Tensor:
         """(P_0, M): ``H(x_i | d)``, the exact entropy of every leaf component over the real
         (unpadded) variables of its patch."""

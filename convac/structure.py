@@ -7,9 +7,9 @@ built bottom-up by *balanced hierarchical matching* on pairwise mutual informati
 agglomerative clustering of hidden Chow-Liu trees, Liu & Van den Broeck, NeurIPS 2021, and of
 the variable splits of LearnSPN, Gens & Domingos, ICML 2013, made balanced):
 
-1. ``MI[i, j]``, the empirical mutual information of every pair of positions (nats; values
-   quantized to at most ``bins`` levels; a position with several variables takes the mean over
-   its variable pairs);
+1. ``MI[i, j]``, the empirical mutual information of every pair of positions, normalized by
+   ``sqrt(H[i] H[j])`` (values quantized to at most ``bins`` levels; a position with several
+   variables takes the mean over its variable pairs);
 2. level by level, the regions are paired by a greedy maximum-weight matching on the mean MI
    between their positions (average linkage), so strongly dependent regions merge first;
 3. the order is the left-to-right leaf order of the final tree.
@@ -47,9 +47,14 @@ def quantize(values: torch.Tensor, discrete: bool, bins: int) -> tuple[torch.Ten
     return codes.masked_fill_(missing, -1), levels
 
 
-def pairwise_mutual_information(codes: torch.Tensor, levels: int, pseudocount: float = 0.1) -> torch.Tensor:
+def pairwise_mutual_information(
+    codes: torch.Tensor, levels: int, pseudocount: float = 0.1, normalized: bool = False
+) -> torch.Tensor:
     """``MI[i, j]`` in nats of every pair of columns of ``codes`` (N, D) long in ``[-1, levels)``
     (``-1`` missing: a pair counts the rows where both are observed) -> (D, D) float64, diagonal 0.
+    With ``normalized``, ``MI[i, j] / sqrt(H[i] H[j])`` in ``[0, 1]`` (the geometric normalized
+    MI, Strehl & Ghosh, JMLR 2002): a near-deterministic relation between two low-entropy
+    variables (rare values of one-hot codes) then weighs as much as one between high-entropy ones.
 
     Joint counts of all pairs at once: ``O^T O`` with ``O`` the (N, D * levels) one-hot matrix;
     ``pseudocount`` is added to every joint cell (Laplace smoothing)."""
@@ -61,21 +66,25 @@ def pairwise_mutual_information(codes: torch.Tensor, levels: int, pseudocount: f
     joint = joint / joint.sum((2, 3), keepdim=True)
     left, right = joint.sum(3, keepdim=True), joint.sum(2, keepdim=True)
     mi = (joint * (joint.log() - left.log() - right.log())).sum((2, 3))
+    if normalized:
+        h_left, h_right = -(left * left.log()).sum((2, 3)), -(right * right.log()).sum((2, 3))
+        mi = mi / (h_left * h_right).sqrt().clamp_min(1e-12)
     mi.fill_diagonal_(0.0)
     return mi.clamp_min_(0.0)
 
 
 def position_mutual_information(
-    patches: torch.Tensor, discrete: bool, bins: int = 8, max_rows: int = 10_000, seed: int = 0
+    patches: torch.Tensor, discrete: bool, bins: int = 8, max_rows: int = 10_000, seed: int = 0,
+    normalized: bool = True,
 ) -> torch.Tensor:
-    """Mean pairwise MI (nats) between positions: ``patches`` (N, P, V) float, the ``V``
+    """Mean pairwise (normalized) MI between positions: ``patches`` (N, P, V) float, the ``V``
     variables of every position (NaN = missing or padding) -> (P, P) float64. At most
     ``max_rows`` rows are used (a subset drawn with ``seed``)."""
     n, p, v = patches.shape
     if n > max_rows:
         patches = patches[torch.from_numpy(np.random.default_rng(seed).choice(n, max_rows, replace=False))]
     codes, levels = quantize(patches.reshape(len(patches), p * v).double(), discrete, bins)
-    return pairwise_mutual_information(codes, levels).view(p, v, p, v).mean((1, 3))
+    return pairwise_mutual_information(codes, levels, normalized=normalized).view(p, v, p, v).mean((1, 3))
 
 
 def balanced_tree_order(similarity: torch.Tensor, noise: float = 0.0, seed: int = 0) -> torch.Tensor:
@@ -162,18 +171,20 @@ def learn_structure(
     bins: int = 8,
     max_rows: int = 10_000,
     noise: float = 1.0,
+    normalized: bool = True,
 ) -> torch.Tensor:
     """Learn the order of every repetition of a ``structure="learned"`` ConvAC from data ``x``
     (N, C, H, W) (the training split; NaN marks missing values of float data) and set it
     (:meth:`ConvAC.set_order`). Repetition 0 is the matching tree of the MI of the patch
     positions; repetition ``r >= 1`` a randomized one (``noise``, seeded by ``seed`` and ``r``).
+    ``normalized`` matches on the normalized MI (the default), else on the MI in nats.
     Returns the order (R, P_img). Deterministic for a seed and the data."""
     if model.structure != "learned":
         raise ValueError(f"learn_structure needs a model with structure='learned', got structure={model.structure!r}")
     if x.dim() != 4 or tuple(x.shape[1:]) != tuple(model.in_shape):
         raise ValueError(f"expected training data of shape (N, {', '.join(map(str, model.in_shape))}), got {tuple(x.shape)}")
     patches = model._to_patches(x.double(), float("nan")).transpose(0, 1)  # (N, P_img, V), padding NaN
-    mi = position_mutual_information(patches, model.leaf_spec.is_discrete, bins, max_rows, seed)
+    mi = position_mutual_information(patches, model.leaf_spec.is_discrete, bins, max_rows, seed, normalized)
     order = torch.stack([
         balanced_tree_order(mi, noise=noise if r else 0.0, seed=seed * 1000 + r) for r in range(model.num_repetitions)
     ])

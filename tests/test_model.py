@@ -294,6 +294,20 @@ def test_ht_pool_schedules():
         HTConvAC((1, 4, 4), Categorical(2), 2, [2])
 
 
+def test_reset_logits_draws_every_logit_with_the_given_spread():
+    model = HTConvAC((1, 4, 4), Categorical(5), 3, 4, num_classes=2)
+    model.reset_logits(4.0, generator=torch.Generator().manual_seed(0))
+    logits = torch.cat([p.flatten() for name, p in model.named_parameters() if name.endswith("logits")])
+    assert logits.std().item() == pytest.approx(4.0, rel=0.1) and logits.numel() == sum(
+        p.numel() for p in (model.leaves.logits, model.root.logits, *[s.logits for s in model.sums]))
+    x = all_inputs((1, 2, 2), 2)
+    small = HTConvAC((1, 2, 2), Bernoulli(), 2, 2)
+    small.reset_logits(5.0)
+    assert torch.logsumexp(small.log_prob(x), 0).abs().item() < 1e-5  # still normalized
+    with pytest.raises(ValueError, match="std"):
+        model.reset_logits(0.0)
+
+
 def test_channel_growth_widens_the_upper_layers():
     tree = HTConvAC((1, 1, 69), Bernoulli(), 4, 16, structure="learned", channel_growth=2, max_channels=100)
     assert tree.channels == [4, 16, 32, 64, 100, 100, 100, 100]  # 7 fusion layers over 69 positions

@@ -214,6 +214,7 @@ class StructureLearningConfig:
     bins: int = 8
     max_rows: int = 10_000
     noise: float = 1.0
+    normalized: bool = True
 
 
 @dataclass
@@ -229,6 +230,7 @@ class ModuleConfig:
     scheduler: Optional[str] = None
     scheduler_kwargs: Dict[str, Any] = field(default_factory=dict)
     structure_learning: StructureLearningConfig = field(default_factory=StructureLearningConfig)
+    init_std: Optional[float] = None
 
 
 @dataclass

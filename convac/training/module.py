@@ -64,6 +64,8 @@ class ConvACModule(L.LightningModule):
             trainer's ``max_epochs`` when not given.
         structure_learning: :func:`convac.structure.learn_structure` arguments (``seed``,
             ``bins``, ``max_rows``, ``noise``).
+        init_std: when set, the new model's logits are drawn again from ``N(0, init_std^2)``
+            (:meth:`ConvAC.reset_logits`; the model's own draw has std 1).
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class ConvACModule(L.LightningModule):
         scheduler: str | None = None,
         scheduler_kwargs: dict[str, Any] | None = None,
         structure_learning: dict[str, Any] | None = None,
+        init_std: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -107,6 +110,8 @@ class ConvACModule(L.LightningModule):
                 raise ValueError(f"em.pseudocount must be >= 0, got {self.em_settings['pseudocount']}")
             self.automatic_optimization = False  # EM's statistics and M-step: see training_step
         self.model = create_model(model_name, **(model_kwargs or {}))
+        if init_std is not None:
+            self.model.reset_logits(init_std)
         if objective != "generative" and self.model.num_classes < 2:
             raise ValueError(
                 f"the {objective} objective needs a classifier (num_classes >= 2), "
