@@ -58,7 +58,7 @@ def update_readme(path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=sorted(ENTRIES), help="entries to train (default: all)")
-    parser.add_argument("--data-root", help="folder of the DEBD files (for ht_nltcs, ht_plants)")
+    parser.add_argument("--data-root", help="folder of the DEBD files (for ht_nltcs, ht_plants, ht_pumsb_star)")
     parser.add_argument("--runs-dir", type=Path, default=REPO / "outputs" / "zoo", help="where the runs go")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per training run (default 1)")
     parser.add_argument("--readme", action="store_true", help="only regenerate the README's zoo table")

@@ -54,6 +54,7 @@ ENTRIES: dict[str, ZooEntry] = {
         ZooEntry("ht_digits_classifier", "HT ConvAC classifier P(y | x) of the 8x8 digits, trained with the hybrid objective"),
         ZooEntry("ht_nltcs", "HT ConvAC density model of the DEBD set nltcs (16 binary variables)"),
         ZooEntry("ht_plants", "HT ConvAC density model of the DEBD set plants (69 binary variables)"),
+        ZooEntry("ht_pumsb_star", "HT ConvAC density model of the DEBD set pumsb_star (163 binary variables)"),
     )
 }
 
