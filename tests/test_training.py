@@ -80,6 +80,11 @@ def test_density_model_generative_only(digits):
         (dict(hybrid_alpha=2.0), "hybrid_alpha"),
         (dict(optimizer="Adamm"), "torch.optim"),
         (dict(test_missing_fraction=1.0), "test_missing_fraction"),
+        (dict(optimizer="em", objective="discriminative"), "objective=generative"),
+        (dict(optimizer="em", lr=2.0), "step size"),
+        (dict(optimizer="em", em={"pseudocount": -1.0}), "pseudocount"),
+        (dict(optimizer="em", em={"pseudo": 1.0}), "unknown EM settings"),
+        (dict(scheduler="Cosine"), "lr_scheduler"),
     ],
 )
 def test_bad_hyperparameters(kwargs, match):
@@ -115,3 +120,19 @@ def test_csv_logger_keeps_rows_of_resumed_run(tmp_path):
     second.save()
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert rows == ["a,b,step", "1.0,,0", ",2.0,1"]
+
+
+@pytest.mark.parametrize("optimizer", ["Adam", "em"])
+def test_a_cosine_schedule_anneals_the_step_over_the_epochs(digits, optimizer):
+    """Lightning steps the schedule of Adam; EM (manual optimization) steps its own, once per
+    epoch, with T_max read from the trainer: after max_epochs the step is eta_min = 0."""
+    module = make_module(num_classes=1, optimizer=optimizer, lr=0.1, scheduler="CosineAnnealingLR")
+    steps = []
+
+    class Record(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            steps.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    quiet_trainer(max_epochs=4, limit_train_batches=2, limit_val_batches=1, callbacks=[Record()]).fit(module, datamodule=digits)
+    expected = [0.1 * (1 + math.cos(math.pi * epoch / 4)) / 2 for epoch in range(4)]
+    assert steps == pytest.approx(expected)
