@@ -174,10 +174,11 @@ def to_rgb(x: Tensor, missing: Tensor | None, low: float, high: float) -> np.nda
 
 # ---------------------------------------------------------------------------------- files
 def write_pictures(model: ConvAC, out_dir: str | Path, x: Tensor | None = None, name: str = "the model",
-                   seed: int = 0) -> list[Path]:
+                   seed: int = 0, source: str = "images") -> list[Path]:
     """Write ``samples.png`` and ``inpaint.png`` of ``model`` (an image model) into ``out_dir``;
-    the completions are of ``x`` (n, C, H, W), or of samples of the model when ``x`` is None
-    (said in the title). ``name`` is the model's name in the titles. Returns the two paths."""
+    the completions are of (the first :data:`NUM_ORIGINALS` of) ``x`` (n, C, H, W), described as
+    ``source`` in the title, or of samples of the model when ``x`` is None (said in the title).
+    ``name`` is the model's name in the titles. Returns the two paths."""
     check_image_model(model, name)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +189,6 @@ def write_pictures(model: ConvAC, out_dir: str | Path, x: Tensor | None = None, 
         what = "per class" if model.num_classes > 1 else ""
         paths = [out_dir / "samples.png", out_dir / "inpaint.png"]
         draw(samples, f"samples of {name} {what}".strip(), model).save(paths[0], optimize=True)
-        source = "images"
         if x is None:
             generator = torch.Generator(device=_device(model)).manual_seed(seed + 1)
             x, source = model.sample(NUM_ORIGINALS, generator=generator).cpu(), "its own samples"

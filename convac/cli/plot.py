@@ -50,7 +50,7 @@ def samples_mode(name_or_path: str, args: argparse.Namespace) -> str:
     else:
         x = pick_images(*create_datamodule(**settings).split("test"))
     name = name_or_path if Path(name_or_path).suffix not in (".ckpt", ".safetensors") else Path(name_or_path).name
-    return "\n".join(lines + [str(p) for p in write_pictures(model, args.out, x, name=name)])
+    return "\n".join(lines + [str(p) for p in write_pictures(model, args.out, x, name=name, source="test images")])
 
 
 def training_data(name_or_path: str) -> dict[str, Any] | None:

@@ -42,5 +42,6 @@ class Pictures(L.Callback):
             return
         datamodule = trainer.datamodule
         x = pick_images(*datamodule.split(self.split)) if hasattr(datamodule, "split") else None
-        name = f"{pl_module.hparams.get('model_name', 'the model')} after epoch {trainer.current_epoch}"
-        write_pictures(model, Path(self.dirpath or trainer.default_root_dir), x, name=name, seed=self.seed)
+        name = f"{pl_module.hparams.get('model_name', 'the model')} after {trainer.current_epoch} epochs"
+        write_pictures(model, Path(self.dirpath or trainer.default_root_dir), x, name=name, seed=self.seed,
+                       source=f"{self.split} images")
