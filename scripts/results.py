@@ -1,13 +1,14 @@
 """Quality tables of the README (issue 6): classification under missing data, density estimation.
 
-    python scripts/results.py missing [--model ht_digits_classifier] [--out results/missing.json]
+    python scripts/results.py missing [--dataset digits | mnist-t10k] [--model NAME] [--out results/missing.json]
     python scripts/results.py density [--datasets digits nltcs] [--out results/density.json]   (scripts/density.py)
     python scripts/results.py default-run [--threads null 1] [--out results/default.json]
 
-``missing`` follows the protocol of Sharir et al.'s tensorial mixture models: test images of the
-digits with pixels missing i.i.d. at several rates, or inside a random square, classified by
-exact marginalization (``argmax_y log P(y | x_obs)``), beside scikit-learn classifiers trained
-on complete images and fed mean- or zero-imputed ones.
+``missing`` follows the protocol of Sharir et al.'s tensorial mixture models (:mod:`convac.missing`):
+test images with pixels missing i.i.d. at several rates, or inside 1 to 3 random squares,
+classified by exact marginalization (``argmax_y log P(y | x_obs)``), beside scikit-learn
+classifiers trained on complete images and fed mean-, zero- or KNN-imputed ones; it prints the
+table and writes a figure (accuracy against the share missing, one line per method).
 """
 from __future__ import annotations
 
@@ -19,73 +20,37 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from convac import load_pretrained
-from convac.data import DigitsDataModule
+from convac.data import create_datamodule
+from convac.missing import PROTOCOLS, markdown_table, run_protocol
+from convac.plotting import plot_missing
 from density import DATASETS, SHARED_DATA, markdown_density, run_density
 
-RATES = (0.0, 0.25, 0.5, 0.75, 0.9)
-SQUARES = (3, 4, 5, 6)
+# --dataset -> (datamodule kwargs, default model, protocol); data roots below ../shared/data
+MISSING_DATA = {
+    "digits": ({"name": "digits"}, "ht_digits_classifier", "digits"),
+    "mnist-t10k": ({"name": "mnist", "split": "t10k", "root": str(SHARED_DATA / "mnist-t10k")}, "ht_mnist_classifier", "mnist"),
+}
 
 
-def missing_masks(x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Bool masks like ``x`` (N, 1, H, W): ``iid p`` for each rate, ``square s`` for each side."""
-    n, _, h, w = x.shape
-    masks = {f"iid {rate:g}": torch.rand(x.shape, generator=generator) < rate for rate in RATES}
-    for side in SQUARES:
-        top = torch.randint(0, h - side + 1, (n,), generator=generator)
-        left = torch.randint(0, w - side + 1, (n,), generator=generator)
-        rows = torch.arange(h).view(1, h, 1)
-        cols = torch.arange(w).view(1, 1, w)
-        inside = ((rows >= top.view(n, 1, 1)) & (rows < (top + side).view(n, 1, 1))
-                  & (cols >= left.view(n, 1, 1)) & (cols < (left + side).view(n, 1, 1)))
-        masks[f"square {side}x{side}"] = inside.unsqueeze(1)
-    return masks
-
-
-def baselines(train_x: np.ndarray, train_y: np.ndarray) -> dict:
-    """scikit-learn classifiers a user would pick, trained on complete images."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.svm import SVC
-
-    return {
-        "svm_rbf": SVC(C=10, gamma="scale").fit(train_x, train_y),
-        "logreg": LogisticRegression(max_iter=5000).fit(train_x, train_y),
-    }
-
-
-@torch.no_grad()
-def run_missing(model_name: str, seed: int = 0) -> dict:
-    """Accuracy of the ConvAC and the imputation baselines for every missingness pattern."""
-    model = load_pretrained(model_name).double().eval()
-    data = DigitsDataModule()
-    (train_x, train_y), (test_x, test_y) = data.split("train"), data.split("test")
-    flat_train = train_x.flatten(1).double().numpy()
-    mean_image = flat_train.mean(0)
-    classifiers = baselines(flat_train, train_y.numpy())
-    rows = []
-    for pattern, mask in missing_masks(test_x, torch.Generator().manual_seed(seed)).items():
-        pred = model.log_posterior(test_x, mask).argmax(1)
-        row = {"pattern": pattern, "missing_share": float(mask.double().mean()),
-               "convac": float((pred == test_y).double().mean())}
-        flat_mask = mask.flatten(1).numpy()
-        flat_test = test_x.flatten(1).double().numpy()
-        for imputation, fill in (("mean", np.broadcast_to(mean_image, flat_test.shape)), ("zero", np.zeros_like(flat_test))):
-            imputed = np.where(flat_mask, fill, flat_test)
-            for name, clf in classifiers.items():
-                row[f"{name}_{imputation}"] = float((clf.predict(imputed) == test_y.numpy()).mean())
-        rows.append(row)
-    return {"model": model_name, "test_size": len(test_y), "rows": rows}
-
-
-def markdown_missing(result: dict) -> str:
-    keys = [k for k in result["rows"][0] if k not in ("pattern", "missing_share")]
-    lines = ["| missing | share | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
-    for row in result["rows"]:
-        lines.append(f"| {row['pattern']} | {row['missing_share']:.2f} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |")
-    return "\n".join(lines)
+def run_missing(dataset: str, model_name: str | None, data_root: str | None, seed: int, knn_rows: int) -> dict:
+    """:func:`convac.missing.run_protocol` for the zoo classifier of ``dataset`` (or ``model_name``)
+    on its test split, the baselines fitted on its training split."""
+    settings, default_model, protocol = MISSING_DATA[dataset]
+    settings = {**settings, **({"root": data_root} if data_root else {})}
+    datamodule = create_datamodule(**settings)
+    model_name = model_name or default_model
+    model = load_pretrained(model_name).eval()
+    datamodule.check_fits(model, model_name)
+    train, test = datamodule.split("train"), datamodule.split("test")
+    start = time.perf_counter()
+    result = run_protocol(model, train, test, PROTOCOLS[protocol], datamodule.num_values, seed, knn_rows,
+                          log=lambda line: print(line, file=sys.stderr, flush=True))
+    return {"dataset": dataset, "model": model_name, "train_size": len(train[1]), "test_size": len(test[1]),
+            "knn_rows": knn_rows if 0 < knn_rows < len(train[1]) else len(train[1]), "seed": seed,
+            "wall_s": time.perf_counter() - start, **result}
 
 
 def run_default(run_dir: Path, threads: str) -> dict:
@@ -124,9 +89,14 @@ def markdown_default(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="table", required=True)
-    missing = sub.add_parser("missing", help="digits classification under missing data")
-    missing.add_argument("--model", default="ht_digits_classifier", help="zoo name, .safetensors or .ckpt")
+    missing = sub.add_parser("missing", help="classification under missing data (the TMM protocol)")
+    missing.add_argument("--dataset", choices=sorted(MISSING_DATA), default="digits")
+    missing.add_argument("--model", help="zoo name, .safetensors or .ckpt (default: the zoo classifier of the dataset)")
+    missing.add_argument("--data-root", help="MNIST: the folder of the t10k IDX files (default: ../shared/data/mnist-t10k)")
+    missing.add_argument("--knn-rows", type=int, default=2000,
+                         help="training images the KNN imputer searches (a seeded subset; 0: all)")
     missing.add_argument("--seed", type=int, default=0)
+    missing.add_argument("--figure", type=Path, help="the figure (default: results/missing_<dataset>.png)")
     missing.add_argument("--out", type=Path)
     density = sub.add_parser("density", help="test NLL of convac's recipes beside libcirkit's and independent variables")
     density.add_argument("--datasets", nargs="*", help="a subset of: " + " ".join(d.name for d in DATASETS))
@@ -140,8 +110,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.table == "missing":
-        result = run_missing(args.model, args.seed)
-        print(markdown_missing(result))
+        result = run_missing(args.dataset, args.model, args.data_root, args.seed, args.knn_rows)
+        print(markdown_table(result["rows"]))
+        figure = args.figure or Path("results") / f"missing_{args.dataset}.png"
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        title = (f"{result['model']} on {args.dataset}: {result['test_size']:,} test images "
+                 f"(baselines trained on {result['train_size']:,}; KNN over {result['knn_rows']:,})")
+        print(f"figure written to {plot_missing(result['rows'], title, figure)}", file=sys.stderr)
     elif args.table == "default-run":
         result = {"rows": [run_default(args.runs / "runs" / f"default_threads_{t}", t) for t in args.threads]}
         print(markdown_default(result["rows"]))

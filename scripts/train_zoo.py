@@ -1,6 +1,6 @@
 """Train every zoo entry with ``convac-train experiment=zoo_<name>`` and export it into the package.
 
-    python scripts/train_zoo.py --data-root /path/to/debd        # train + export all entries
+    python scripts/train_zoo.py --data-root debd=/path/to/debd mnist=/path/to/mnist   # all entries
     python scripts/train_zoo.py --only ht_digits cp_digits       # some entries
     python scripts/train_zoo.py --readme                         # only regenerate the README table
 
@@ -8,8 +8,10 @@ For each entry: one fresh ``convac-train`` run (in ``--runs-dir/<name>``, emptie
 CPU thread by default: oversubscribed threads slow PyTorch down badly on a shared machine),
 then its best checkpoint is exported to ``convac/zoo/weights/<name>.safetensors`` with a measured model card
 ``convac/zoo/cards/<name>.json`` (see :mod:`convac.zoo.export`). The README's zoo section is
-regenerated from the cards at the end. The DEBD entries read ``NAME.{train,valid,test}.data``
-from ``--data-root`` (or its ``NAME/`` subfolders).
+regenerated from the cards at the end. Entries whose data is read from a local folder get it
+from ``--data-root DATA=DIR`` (``DATA`` the data config name: the DEBD entries read
+``NAME.{train,valid,test}.data`` from ``debd=DIR`` or its ``NAME/`` subfolders, the MNIST entry
+the t10k IDX files from ``mnist=DIR``); a bare ``DIR`` serves every such entry.
 """
 from __future__ import annotations
 
@@ -22,25 +24,35 @@ import time
 from pathlib import Path
 
 from convac.zoo.cards import load_cards, markdown_table, replace_readme_section
-from convac.zoo.entries import ENTRIES
+from convac.zoo.entries import ENTRIES, ZooEntry
 from convac.zoo.export import export_run
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def train(name: str, runs_dir: Path, data_root: str | None, threads: int) -> float:
-    """Run ``convac-train`` for entry ``name`` in a fresh ``runs_dir/name``; returns its wall
-    time in seconds."""
+def data_root(entry: ZooEntry, roots: list[str]) -> str | None:
+    """The folder of ``entry``'s data from the ``--data-root`` values (``DATA=DIR`` or a bare
+    ``DIR`` for every entry); None for data that needs none."""
+    if not entry.needs_data_root:
+        return None
+    data = entry.config().data.name
+    given = dict(r.split("=", 1) if "=" in r else ("", r) for r in roots)
+    if data not in given and "" not in given:
+        raise SystemExit(f"train_zoo: {entry.name} reads its data from a local folder; pass --data-root {data}=DIR")
+    return given.get(data, given.get(""))
+
+
+def train(name: str, runs_dir: Path, root: str | None, threads: int) -> float:
+    """Run ``convac-train`` for entry ``name`` in a fresh ``runs_dir/name`` (``data.root=root``
+    when given); returns its wall time in seconds."""
     entry = ENTRIES[name]
     shutil.rmtree(runs_dir / name, ignore_errors=True)  # a reused folder would mix checkpoints
     command = [
         sys.executable, "-m", "convac.cli.train", f"experiment={entry.experiment}",
         f"hydra.run.dir={runs_dir / name}", "trainer.enable_progress_bar=false",
     ]
-    if entry.needs_data_root:
-        if data_root is None:
-            raise SystemExit(f"train_zoo: {name} reads its data from a local folder; pass --data-root")
-        command.append(f"data.root={data_root}")
+    if root is not None:
+        command.append(f"data.root={root}")
     print("$ convac-train", " ".join(command[3:]), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     start = time.perf_counter()
@@ -58,7 +70,9 @@ def update_readme(path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=sorted(ENTRIES), help="entries to train (default: all)")
-    parser.add_argument("--data-root", help="folder of the DEBD files (for ht_nltcs, ht_plants, ht_pumsb_star)")
+    parser.add_argument("--data-root", nargs="+", default=[], metavar="[DATA=]DIR",
+                        help="data folders of the entries trained on local files: debd=DIR (ht_nltcs, ht_plants, ht_pumsb_star), "
+                             "mnist=DIR (ht_mnist_classifier); a bare DIR for all")
     parser.add_argument("--runs-dir", type=Path, default=REPO / "outputs" / "zoo", help="where the runs go")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per training run (default 1)")
     parser.add_argument("--readme", action="store_true", help="only regenerate the README's zoo table")
@@ -67,8 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.readme:
         total = 0.0
         for name in args.only or sorted(ENTRIES):
-            seconds = train(name, args.runs_dir, args.data_root, args.threads)
-            card = export_run(ENTRIES[name], args.runs_dir / name, args.data_root, seconds)
+            root = data_root(ENTRIES[name], args.data_root)
+            seconds = train(name, args.runs_dir, root, args.threads)
+            card = export_run(ENTRIES[name], args.runs_dir / name, root, seconds)
             total += seconds
             print(f"  {name}: {seconds:.0f} s, test NLL {card.metrics['test/nll']:.4f} nats, {card.weights_path}")
         print(f"trained in {total:.0f} s")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,22 @@ def _seed_and_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cli_error(monkeypatch, capsys):
+    """Run a CLI entry point in this process (``"train"`` or ``"eval"``, as its console script
+    would, minus the start-up time) on overrides that must fail; returns (exit status, stderr)."""
+    from convac.cli.eval import main as eval_main
+    from convac.cli.train import main as train_main
+
+    def run(prog: str, run_dir: Path, *overrides: str) -> tuple[int, str]:
+        main = {"train": train_main, "eval": eval_main}[prog]
+        monkeypatch.setattr(sys, "argv", [f"convac-{prog}", f"hydra.run.dir={run_dir}", *overrides])
+        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        return exit_info.value.code, capsys.readouterr().err
+
+    return run

@@ -46,8 +46,9 @@ def test_train_writes_run_folder_and_resumes(tmp_path, capsys):
     run_train(tmp_path, "trainer.max_epochs=2")
     out = capsys.readouterr().out
     last = tmp_path / "checkpoints" / "last.ckpt"
+    assert f"run folder: {tmp_path.resolve()}" in out
     for path in (tmp_path / "config.yaml", tmp_path / "metrics.csv", last):
-        assert path.is_file() and str(path) in out
+        assert path.is_file() and f"  {path.relative_to(tmp_path)} " in out
     assert len(list((tmp_path / "checkpoints").glob("best-epoch*.ckpt"))) == 1
     assert csv_epochs(tmp_path / "metrics.csv", "val/nll") == [0, 1]
     assert csv_epochs(tmp_path / "metrics.csv", "test/bpd") == [2]
@@ -58,6 +59,23 @@ def test_train_writes_run_folder_and_resumes(tmp_path, capsys):
     assert csv_epochs(tmp_path / "metrics.csv", "val/nll") == [0, 1, 2]  # earlier rows kept
     assert csv_epochs(tmp_path / "metrics.csv", "test/bpd") == [2]
     assert metrics["val/bpd"] > 0
+
+
+def test_summary_lists_every_file_written(tmp_path, capsys):
+    """The default callbacks (probe, pictures, checkpoints): every file of the run folder is named
+    in the summary, with what it holds."""
+    with initialize_config_module("convac.configs", version_base="1.3"):
+        cfg = compose("train", overrides=[f"output_dir={tmp_path}", *SMALL[:-1], "trainer.max_epochs=1",
+                                          "callbacks.entropy_probe.num_samples=64"])
+    run_train_cfg = train(cfg)
+    assert run_train_cfg["test/nll"] > 0
+    summary = capsys.readouterr().out.split("run folder:")[1]
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert {"entropy.csv", "entropy.png", "gaps.csv", "gaps.png", "samples.png", "inpaint.png", "hparams.yaml",
+            "config.yaml", "metrics.csv", "checkpoints/last.ckpt"} <= set(files)
+    listed = [line.split()[0] for line in summary.strip().splitlines()[1:]]
+    assert sorted(listed) == files
+    assert "the best checkpoint (val/loss=" in summary and "samples of the model" in summary
 
 
 def test_eval_from_checkpoint(tmp_path):

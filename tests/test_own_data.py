@@ -22,7 +22,7 @@ from convac.configs import schema
 from convac.data import create_datamodule
 from convac.training import ConvACModule
 from tests.conftest import SHARED_DATA
-from tests.test_reliability import TINY, assert_no_run_files, assert_user_error, cli_error  # noqa: F401
+from tests.test_reliability import TINY, assert_no_run_files, assert_user_error
 
 
 def sizes(dm) -> dict[str, int]:

@@ -28,3 +28,41 @@ else:
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_lightning_is_used_through_its_public_api_only():
+    """No import of a private Lightning module or name (``lightning.x._y``, ``from lightning.x
+    import _y``): what lets pyproject.toml leave Lightning without an upper pin (issue 14; the
+    CSV logger used to extend Lightning's private ``ExperimentWriter``)."""
+    import ast
+    from pathlib import Path
+
+    import convac
+
+    private = []
+    for path in Path(convac.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "lightning":
+                names = node.module.split(".") + [alias.name for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [part for alias in node.names if alias.name.split(".")[0] == "lightning" for part in alias.name.split(".")]
+            else:
+                continue
+            private += [f"{path.name}: {'.'.join(names)}" for name in names if name.startswith("_")]
+    # nor an override of a Lightning class's private method (the old logger's _check_log_dir_exists)
+    import importlib
+    import inspect
+    import pkgutil
+
+    for info in pkgutil.walk_packages(convac.__path__, "convac."):
+        for cls in vars(importlib.import_module(info.name)).values():
+            if not inspect.isclass(cls) or not cls.__module__.startswith("convac"):
+                continue
+            bases = [b for b in cls.__mro__[1:] if b.__module__.startswith("lightning")]
+            methods = [name for name, value in vars(cls).items() if inspect.isfunction(value) or isinstance(value, property)]
+            private += [f"{cls.__name__}.{name} overrides {base.__name__}.{name}" for name in methods
+                        if name.startswith("_") and not name.startswith("__") for base in bases if name in vars(base)]
+    assert not private
+    pin = next(line for line in (Path(convac.__file__).parents[1] / "pyproject.toml").read_text().splitlines()
+               if line.strip().startswith('"lightning'))
+    assert "<" not in pin

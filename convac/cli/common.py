@@ -12,11 +12,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.errors import InstantiationException
+from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from convac.configs import schema
+from convac.configs import schema, targets
 from convac.data import ConvACDataModule, create_datamodule
 from convac.training import NonFiniteError
 from convac.zoo.pretrained import load_checkpoint_dict
@@ -24,11 +25,17 @@ from convac.zoo.pretrained import load_checkpoint_dict
 # What a user can cause and fix (a bad value, file, folder or checkpoint) or must be told of
 # (a non-finite loss): reported in one line instead of a traceback.
 USER_ERRORS = (ValueError, OSError, NonFiniteError)
+# A config mistake: composition (a misspelled key, a value of the wrong type, an unknown group
+# option, an override that does not parse) or resolution (a mandatory ``???`` value left unset).
+CONFIG_ERRORS = (HydraException, OmegaConfBaseException)
 
 
 def start(cfg: DictConfig) -> None:
-    """Check ``cfg`` (:func:`schema.to_object`), seed everything, set the torch threads."""
+    """Check ``cfg`` (:func:`schema.to_object`: every value set and of its schema's type; then
+    every ``_target_`` node against its constructor, :func:`targets.check_targets`), seed
+    everything, set the torch threads."""
     schema.to_object(cfg)
+    targets.check_targets(cfg)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -76,14 +83,77 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
     return load_checkpoint_dict(path.read_bytes(), f"{key}={path}")
 
 
+# While :func:`hydra_errors_raised` runs a Hydra application: whether the user asked for
+# tracebacks (HYDRA_FULL_ERROR=1), since the variable itself is then set for Hydra.
+_user_wants_traceback: bool | None = None
+
+
+def _traceback_wanted() -> bool:
+    if _user_wants_traceback is not None:
+        return _user_wants_traceback
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
 @contextmanager
 def exit_on_error(prog: str) -> Iterator[None]:
-    """Turn a :data:`USER_ERRORS` exception into ``prog: error: <message>`` (one line, on stderr)
-    and exit status 1; with ``HYDRA_FULL_ERROR=1`` the exception propagates with its traceback."""
+    """Turn a config mistake (:data:`CONFIG_ERRORS`) or a :data:`USER_ERRORS` exception into
+    ``prog: error: <message>`` (one line naming the key, :func:`one_line`, on stderr) and exit
+    status 1; with ``HYDRA_FULL_ERROR=1`` the exception propagates with its traceback.
+
+    Used inside a Hydra task (where exiting keeps Hydra from adding its own report) and around
+    one (:func:`hydra_errors_raised`)."""
     try:
         yield
-    except USER_ERRORS as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except (*CONFIG_ERRORS, *USER_ERRORS) as e:
+        if _traceback_wanted():
             raise
-        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         sys.exit(1)
+
+
+@contextmanager
+def hydra_errors_raised(prog: str) -> Iterator[None]:
+    """Around a ``@hydra.main`` call: Hydra's own errors (composition: a misspelled key, a wrong
+    type, an unknown option, an override that does not parse) are raised (``HYDRA_FULL_ERROR=1``
+    for the call) instead of printed over several lines, and reported by :func:`exit_on_error`."""
+    global _user_wants_traceback
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    _user_wants_traceback = saved == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        with exit_on_error(prog):
+            yield
+    finally:
+        _user_wants_traceback = None
+        if saved is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` in one line, led by the config key where there is one:
+
+    * OmegaConf's errors (also as the cause of Hydra's): ``data.root: missing mandatory value
+      (set it: data.root=...)``, ``model.chanels: Key 'chanels' not in 'HTModelConfig' (...)``;
+    * an unknown group option: ``model=foo: no such option in 'model'; available: cp, ht, ...``;
+    * an override that does not parse: ``model.channels=[4: no viable alternative at input '[4' ...``;
+    * anything else: its lines joined."""
+    cause = e if isinstance(e, OmegaConfBaseException) else e.__cause__
+    if isinstance(e, OverrideParseException):
+        return f"{e.override}: {_joined(e.message)}"
+    if isinstance(e, MissingConfigException) and e.options is not None and "/" in (e.missing_cfg_file or ""):
+        group, option = e.missing_cfg_file.rsplit("/", 1)
+        return f"{group}={option}: no such option in '{group}'; available: {', '.join(e.options)}"
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        key = cause.full_key
+        if isinstance(cause, MissingMandatoryValue):
+            return f"{key}: missing mandatory value (set it: {key}=...)"
+        message = cause.msg.split("full_key:")[0]  # OmegaConf appends the key and the node's type
+        context = "" if cause is e else f" ({_joined(str(e))})"
+        return f"{key}: {_joined(message)}{context}"
+    return _joined(str(e))
+
+
+def _joined(text: str) -> str:
+    return " ".join(text.split())

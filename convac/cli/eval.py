@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from convac.cli.common import build_trainer, exit_on_error, read_checkpoint, setup_data, start
+from convac.cli.common import build_trainer, exit_on_error, hydra_errors_raised, read_checkpoint, setup_data, start
 from convac.data import create_datamodule
 from convac.training import ConvACModule
 
@@ -42,10 +42,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://convac.configs", config_name="eval")
-def main(cfg: DictConfig) -> None:
-    """Console entry point; a user's error (bad checkpoint, data or folder) exits 1 with a one-line message."""
-    with exit_on_error("convac-eval"):
+def hydra_main(cfg: DictConfig) -> None:
+    """The Hydra application: evaluates ``cfg.ckpt``."""
+    with exit_on_error("convac-eval"):  # inside the job, so that Hydra adds no report of its own
         evaluate(cfg)
+
+
+def main() -> None:
+    """Console entry point; a config mistake or a user's error (bad checkpoint, data or folder)
+    exits 1 with a one-line message."""
+    with hydra_errors_raised("convac-eval"):
+        hydra_main()
 
 
 if __name__ == "__main__":

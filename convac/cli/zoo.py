@@ -61,11 +61,10 @@ def _eval(card: ModelCard, data_root: str | None, rtol: float) -> bool:
     data = dict(card.data)
     if card.needs_data_root:
         if data_root is None:
-            raise ValueError(
-                f"{card.name} was trained on {card.dataset}, read from a local folder: pass "
-                f"--data-root PATH (the folder holding {card.data['dataset']}.test.data, or its "
-                f"{card.data['dataset']}/ subfolder)"
-            )
+            sub = card.data.get("dataset")
+            holding = f"{sub}.test.data, or its {sub}/ subfolder" if sub else f"the {card.data['name']} files"
+            raise ValueError(f"{card.name} was trained on {card.dataset}, read from a local folder: pass "
+                             f"--data-root PATH (the folder holding {holding})")
         data["root"] = data_root
     datamodule = create_datamodule(**data)
     rows = reproduce(card, create_model(card.name, pretrained=True), datamodule, rtol)
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("info", help="the model card of an entry").add_argument("name")
     eval_parser = commands.add_parser("eval", help="recompute the numbers of an entry")
     eval_parser.add_argument("name")
-    eval_parser.add_argument("--data-root", help="data folder of entries trained on local files (DEBD)")
+    eval_parser.add_argument("--data-root", help="data folder of entries trained on local files (DEBD, MNIST)")
     eval_parser.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
     args = parser.parse_args(argv)
 

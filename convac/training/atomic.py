@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -36,12 +35,17 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs: Any) -> Itera
         raise
 
 
+def is_local_path(path: Any) -> bool:
+    """Whether ``path`` is a plain local path (no URL such as ``s3://...`` or ``file://...``)."""
+    return "://" not in str(path)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's ``TorchCheckpointIO`` whose local saves go through :func:`atomic_write`, so a
     kill during a save cannot corrupt ``last.ckpt`` (remote URLs keep Lightning's own path)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if storage_options is not None or not _is_local_file_protocol(path):
+        if storage_options is not None or not is_local_path(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path, "wb") as f:

@@ -107,7 +107,8 @@ class EntropyProbe(L.Callback):
     def _log_figures(self, trainer: L.Trainer) -> None:
         """Hand ``entropy`` and ``gaps`` figures of the histories so far to every logger whose
         experiment has ``add_figure`` (TensorBoard's ``SummaryWriter``), at the global step."""
-        writers = [logger.experiment for logger in trainer.loggers if hasattr(logger.experiment, "add_figure")]
+        experiments = (getattr(logger, "experiment", None) for logger in trainer.loggers)  # not every logger has one
+        writers = [experiment for experiment in experiments if hasattr(experiment, "add_figure")]
         if not writers:
             return
         from convac.plotting import entropy_figure, gaps_figure, read_gaps, read_history

@@ -1,63 +1,120 @@
-"""A CSV logger that keeps the rows of the run it resumes."""
+"""A CSV logger that keeps the rows of the run it resumes, on Lightning's public ``Logger`` API."""
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import OmegaConf
+from torch import Tensor
 
 from convac.training.atomic import atomic_write
+from convac.validation import check_positive_int
 
 
-class _ResumingWriter(ExperimentWriter):
-    """Appends to an existing ``metrics.csv`` (keeping its columns) instead of deleting it.
+class CSVLogger(Logger):
+    """Writes ``metrics.csv`` (one row per logged step, a ``step`` column and one column per
+    metric, sorted, as Lightning's CSVLogger) and ``hparams.yaml`` into
+    ``log_dir = save_dir/name/version``, appending to the ``metrics.csv`` a previous run left
+    there, so resuming from ``last.ckpt`` in the same run folder keeps the earlier epochs' rows.
 
-    The first row the new run logs, at step ``s``, drops the file's rows at steps ``>= s``: those
-    of a killed run after its last checkpoint, which the resumed run logs again (a fresh run in
-    the same folder starts at step 0 and so starts a fresh file). Rewrites are atomic.
+    The first row this logger writes, at step ``s``, drops the file's rows at steps ``>= s``:
+    those of a killed run after its last checkpoint, which the resumed run logs again (a fresh run
+    in the same folder starts at step 0, hence a fresh file). Rows are appended while the columns
+    stay the same; a new column rewrites the file, atomically. With
+    ``flush_logs_every_n_steps=1`` (the ``logger=csv`` config) every row is on disk as soon as
+    it is logged, so a killed run loses none. Only global rank 0 writes.
+
+    Args:
+        save_dir: the folder of the logs (the run folder).
+        name: a subfolder of ``save_dir`` ("" for none).
+        version: a subfolder of ``save_dir/name`` ("" for none; an int ``n`` is ``version_n``).
+        flush_logs_every_n_steps: rows kept in memory before they are written.
     """
 
-    def _check_log_dir_exists(self) -> None:
-        self._resuming = self._fs.isfile(self.metrics_file_path)
-        if self._resuming:
-            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                self.metrics_keys = next(csv.reader(f), [])
-
-    def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
-        super().log_metrics(metrics_dict, step)
-        if self._resuming:
-            self._resuming = False
-            self._rewrite(self.metrics_keys, before_step=self.metrics[-1]["step"])
-
-    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
-        self._rewrite(fieldnames)
-
-    def _rewrite(self, fieldnames: list[str], before_step: int | None = None) -> None:
-        """Rewrite the file under the header ``fieldnames``, keeping the rows at steps below
-        ``before_step`` (all rows if None)."""
-        path = Path(self.metrics_file_path)
-        with path.open(newline="") as f:
-            rows = [r for r in csv.DictReader(f) if before_step is None or int(r["step"]) < before_step]
-        with atomic_write(path, newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(rows)
-
-
-class CSVLogger(_LightningCSVLogger):
-    """Lightning's CSVLogger writing ``metrics.csv`` into ``save_dir/name/version``, appending
-    to the file a previous run left there (so resuming from ``last.ckpt`` in the same run
-    folder keeps the earlier epochs' rows; the step column continues from the checkpoint, and
-    rows a killed run logged after that checkpoint are replaced by the resumed run's).
-    With ``flush_logs_every_n_steps=1`` (the ``logger=csv`` config) every row is on disk as soon
-    as it is logged, so a killed run loses none."""
+    def __init__(self, save_dir: str | Path, name: str = "", version: int | str = "",
+                 flush_logs_every_n_steps: int = 100) -> None:
+        super().__init__()
+        self._save_dir = str(save_dir)
+        self._name = name
+        self._version = version
+        self.flush_logs_every_n_steps = check_positive_int("flush_logs_every_n_steps", flush_logs_every_n_steps)
+        self._rows: list[dict[str, float]] = []  # logged, not yet written
+        self._num_logged = 0
+        self._columns: list[str] | None = None  # the header of the file as written by this logger
 
     @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _ResumingWriter(log_dir=self.log_dir)
-        return self._experiment
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> int | str:
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def log_dir(self) -> str:
+        """``save_dir/name/version``: where ``metrics.csv`` and ``hparams.yaml`` go."""
+        version = f"version_{self._version}" if isinstance(self._version, int) else self._version
+        return str(Path(self._save_dir, self._name, version))
+
+    @property
+    def metrics_path(self) -> Path:
+        return Path(self.log_dir) / "metrics.csv"
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Mapping[str, Any], *args: Any, **kwargs: Any) -> None:
+        """Write ``params`` (plain values: the module's and the datamodule's hyperparameters) to
+        ``hparams.yaml``."""
+        Path(self.log_dir).mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(dict(params)), Path(self.log_dir) / "hparams.yaml")
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float | Tensor], step: int | None = None) -> None:
+        row = {k: v.item() if isinstance(v, Tensor) else v for k, v in metrics.items()}
+        row["step"] = self._num_logged if step is None else step
+        self._rows.append(row)
+        self._num_logged += 1
+        if len(self._rows) >= self.flush_logs_every_n_steps:
+            self.save()
+
+    @rank_zero_only
+    def save(self) -> None:
+        """Write the rows logged since the last save."""
+        if not self._rows:
+            return
+        rows, self._rows = self._rows, []
+        new_columns = {k for row in rows for k in row}
+        if self._columns is not None and new_columns <= set(self._columns):
+            with self.metrics_path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self._columns).writerows(rows)
+            return
+        kept = self._read_rows() if self._columns is not None else self._rows_of_earlier_run(rows[0]["step"])
+        columns = sorted({k for row in kept for k in row} | new_columns)
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.metrics_path, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(kept + rows)
+        self._columns = columns
+
+    def _read_rows(self) -> list[dict[str, str]]:
+        """The file's rows, empty cells dropped (an absent file has none)."""
+        if not self.metrics_path.is_file():
+            return []
+        with self.metrics_path.open(newline="") as f:
+            return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+    def _rows_of_earlier_run(self, first_step: int) -> list[dict[str, str]]:
+        """The rows a previous run left in the file before step ``first_step``."""
+        return [row for row in self._read_rows() if int(row["step"]) < first_step]
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()

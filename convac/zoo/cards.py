@@ -76,8 +76,8 @@ class ModelCard:
 
     @property
     def dataset(self) -> str:
-        """A short data name: ``digits``, ``debd/nltcs``, ..."""
-        sub = self.data.get("dataset")
+        """A short data name: ``digits``, ``debd/nltcs``, ``mnist/t10k`` (the IDX split), ..."""
+        sub = self.data.get("dataset") or self.data.get("split")
         return f"{self.data['name']}/{sub}" if sub else self.data["name"]
 
     def entropy_chain(self, last_epoch: bool = False) -> str:

@@ -20,7 +20,7 @@ from convac.zoo.registry import create_model
 
 def train_command(entry: ZooEntry) -> str:
     """The ``convac-train`` command line that trains ``entry``."""
-    root = " data.root=/path/to/debd" if entry.needs_data_root else ""
+    root = f" data.root=/path/to/{entry.config().data.name}" if entry.needs_data_root else ""
     return f"convac-train experiment={entry.experiment}{root}"
 
 

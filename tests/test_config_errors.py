@@ -1,0 +1,108 @@
+"""Config mistakes in every group stop before training with one line naming the key (issue 14).
+
+The model, data and module groups are typed by dataclass schemas (errors at composition or,
+for ``???`` values, when the config is converted); the trainer, callbacks and logger groups are
+``_target_`` nodes checked against their constructor's signature (``convac.configs.targets``).
+"""
+from __future__ import annotations
+
+import enum
+import subprocess
+import sys
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from convac.configs.targets import check_targets, describe, fits
+
+# group -> (a value of the wrong type, a mandatory value left unset): each must name its key
+MISTAKES = {
+    "model": ("model.num_components=abc", "model.num_components=???"),
+    "data": ("data.batch_size=abc", "data=mnist"),  # data=mnist leaves data.root unset
+    "module": ("module.lr=abc", "module.lr=???"),
+    "trainer": ("trainer.max_epochs=abc", "trainer.max_epochs=???"),
+    "callbacks": ("callbacks.model_checkpoint.save_top_k=abc", "callbacks.model_checkpoint.monitor=???"),
+    "logger": ("logger.csv.flush_logs_every_n_steps=abc", "logger.csv.save_dir=???"),
+    "top level": ("seed=abc", "threads=???"),
+}
+KEYS = {"data=mnist": "data.root"}
+
+
+def assert_one_line(status_and_stderr: tuple[int, str], words: list[str]) -> None:
+    """Exit status 1 and nothing on stderr but one ``convac-train: error:`` line holding ``words``."""
+    status, stderr = status_and_stderr
+    lines = stderr.strip().splitlines()
+    assert status == 1 and len(lines) == 1 and lines[0].startswith("convac-train: error: "), stderr[-2000:]
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("group,kind", [(g, k) for g in MISTAKES for k in ("wrong type", "missing")])
+def test_every_group_names_the_key_in_one_line(tmp_path, cli_error, group, kind):
+    override = MISTAKES[group][kind == "missing"]
+    key = KEYS.get(override, override.split("=")[0])
+    words = [f"{key}: missing mandatory value"] if kind == "missing" else [f"{key}:", "abc"]
+    assert_one_line(cli_error("train", tmp_path / "run", override), words)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("override,words", [
+    ("trainer.max_epoch=3", ["trainer.max_epoch", "+trainer.max_epoch=3"]),  # not in the trainer config
+    ("+trainer.max_epoch=3", ["trainer.max_epoch: Trainer takes no argument 'max_epoch'", "did you mean max_epochs"]),
+    ("trainer.precision=33", ["trainer.precision: expected one of 64, 32, 16,", "'bf16-mixed'", "got 33 (int)"]),
+    ("trainer.limit_train_batches=[1]", ["trainer.limit_train_batches: expected float or int or None, got [1] (list)"]),
+    ("callbacks.entropy_probe.plot=maybe", ["callbacks.entropy_probe.plot: expected bool, got 'maybe' (str)"]),
+    ("callbacks.model_checkpoint._target_=no.such.Callback", ["callbacks.model_checkpoint._target_: cannot import 'no.such.Callback'"]),
+    ("model.channels=[4", ["model.channels=[4"]),  # an override that does not parse
+])
+def test_other_mistakes_in_one_line(tmp_path, cli_error, override, words):
+    assert_one_line(cli_error("train", tmp_path / "run", override), words)
+
+
+def test_eval_names_the_key_in_one_line(tmp_path, cli_error):
+    status, stderr = cli_error("eval", tmp_path / "run", "ckpt=x.ckpt", "missing_fraction=abc")
+    assert status == 1 and stderr.strip().splitlines() == [stderr.strip()] and "missing_fraction" in stderr
+
+
+def test_exit_status_and_one_line_from_the_console_script(tmp_path):
+    """The issue's case as a user meets it: a separate process, ``trainer.max_epochs=abc``."""
+    result = subprocess.run([sys.executable, "-m", "convac.cli.train", f"hydra.run.dir={tmp_path / 'run'}",
+                             "trainer.max_epochs=abc"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["convac-train: error: trainer.max_epochs: expected int or None, got 'abc' (str)"]
+
+
+def test_extra_trainer_arguments_still_pass(tmp_path):
+    """``+trainer.<argument>`` adds any Trainer argument; a right one passes the check."""
+    with initialize_config_module("convac.configs", version_base="1.3"):
+        cfg = compose("train", overrides=[f"output_dir={tmp_path}", "+trainer.profiler=simple", "+trainer.max_time=00:00:10:00",
+                                          "trainer.devices=[0]", "trainer.precision=bf16-mixed", "trainer.deterministic=warn"])
+    check_targets(cfg)
+
+
+class Color(enum.Enum):
+    red = "r"
+
+
+@pytest.mark.parametrize("annotation,good,bad", [
+    (Optional[int], [3, None], ["3", 1.5, True]),
+    (float, [1, 1.5], ["1.5", False]),
+    (Union[bool, Literal["warn"]], [True, "warn"], ["no", 1]),
+    (list[int], [[], [1, 2]], [[1, "a"], 1]),
+    (dict[str, int], [{"a": 1}], [{"a": "x"}, [1]]),
+    (tuple[int, int], [[1, 2]], [[1], [1, "2"]]),
+    (Path, ["/tmp"], [3]),
+    (Color, ["red", "r"], ["blue"]),
+])
+def test_fits(annotation, good, bad):
+    assert all(fits(v, annotation) for v in good)
+    assert not any(fits(v, annotation) for v in bad)
+    assert fits({"_target_": "x.Y"}, annotation)  # a nested object: checked as a node of its own
+
+
+def test_describe():
+    assert describe(Optional[int]) == "int or None"
+    assert describe(Union[Literal[1, 2], Literal["a"], None]) == "one of 1, 2, 'a' or None"
+    assert describe(list[int]) == "list of int"
