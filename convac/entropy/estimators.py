@@ -60,8 +60,10 @@ def one_pass_statistics(model: ConvAC, flows: list[torch.Tensor], n: int, genera
     log_prior = model.log_class_prior()
     y = torch.multinomial(log_prior.exp(), n, replacement=True, generator=generator)
     x, latents = model.sample(n, y=y, generator=generator, return_latents=True)
-    # (n, K_l, H_l, W_l) views of position-major storage: back to (P_l, n, K_l) without copies
-    levels = [v.permute(2, 3, 0, 1).reshape(-1, n, v.shape[1]) for v in model.level_log_probs(x)]
+    # (n, K_l, H_l, W_l) views of position-major storage: back to (P_l, n, K_l) without copies;
+    # exact samples need no value checks
+    with model.validation(False):
+        levels = [v.permute(2, 3, 0, 1).reshape(-1, n, v.shape[1]) for v in model.level_log_probs(x)]
     # (P_l, n): Z_{l,i} of every sample; -1 at the positions of the repetitions not chosen,
     # whose terms are left out (their nodes are not on the sample's path)
     chosen = [z.flatten(1).t() for z in latents]
