@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from convac.layers import Grid, ProductPool, SumLayer
+from convac.layers import Grid, ProductPool, SumLayer, refresh_exact_positions
 from convac.leaves import LeafSpec, make_leaf, normalized_cdf, sample_indices, sample_table_rows
 from convac.validation import check_flag, check_grid, check_positive_int, check_positive_ints
 
@@ -254,6 +254,8 @@ class ConvAC(nn.Module):
         ``max_a(log w[j, a] + h_a)``; the values are ``max`` over the missing variables and the
         latents below each node of ``log P(x_obs, x_mis, z | node)``.
         """
+        if not max_product:  # every sum layer's exact positions, with one host read when the weights changed
+            refresh_exact_positions([*self.sums, self.root])
         # padded variables are missing, hence marginalized (leaf log-likelihood 0), also in the
         # max-product pass; the leaves ignore the values of missing entries (NaN included)
         patches = self._tree_positions(self._to_patches(x, 0))
@@ -283,7 +285,8 @@ class ConvAC(nn.Module):
 
     def log_prob(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B,): ``log P(x) = logsumexp_y log P(x, y)``."""
-        return torch.logsumexp(self.log_joint(x, missing), dim=1)
+        log_joint = self.log_joint(x, missing)
+        return log_joint[:, 0] if self.num_classes == 1 else torch.logsumexp(log_joint, dim=1)
 
     def log_posterior(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, num_classes): ``log P(y | x)`` by Bayes' rule."""
