@@ -368,8 +368,9 @@ class ProductPool(nn.Module):
 
     def expand(self, parent: torch.Tensor) -> torch.Tensor:
         """Top-down: copy each parent value to its window. (..., H', W') -> (..., H, W)."""
-        (h, w), (ph, pw) = self.in_grid, self.window
-        children = parent.repeat_interleave(ph, dim=-2).repeat_interleave(pw, dim=-1)
+        (h, w), (ph, pw), (oh, ow) = self.in_grid, self.window, self.out_grid
+        lead = parent.shape[:-2]
+        children = parent[..., :, None, :, None].expand(*lead, oh, ph, ow, pw).reshape(*lead, oh * ph, ow * pw)
         return children[..., :h, :w]
 
     def extra_repr(self) -> str:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from convac.configs import schema
 from convac.data import ConvACDataModule, create_datamodule
 from convac.training import NonFiniteError
+from convac.training.allocator import keep_freed_memory
 from convac.zoo.pretrained import load_checkpoint_dict
 
 # What a user can cause and fix (a bad value, file, folder or checkpoint) or must be told of
@@ -27,11 +28,13 @@ USER_ERRORS = (ValueError, OSError, NonFiniteError)
 
 
 def start(cfg: DictConfig) -> None:
-    """Check ``cfg`` (:func:`schema.to_object`), seed everything, set the torch threads."""
+    """Check ``cfg`` (:func:`schema.to_object`), seed everything, set the torch threads, and make
+    the C allocator keep freed memory for the next step (:func:`keep_freed_memory`, glibc)."""
     schema.to_object(cfg)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    keep_freed_memory()
 
 
 def setup_data(cfg: DictConfig) -> ConvACDataModule:
