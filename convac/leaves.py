@@ -35,6 +35,17 @@ def normalized_cdf(cumulative: torch.Tensor) -> torch.Tensor:
     return cdf / cdf[..., -1:]
 
 
+def cdf_rows(probabilities: torch.Tensor) -> torch.Tensor:
+    """The :func:`normalized_cdf` of nonnegative ``probabilities`` (..., K) (any scale): float64
+    rows, nondecreasing, each ending at exactly 1. On CPU the float64 cumulative sum is a
+    sequential loop, nondecreasing for nonnegative terms (``fl(a + b) >= a`` for ``b >= 0``), so
+    the running maximum, which only a parallel scan needs, is skipped there."""
+    cumulative = probabilities.double().cumsum(-1)
+    if cumulative.device.type != "cpu":
+        return normalized_cdf(cumulative)
+    return cumulative / cumulative[..., -1:]
+
+
 def sample_from_cdf(cdf: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Draw from categorical distributions given by their (unnormalized) CDFs: ``cdf`` (..., K)
     -> (...) long.
@@ -333,7 +344,7 @@ class CategoricalLayer(LeafLayer):
         if mode == "mpe":
             return self.logits.detach().argmax(2).permute(0, 2, 1)[positions, components]  # (P or 1, M, V) look-up
         probabilities = F.softmax(self.logits.detach().double(), dim=2).permute(0, 3, 1, 2)  # (P or 1, M, V, nv)
-        cdf = normalized_cdf(probabilities.cumsum(-1))
+        cdf = cdf_rows(probabilities)
         rows = torch.arange(cdf[..., 0].numel(), device=cdf.device).view(cdf.shape[:-1])
         return sample_table_rows(cdf.reshape(-1, self.num_values), rows[positions, components], generator)  # (P, n, V)
 

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from convac.layers import Grid, ProductPool, SumLayer, refresh_exact_positions
-from convac.leaves import LeafSpec, make_leaf, normalized_cdf, sample_indices, sample_table_rows
+from convac.leaves import LeafSpec, cdf_rows, make_leaf, sample_indices, sample_table_rows
 from convac.validation import check_flag, check_grid, check_positive_int, check_positive_ints
 
 STRUCTURES = ("grid", "learned")
@@ -363,7 +363,7 @@ class ConvAC(nn.Module):
             active = parent >= 0
             rows = (torch.arange(h * w, device=top.device) * (not layer.shared)).unsqueeze(0), parent.clamp_min(0).reshape(n, h * w)
             if evidence is None and mode == "sample":  # prior draws: the CDF table of w, row (position, parent channel)
-                cdf = normalized_cdf(layer.weights().cumsum(-1))  # (P or 1, K_l, K_{l-1})
+                cdf = cdf_rows(layer.weights())  # (P or 1, K_l, K_{l-1})
                 choice = sample_table_rows(cdf.reshape(-1, cdf.shape[-1]), rows[0] * cdf.shape[1] + rows[1], generator)
             else:
                 logits = layer.log_weights()[rows]  # (n, P, K_in)
