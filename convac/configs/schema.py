@@ -227,6 +227,7 @@ class ModuleConfig:
     scheduler: Optional[str] = None
     scheduler_kwargs: Dict[str, Any] = field(default_factory=dict)
     structure_learning: StructureLearningConfig = field(default_factory=StructureLearningConfig)
+    compile: bool = False
 
 
 @dataclass

@@ -66,6 +66,9 @@ class ConvACModule(L.LightningModule):
             trainer's ``max_epochs`` when not given.
         structure_learning: :func:`convac.structure.learn_structure` arguments (``seed``,
             ``bins``, ``max_rows``, ``noise``).
+        compile: compile the model with ``torch.compile`` (``model.compile()``: its forward, which
+            every query calls; the first batches then take seconds to compile). Measured on CPU it
+            is no faster than eager (``scripts/bench.py --only compile``); not with EM.
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class ConvACModule(L.LightningModule):
         scheduler: str | None = None,
         scheduler_kwargs: dict[str, Any] | None = None,
         structure_learning: dict[str, Any] | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -114,6 +118,11 @@ class ConvACModule(L.LightningModule):
                 f"the {objective} objective needs a classifier (num_classes >= 2), "
                 f"got num_classes={self.model.num_classes}"
             )
+        if compile:
+            if self.use_em:
+                raise ValueError("module.compile=true does not work with optimizer=em (EM reads the layers' outputs "
+                                 "through forward hooks); use one of them")
+            self.model.compile()  # torch.compile of the model's forward, in place (the state dict keeps its keys)
         self.bits_per_nat = 1.0 / (self.model.num_variables * math.log(2))
         self.structure_seconds: float | None = None
         self.data_checked = False  # True once a convac datamodule has checked its values for the model
