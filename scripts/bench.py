@@ -57,6 +57,7 @@ class Settings:
     sum_batch: int = 256
     sum_grid: tuple[int, int] = (16, 16)
     sum_repeats: int = 10
+    sum_compiled: bool = True  # also time torch.compile(log_einsum_exp) (compiles once per K)
     naive_budget: int = 1 << 26  # elements of the naive broadcast tensor timed at once
     train_cases: tuple[tuple[str, tuple[int, int, int], int], ...] = (
         ("28x28 categorical-256", (1, 28, 28), 256),
@@ -75,9 +76,9 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = Settings(sum_repeats=3, train_repeats=6, scaling_repeats=2, probe_repeats=1)
+QUICK = Settings(sum_repeats=3, sum_compiled=False, train_repeats=6, scaling_repeats=2, probe_repeats=1)
 DRY_RUN = Settings(
-    sum_channels=(4, 8), sum_batch=8, sum_grid=(4, 4), sum_repeats=1, naive_budget=1 << 12,
+    sum_channels=(4, 8), sum_batch=8, sum_grid=(4, 4), sum_repeats=1, sum_compiled=False, naive_budget=1 << 12,
     train_cases=(("8x8 categorical-256", (1, 8, 8), 256), ("digits 4x4 categorical-17", (1, 4, 4), 17)),
     train_channels=4, train_batch=8, train_repeats=1, scaling_sizes=(4, 8), scaling_repeats=1,
     probe_repeats=1, probe_samples=64, probe_train_images=128, warmup=1,
@@ -129,7 +130,9 @@ def bench_sum_layer(settings: Settings, device: torch.device) -> list[dict]:
 
     The naive form is timed on the first ``naive_positions`` positions (its broadcast tensor
     is capped at ``naive_budget`` elements, 256 MB at full size) and scaled by
-    ``P / naive_positions``: positions are independent and identical work.
+    ``P / naive_positions``: positions are independent and identical work. With
+    ``sum_compiled`` (the full run) ``torch.compile(log_einsum_exp)`` is timed beside
+    (``compiled_ms``, ``compiled_efficiency``), compiled once per ``K`` before the timing.
     """
     (gh, gw), batch = settings.sum_grid, settings.sum_batch
     positions = gh * gw
@@ -156,8 +159,16 @@ def bench_sum_layer(settings: Settings, device: torch.device) -> list[dict]:
         def peak():
             return torch.bmm(linear, w_t)
 
-        fwd = interleaved_min({"ours": ours, "naive": naive, "bmm": peak},
-                              settings.sum_repeats, settings.warmup, device)
+        contenders = {"ours": ours, "naive": naive, "bmm": peak}
+        if settings.sum_compiled:
+            compiled_sum = torch.compile(log_einsum_exp, dynamic=False)
+
+            def compiled():
+                with torch.no_grad():
+                    return compiled_sum(x, weights)
+
+            contenders["compiled"] = compiled
+        fwd = interleaved_min(contenders, settings.sum_repeats, settings.warmup, device)
 
         x_grad = x.clone().requires_grad_()
         logits_grad = logits.clone().requires_grad_()
@@ -188,6 +199,8 @@ def bench_sum_layer(settings: Settings, device: torch.device) -> list[dict]:
             "gflops": gflops,
             "peak_gflops": peak_gflops,
             "efficiency": gflops / peak_gflops,
+            "compiled_ms": 1e3 * fwd["compiled"] if "compiled" in fwd else None,
+            "compiled_efficiency": fwd["bmm"] / fwd["compiled"] if "compiled" in fwd else None,
             "ours_fb_ms": 1e3 * fb["ours"],
             "naive_fb_ms": 1e3 * fb["naive"] * scale,
             "speedup_fb": fb["naive"] * scale / fb["ours"],
@@ -196,9 +209,10 @@ def bench_sum_layer(settings: Settings, device: torch.device) -> list[dict]:
             "naive_positions": naive_positions,
         }
         rows.append(row)
+        compiled_text = "" if row["compiled_ms"] is None else f"  compiled ({100 * row['compiled_efficiency']:4.1f}%)"
         print(f"  sum K={k:4d}: ours {row['ours_ms']:9.2f} ms  naive {row['naive_ms']:10.2f} ms"
               f"  x{row['speedup']:7.1f}  {gflops:6.1f} / {peak_gflops:6.1f} GFLOP/s"
-              f" ({100 * row['efficiency']:4.1f}%)  fwd+bwd x{row['speedup_fb']:6.1f}", flush=True)
+              f" ({100 * row['efficiency']:4.1f}%)  fwd+bwd x{row['speedup_fb']:6.1f}{compiled_text}", flush=True)
     return rows
 
 
@@ -499,6 +513,9 @@ def summary(results: dict) -> list[str]:
     if results["sum_layer"] is not None:
         effs = ", ".join(f"K={r['K']} {100 * r['efficiency']:.0f}%" for r in results["sum_layer"])
         lines.append(f"sum layer forward / plain bmm: {effs} (target >= 35% at K=16, >= 50% at K>=64)")
+        if results["sum_layer"][0].get("compiled_efficiency") is not None:
+            effs = ", ".join(f"K={r['K']} {100 * r['compiled_efficiency']:.0f}%" for r in results["sum_layer"])
+            lines.append(f"sum layer forward under torch.compile / plain bmm: {effs}")
     if results["compile"] is not None:
         speedups = ", ".join(f"{r['dataset']} x{r['speedup']:.2f}" for r in results["compile"])
         lines.append(f"torch.compile training step over eager: {speedups} (module.compile: keep whichever wins)")
