@@ -70,7 +70,8 @@ def sample_table_rows(cdf: torch.Tensor, rows: torch.Tensor, generator: torch.Ge
     indices in ``[0, R)`` -> (...) long values in ``[0, K)``, one draw per entry of ``rows``:
     ``k = #{j : F_r(j) <= u}``, ``u ~ U[0, 1)`` in float64.
 
-    Short rows (``K <= GATHER_MAX_VALUES``) are gathered and compared with ``u``. Longer rows are
+    Short rows (``K <= GATHER_MAX_VALUES``) are gathered and searched (a batched ``searchsorted``
+    counts ``#{j : F_r(j) <= u}`` in each; measured faster than comparing and summing). Longer rows are
     not gathered (a ``(..., K)`` tensor of 256 values per draw would be large): with the rows laid
     end to end as ``r + F_r`` (nondecreasing overall), one ``searchsorted`` of
     ``t = min(r + u, largest float64 below r + 1)`` counts ``#{j : r + F_r(j) <= t}``; since
@@ -81,8 +82,9 @@ def sample_table_rows(cdf: torch.Tensor, rows: torch.Tensor, generator: torch.Ge
     """
     num_rows, k = cdf.shape
     u = torch.rand(rows.shape, generator=generator, device=cdf.device, dtype=torch.float64)
-    if k <= GATHER_MAX_VALUES:
-        return (cdf.index_select(0, rows.reshape(-1)).view(*rows.shape, k) <= u.unsqueeze(-1)).sum(-1)
+    if k <= GATHER_MAX_VALUES:  # one binary search in each gathered row
+        gathered = cdf.index_select(0, rows.reshape(-1))
+        return torch.searchsorted(gathered, u.reshape(-1, 1), right=True).view(rows.shape)
     offsets = torch.arange(num_rows, device=cdf.device, dtype=torch.float64)
     row = rows.to(torch.float64)
     target = torch.minimum(row + u, torch.nextafter(row + 1, row)).contiguous()

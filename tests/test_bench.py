@@ -72,7 +72,7 @@ def test_summary_prints_every_ratio_of_issue_13(bench):
         "scaling": [{"size": "128x128", "img_s": 20.0, "peak_mb": 3000.0, "per_example_mb": 12.5}],
     }
     text = "\n".join(bench.summary(results))
-    for part in ("4.1%", "0.31%", "28x28 2.50x", "digits 2.10x", "K=16 36%", "K=64 55%", "x0.90", "128x128", "12.50 MB"):
+    for part in ("4.1%", "0.31%", "default-run", "28x28 2.50x", "digits 2.10x", "K=16 36%", "K=64 55%", "x0.90", "128x128", "12.50 MB"):
         assert part in text
     assert "64x64" not in text  # no libcirkit number, no ratio
     assert bench.summary({"probe": None, "train": None, "sum_layer": None, "compile": None, "scaling": None}) == []
