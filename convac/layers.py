@@ -253,10 +253,10 @@ class SumLayer(nn.Module):
     (a true 1x1 convolution).
 
     The forward pass is exact to the precision of the dtype, with finite gradients, for any
-    finite logits and inputs: positions whose log-weights are all at least
-    :func:`min_log_weight` take the fast shifted matmul (:func:`log_einsum_exp`); the others
-    (found from the logits alone, see :meth:`exact_positions`, and cached until they change)
-    take :func:`log_sum_exact`.
+    finite logits and inputs: positions whose log-weights are certainly all at least
+    :func:`min_log_weight` (a bound from the logits, at most ``log K_in`` conservative) take the
+    fast shifted matmul (:func:`log_einsum_exp`); the others take :func:`log_sum_exact`. The
+    split is cached until the logits change (:meth:`exact_positions`).
     """
 
     def __init__(self, grid: Grid, in_channels: int, out_channels: int, shared: bool):
