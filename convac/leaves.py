@@ -35,6 +35,17 @@ def normalized_cdf(cumulative: torch.Tensor) -> torch.Tensor:
     return cdf / cdf[..., -1:]
 
 
+def cdf_rows(probabilities: torch.Tensor) -> torch.Tensor:
+    """The :func:`normalized_cdf` of nonnegative ``probabilities`` (..., K) (any scale): float64
+    rows, nondecreasing, each ending at exactly 1. On CPU the float64 cumulative sum is a
+    sequential loop, nondecreasing for nonnegative terms (``fl(a + b) >= a`` for ``b >= 0``), so
+    the running maximum, which only a parallel scan needs, is skipped there."""
+    cumulative = probabilities.double().cumsum(-1)
+    if cumulative.device.type != "cpu":
+        return normalized_cdf(cumulative)
+    return cumulative / cumulative[..., -1:]
+
+
 def sample_from_cdf(cdf: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Draw from categorical distributions given by their (unnormalized) CDFs: ``cdf`` (..., K)
     -> (...) long.
@@ -46,6 +57,38 @@ def sample_from_cdf(cdf: torch.Tensor, generator: torch.Generator | None) -> tor
     cdf = normalized_cdf(cdf)
     u = torch.rand((*cdf.shape[:-1], 1), generator=generator, device=cdf.device, dtype=torch.float64)
     return (cdf <= u).sum(-1)
+
+
+# rows of at most this many values are drawn by comparison with the gathered rows, longer ones
+# by one binary search over the whole table (see :func:`sample_table_rows`)
+GATHER_MAX_VALUES = 64
+
+
+def sample_table_rows(cdf: torch.Tensor, rows: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Draw from the categorical distributions of a table of CDF rows: ``cdf`` (R, K) float64
+    rows of :func:`normalized_cdf` (nondecreasing, each ending at exactly 1), ``rows`` (...) long
+    indices in ``[0, R)`` -> (...) long values in ``[0, K)``, one draw per entry of ``rows``:
+    ``k = #{j : F_r(j) <= u}``, ``u ~ U[0, 1)`` in float64.
+
+    Short rows (``K <= GATHER_MAX_VALUES``) are gathered and searched (a batched ``searchsorted``
+    counts ``#{j : F_r(j) <= u}`` in each; measured faster than comparing and summing). Longer rows are
+    not gathered (a ``(..., K)`` tensor of 256 values per draw would be large): with the rows laid
+    end to end as ``r + F_r`` (nondecreasing overall), one ``searchsorted`` of
+    ``t = min(r + u, largest float64 below r + 1)`` counts ``#{j : r + F_r(j) <= t}``; since
+    ``r <= t < r + 1 = r + F_r(K - 1)`` the search stays in row ``r`` (resolution about
+    ``r * 2^-52``, below ``1e-9`` for a million rows). Either way ``F_r(K - 1) = 1 > u`` gives
+    ``k <= K - 1`` and ``F_r(k - 1) <= u < F_r(k)``: a value whose CDF step is empty
+    (probability 0) is never drawn.
+    """
+    num_rows, k = cdf.shape
+    u = torch.rand(rows.shape, generator=generator, device=cdf.device, dtype=torch.float64)
+    if k <= GATHER_MAX_VALUES:  # one binary search in each gathered row
+        gathered = cdf.index_select(0, rows.reshape(-1))
+        return torch.searchsorted(gathered, u.reshape(-1, 1), right=True).view(rows.shape)
+    offsets = torch.arange(num_rows, device=cdf.device, dtype=torch.float64)
+    row = rows.to(torch.float64)
+    target = torch.minimum(row + u, torch.nextafter(row + 1, row)).contiguous()
+    return torch.searchsorted((cdf + offsets.unsqueeze(1)).reshape(-1), target, right=True) - rows * k
 
 
 def sample_indices(logits: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
@@ -96,10 +139,10 @@ class _LogSoftmaxRows(torch.autograd.Function):
         return dtheta, None
 
 
-def _observed_values(x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+def _observed_values(x: torch.Tensor, observed: torch.Tensor | None) -> torch.Tensor:
     """The entries of ``x`` where the bool mask ``observed`` (like ``x``) is True; ``x`` itself
-    when all are, which skips a boolean gather on every fully observed batch."""
-    return x if observed.all() else x[observed]
+    when there is no mask or every entry is observed (no boolean gather)."""
+    return x if observed is None or observed.all() else x[observed]
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,18 +250,20 @@ class LeafLayer(nn.Module):
             idx = torch.zeros_like(idx)
         return idx.view(-1, 1)
 
-    def forward(self, x: torch.Tensor, missing: torch.Tensor, maximized: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, missing: torch.Tensor | None, maximized: torch.Tensor | None = None) -> torch.Tensor:
         """``x``, ``missing`` (P, B, V) -> (P, B, M): ``log P(x_i | d)``; missing variables are
-        marginalized (they give 0).
+        marginalized (they give 0). ``missing`` None: every variable is observed (no mask work).
 
         ``maximized`` (P, B, V) bool, a subset of ``missing``: these variables are maximized
         instead, ``max_x log f_{i,d,v}(x)`` (the log-probability or -density of the mode), as
         the MPE upward pass needs.
+
+        No value is read back to the host: masks are applied whatever they hold.
         """
         per_var = self.log_prob_per_variable(x, missing)  # (P, B, V, M)
-        if missing.any():  # skip a pass over the (P, B, V, M) values when nothing is missing
+        if missing is not None:
             per_var = per_var.masked_fill(missing.unsqueeze(-1), 0.0)
-        if maximized is not None and maximized.any():
+        if maximized is not None:
             per_var = torch.where(maximized.unsqueeze(-1), self.mode_log_prob_per_variable().unsqueeze(1), per_var)
         return per_var.sum(2) if self.num_vars > 1 else per_var.squeeze(2)
 
@@ -246,7 +291,9 @@ class CategoricalLayer(LeafLayer):
         """(P or 1, V, num_values, M): ``log softmax(theta)`` over the values."""
         return F.log_softmax(self.logits, dim=2)
 
-    def check_values(self, x: torch.Tensor, observed: torch.Tensor) -> None:
+    def check_values(self, x: torch.Tensor, observed: torch.Tensor | None) -> None:
+        """Raise a one-line ValueError unless the ``observed`` entries of ``x`` (all when None)
+        are integer codes in ``[0, num_values)``."""
         values = _observed_values(x, observed)
         if values.numel() == 0:
             return
@@ -259,12 +306,12 @@ class CategoricalLayer(LeafLayer):
                 f"got values in [{low:g}, {high:g}]"
             )
 
-    def prepare(self, x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+    def prepare(self, x: torch.Tensor, missing: torch.Tensor | None) -> torch.Tensor:
         """Integer codes for the look-up (missing entries set to 0)."""
-        return x.masked_fill(missing, 0).long()
+        return x.long() if missing is None else x.masked_fill(missing, 0).long()
 
-    def log_prob_per_variable(self, x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
-        """``x``, ``missing`` (P, B, V) -> (P, B, V, M): ``log f_{i,d,v}(x_v)`` (a missing entry
+    def log_prob_per_variable(self, x: torch.Tensor, missing: torch.Tensor | None) -> torch.Tensor:
+        """``x``, ``missing`` (P, B, V) or None -> (P, B, V, M): ``log f_{i,d,v}(x_v)`` (a missing entry
         reads value 0; :meth:`log_prob` zeroes it).
 
         A row look-up in the ``(P * V * num_values, M)`` log-probability table at the flat index
@@ -289,14 +336,9 @@ class CategoricalLayer(LeafLayer):
     def sample(self, components: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
         """``components`` (P, n) -> (P, n, V) long values drawn from (or the mode of) ``f_{i,d,v}``.
 
-        Sampling inverts the CDF: with the float64 CDF rows ``F_r`` (:func:`normalized_cdf`,
-        nondecreasing, ending at exactly 1) of the rows ``r = (i, d, v)`` of the table laid end
-        to end as ``r + F_r`` (nondecreasing overall), one ``searchsorted`` of
-        ``t = min(r + u, largest float64 below r + 1)``, ``u ~ U[0, 1)``, finds
-        ``x = #{k : r + F_r(k) <= t}`` for every draw at once, so no ``(P, n, V, num_values)``
-        tensor is formed. Since ``r <= t < r + 1 = r + F_r(last)``, the search stays in row ``r``
-        and picks a value whose CDF step is not empty: every value is in the support. (The CDF
-        resolution is about ``r * 2^-52``, below ``1e-9`` for a million rows.)
+        Sampling inverts the float64 CDF of every row ``(i, d, v)`` of the table
+        (:func:`sample_table_rows`: one ``searchsorted`` for every draw, no
+        ``(P, n, V, num_values)`` tensor; every value drawn is in the support).
         """
         if mode not in ("sample", "mpe"):
             raise ValueError(f"mode must be 'sample' or 'mpe', got {mode!r}")
@@ -304,13 +346,9 @@ class CategoricalLayer(LeafLayer):
         if mode == "mpe":
             return self.logits.detach().argmax(2).permute(0, 2, 1)[positions, components]  # (P or 1, M, V) look-up
         probabilities = F.softmax(self.logits.detach().double(), dim=2).permute(0, 3, 1, 2)  # (P or 1, M, V, nv)
-        cdf = normalized_cdf(probabilities.cumsum(-1))
-        rows = torch.arange(cdf[..., 0].numel(), device=cdf.device, dtype=torch.float64).view(cdf.shape[:-1])
-        row = rows[positions, components]  # (P, n, V)
-        u = torch.rand(row.shape, generator=generator, device=row.device, dtype=torch.float64)
-        target = torch.minimum(row + u, torch.nextafter(row + 1, row)).contiguous()
-        flat = torch.searchsorted((cdf + rows.unsqueeze(-1)).reshape(-1), target, right=True)
-        return flat - row.long() * self.num_values
+        cdf = cdf_rows(probabilities)
+        rows = torch.arange(cdf[..., 0].numel(), device=cdf.device).view(cdf.shape[:-1])
+        return sample_table_rows(cdf.reshape(-1, self.num_values), rows[positions, components], generator)  # (P, n, V)
 
 
 class GaussianLayer(LeafLayer):
@@ -327,16 +365,20 @@ class GaussianLayer(LeafLayer):
     def std(self) -> torch.Tensor:
         return self.min_std + F.softplus(self.raw_std)
 
-    def check_values(self, x: torch.Tensor, observed: torch.Tensor) -> None:
+    def check_values(self, x: torch.Tensor, observed: torch.Tensor | None) -> None:
+        """Raise a one-line ValueError unless ``x`` is floating point with finite ``observed``
+        entries (all when None)."""
         if not x.is_floating_point():
             raise ValueError(f"Gaussian leaves expect a floating point input, got dtype {x.dtype}")
         if not torch.isfinite(_observed_values(x, observed)).all():
             raise ValueError("Gaussian leaves expect finite observed values (NaN marks a missing value; inf is not allowed)")
 
-    def prepare(self, x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
-        return x.masked_fill(missing, 0.0).to(self.mean.dtype)
+    def prepare(self, x: torch.Tensor, missing: torch.Tensor | None) -> torch.Tensor:
+        """Values for the density (missing entries set to 0)."""
+        x = x if missing is None else x.masked_fill(missing, 0.0)
+        return x.to(self.mean.dtype)
 
-    def log_prob_per_variable(self, x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+    def log_prob_per_variable(self, x: torch.Tensor, missing: torch.Tensor | None) -> torch.Tensor:
         std = self.std()
         z = (self.prepare(x, missing).unsqueeze(-1) - self.mean.unsqueeze(1)) / std.unsqueeze(1)
         return -0.5 * z * z - torch.log(std).unsqueeze(1) - 0.5 * math.log(2 * math.pi)

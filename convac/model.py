@@ -19,6 +19,7 @@ Levels are ``l = 0..L``: level 0 holds the ``M`` leaf components on grid ``(H_0,
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from typing import Mapping, Sequence
@@ -27,8 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from convac.layers import Grid, ProductPool, SumLayer
-from convac.leaves import LeafSpec, make_leaf, sample_from_cdf, sample_indices
+from convac.layers import Grid, ProductPool, SumLayer, refresh_exact_positions
+from convac.leaves import LeafSpec, cdf_rows, make_leaf, sample_indices, sample_table_rows
 from convac.validation import check_flag, check_grid, check_positive_float, check_positive_int, check_positive_ints
 
 STRUCTURES = ("grid", "learned")
@@ -176,24 +177,45 @@ class ConvAC(nn.Module):
         return F.log_softmax(self.class_logits, dim=0)
 
     # ---------------------------------------------------------------- input handling
-    def _check_input(self, x: torch.Tensor, missing: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate ``x`` (B, C, H, W) and build the missing mask (mask or NaN)."""
+    #: Check the input values on every query (the leaves' range, integer codes, finiteness; each
+    #: check reads a result back to the host). Shapes are always checked. Set it on an instance,
+    #: or for one block with :meth:`validation`, like ``validate_args`` of ``torch.distributions``.
+    validate_args: bool = True
+
+    @contextlib.contextmanager
+    def validation(self, enabled: bool):
+        """Within the block the value checks of the inputs are on (``True``) or off (``False``):
+        off for data whose values were checked once beforehand (a convac datamodule checks every
+        split when it is set up), so that a query makes no host synchronization."""
+        previous, self.validate_args = self.validate_args, bool(enabled)
+        try:
+            yield self
+        finally:
+            self.validate_args = previous
+
+    def _check_input(self, x: torch.Tensor, missing: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Validate ``x`` (B, C, H, W) and build the missing mask: ``missing`` or'ed with the
+        NaN entries of a floating-point ``x``; None when nothing can be missing (an integer ``x``
+        without a mask on a grid the patches tile exactly), so that the forward pass does no
+        mask work. The values are checked when :attr:`validate_args` is set."""
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"expected a torch.Tensor input, got {type(x).__name__}")
         if x.dim() != 4 or tuple(x.shape[1:]) != self.in_shape:
             raise ValueError(
                 f"expected input of shape (B, {', '.join(map(str, self.in_shape))}), got {tuple(x.shape)}"
             )
-        if missing is None:
-            missing = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
-        else:
+        if missing is not None:
             if not isinstance(missing, torch.Tensor) or tuple(missing.shape) != tuple(x.shape):
                 found = tuple(missing.shape) if isinstance(missing, torch.Tensor) else type(missing).__name__
                 raise ValueError(f"missing must be a bool mask of the input's shape {tuple(x.shape)}, got {found}")
             missing = missing.to(device=x.device, dtype=torch.bool)
         if x.is_floating_point():
-            missing = missing | torch.isnan(x)
-        self.leaves.check_values(x, ~missing)
+            missing = torch.isnan(x) if missing is None else missing | torch.isnan(x)
+        padded = any(n % self.patch_size for n in self.in_shape[1:])
+        if missing is None and padded:  # the padding of the last patches is marked missing
+            missing = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+        if self.validate_args:
+            self.leaves.check_values(x, None if missing is None else ~missing)
         return x, missing
 
     def _to_patches(self, x: torch.Tensor, fill) -> torch.Tensor:
@@ -235,19 +257,25 @@ class ConvAC(nn.Module):
         return top.transpose(0, 1).reshape(1, top.shape[1], -1)
 
     # ---------------------------------------------------------------- bottom-up pass
-    def _upward(self, x: torch.Tensor, missing: torch.Tensor, max_product: bool = False) -> list[torch.Tensor]:
+    def _upward(self, x: torch.Tensor, missing: torch.Tensor | None, max_product: bool = False) -> list[torch.Tensor]:
         """Log-values of the product nodes of every level, position-major ``(P_l, B, K_l)``,
-        for an input and full mask checked by :meth:`_check_input`.
+        for an input and mask (or None) checked by :meth:`_check_input`.
 
         With ``max_product`` the MPE upward pass instead: missing variables are maximized (the
         leaves give their mode's log-probability) and every sum node is a max node,
         ``max_a(log w[j, a] + h_a)``; the values are ``max`` over the missing variables and the
         latents below each node of ``log P(x_obs, x_mis, z | node)``.
         """
+        if not max_product:  # every sum layer's exact positions, with one host read when the weights changed
+            refresh_exact_positions([*self.sums, self.root])
         # padded variables are missing, hence marginalized (leaf log-likelihood 0), also in the
         # max-product pass; the leaves ignore the values of missing entries (NaN included)
-        maximized = self._tree_positions(self._to_patches(missing, False)) if max_product else None
-        h = self.leaves(self._tree_positions(self._to_patches(x, 0)), self._tree_positions(self._to_patches(missing, True)), maximized)
+        patches = self._tree_positions(self._to_patches(x, 0))
+        if missing is None:  # nothing missing: no mask
+            h = self.leaves(patches, None)
+        else:
+            maximized = self._tree_positions(self._to_patches(missing, False)) if max_product else None
+            h = self.leaves(patches, self._tree_positions(self._to_patches(missing, True)), maximized)
         levels = [h]
         for sum_layer, pool in zip(self.sums, self.pools):
             h = pool(sum_layer.max_product(h) if max_product else sum_layer(h))
@@ -269,7 +297,8 @@ class ConvAC(nn.Module):
 
     def log_prob(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B,): ``log P(x) = logsumexp_y log P(x, y)``."""
-        return torch.logsumexp(self.log_joint(x, missing), dim=1)
+        log_joint = self.log_joint(x, missing)
+        return log_joint[:, 0] if self.num_classes == 1 else torch.logsumexp(log_joint, dim=1)
 
     def log_posterior(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, num_classes): ``log P(y | x)`` by Bayes' rule."""
@@ -297,7 +326,7 @@ class ConvAC(nn.Module):
             parent = self.pools[level - 1].expand(flows[0])  # (K_l, H_{l-1}, W_{l-1})
             k_l, h, w = parent.shape
             weights = self.sums[level - 1].position_weights()  # (P, K_l, K_{l-1})
-            child = torch.einsum("pj,pja->ap", parent.reshape(k_l, h * w).t(), weights)
+            child = torch.bmm(parent.reshape(k_l, h * w).t().unsqueeze(1), weights)[:, 0].t()  # (K_{l-1}, P)
             flows.insert(0, child.reshape(-1, h, w))
         return flows
 
@@ -345,8 +374,9 @@ class ConvAC(nn.Module):
             h, w = parent.shape[1:]
             active = parent >= 0
             rows = (torch.arange(h * w, device=top.device) * (not layer.shared)).unsqueeze(0), parent.clamp_min(0).reshape(n, h * w)
-            if evidence is None and mode == "sample":  # prior draws: gather CDF rows of w directly
-                choice = sample_from_cdf(layer.weights().cumsum(-1)[rows], generator)
+            if evidence is None and mode == "sample":  # prior draws: the CDF table of w, row (position, parent channel)
+                cdf = cdf_rows(layer.weights())  # (P or 1, K_l, K_{l-1})
+                choice = sample_table_rows(cdf.reshape(-1, cdf.shape[-1]), rows[0] * cdf.shape[1] + rows[1], generator)
             else:
                 logits = layer.log_weights()[rows]  # (n, P, K_in)
                 if evidence is not None:
@@ -428,6 +458,8 @@ class ConvAC(nn.Module):
           ``argmax_{x_mis} P(x_obs, x_mis)``, which sums over ``z`` (NP-hard in general).
         """
         x, missing = self._check_input(x, missing)
+        if missing is None:  # nothing to fill
+            missing = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
         if mode not in ("sample", "mpe"):
             raise ValueError(f"mode must be 'sample' or 'mpe', got {mode!r}")
         evidence = self._upward(x, missing, max_product=mode == "mpe")

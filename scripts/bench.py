@@ -1,18 +1,21 @@
-"""Speed benchmarks of convac (issue 6): the log-space sum layer, training throughput against
-libcirkit, the entropy probe's share of an epoch, and how the HT cost grows with the input size.
+"""Speed benchmarks of convac (issues 6 and 13): the log-space sum layer, training throughput
+against libcirkit, the entropy probe's share of an epoch, how the HT cost grows with the input
+size, and ``torch.compile`` against eager.
 
-    python scripts/bench.py --quick --out bench.json          # about a minute
-    python scripts/bench.py --out bench.json                  # the full run (a few minutes)
-    python scripts/bench.py --device cuda --out bench_gpu.json
+    python scripts/bench.py --quick --out bench.json          # a few minutes; every ratio of issue 13
+    python scripts/bench.py --out bench.json                  # the full run, with the compile section
+    python scripts/bench.py --device cuda --train-channels 128 --train-batch 512 --out bench_gpu.json
 
 Every comparison runs in one process with the contenders interleaved (A, B, A, B, ...) after a
 warm-up, and reports the minimum over the repeats: on a shared machine the minimum is the
-least disturbed measurement. ``--threads`` (default 1) sets ``torch.set_num_threads``.
+least disturbed measurement. ``--threads`` (default 1) sets ``torch.set_num_threads``. The run
+ends with a summary: one line per target of issue 13 with the measured value.
 
-The JSON has the top-level keys ``machine``, ``sum_layer``, ``train``, ``probe`` and ``scaling``
-(``probe`` is null when ``convac.entropy`` cannot be imported, ``train`` rows have null
-``cirkit_img_s`` when libcirkit, the ``bench`` extra, is not installed), plus ``mode`` and
-``train_structure`` (what each side of the training comparison builds).
+The JSON has the top-level keys ``machine``, ``sum_layer``, ``train``, ``probe``, ``scaling``,
+``compile`` and ``summary`` (a section not run is null; ``probe`` is null when
+``convac.entropy`` cannot be imported, ``train`` rows have null ``cirkit_img_s`` when libcirkit,
+the ``bench`` extra, is not installed), plus ``mode`` and ``train_structure`` (what each side
+of the training comparison builds).
 
 On CPU, glibc returns freed blocks of more than a few tens of MB to the system, so every
 training step of a large model page-faults its big tensors back in; on virtual machines where
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import json
 import math
 import platform
@@ -38,6 +42,8 @@ import torch
 from convac import Categorical, HTConvAC
 from convac.layers import log_einsum_exp
 
+SECTIONS = ["sum_layer", "train", "probe", "scaling", "compile"]
+
 # ------------------------------------------------------------------------------------------
 # Settings of the three modes
 # ------------------------------------------------------------------------------------------
@@ -51,15 +57,17 @@ class Settings:
     sum_batch: int = 256
     sum_grid: tuple[int, int] = (16, 16)
     sum_repeats: int = 10
+    sum_compiled: bool = True  # also time torch.compile(log_einsum_exp) (compiles once per K)
     naive_budget: int = 1 << 26  # elements of the naive broadcast tensor timed at once
     train_cases: tuple[tuple[str, tuple[int, int, int], int], ...] = (
         ("28x28 categorical-256", (1, 28, 28), 256),
         ("digits 8x8 categorical-17", (1, 8, 8), 17),
+        ("64x64 categorical-256", (1, 64, 64), 256),
     )
     train_channels: int = 32
     train_batch: int = 100
     train_repeats: int = 20
-    scaling_sizes: tuple[int, ...] = (8, 16, 32, 64)
+    scaling_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
     scaling_repeats: int = 5
     probe_repeats: int = 3
     probe_samples: int | None = None  # None: the probe's default
@@ -68,9 +76,9 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = Settings(sum_repeats=3, train_repeats=6, scaling_repeats=2, probe_repeats=1)
+QUICK = Settings(sum_repeats=3, sum_compiled=False, train_repeats=6, scaling_repeats=2, probe_repeats=1)
 DRY_RUN = Settings(
-    sum_channels=(4, 8), sum_batch=8, sum_grid=(4, 4), sum_repeats=1, naive_budget=1 << 12,
+    sum_channels=(4, 8), sum_batch=8, sum_grid=(4, 4), sum_repeats=1, sum_compiled=False, naive_budget=1 << 12,
     train_cases=(("8x8 categorical-256", (1, 8, 8), 256), ("digits 4x4 categorical-17", (1, 4, 4), 17)),
     train_channels=4, train_batch=8, train_repeats=1, scaling_sizes=(4, 8), scaling_repeats=1,
     probe_repeats=1, probe_samples=64, probe_train_images=128, warmup=1,
@@ -122,7 +130,9 @@ def bench_sum_layer(settings: Settings, device: torch.device) -> list[dict]:
 
     The naive form is timed on the first ``naive_positions`` positions (its broadcast tensor
     is capped at ``naive_budget`` elements, 256 MB at full size) and scaled by
-    ``P / naive_positions``: positions are independent and identical work.
+    ``P / naive_positions``: positions are independent and identical work. With
+    ``sum_compiled`` (the full run) ``torch.compile(log_einsum_exp)`` is timed beside
+    (``compiled_ms``, ``compiled_efficiency``), compiled once per ``K`` before the timing.
     """
     (gh, gw), batch = settings.sum_grid, settings.sum_batch
     positions = gh * gw
@@ -149,8 +159,16 @@ def bench_sum_layer(settings: Settings, device: torch.device) -> list[dict]:
         def peak():
             return torch.bmm(linear, w_t)
 
-        fwd = interleaved_min({"ours": ours, "naive": naive, "bmm": peak},
-                              settings.sum_repeats, settings.warmup, device)
+        contenders = {"ours": ours, "naive": naive, "bmm": peak}
+        if settings.sum_compiled:
+            compiled_sum = torch.compile(log_einsum_exp, dynamic=False)
+
+            def compiled():
+                with torch.no_grad():
+                    return compiled_sum(x, weights)
+
+            contenders["compiled"] = compiled
+        fwd = interleaved_min(contenders, settings.sum_repeats, settings.warmup, device)
 
         x_grad = x.clone().requires_grad_()
         logits_grad = logits.clone().requires_grad_()
@@ -181,6 +199,8 @@ def bench_sum_layer(settings: Settings, device: torch.device) -> list[dict]:
             "gflops": gflops,
             "peak_gflops": peak_gflops,
             "efficiency": gflops / peak_gflops,
+            "compiled_ms": 1e3 * fwd["compiled"] if "compiled" in fwd else None,
+            "compiled_efficiency": fwd["bmm"] / fwd["compiled"] if "compiled" in fwd else None,
             "ours_fb_ms": 1e3 * fb["ours"],
             "naive_fb_ms": 1e3 * fb["naive"] * scale,
             "speedup_fb": fb["naive"] * scale / fb["ours"],
@@ -189,9 +209,10 @@ def bench_sum_layer(settings: Settings, device: torch.device) -> list[dict]:
             "naive_positions": naive_positions,
         }
         rows.append(row)
+        compiled_text = "" if row["compiled_ms"] is None else f"  compiled ({100 * row['compiled_efficiency']:4.1f}%)"
         print(f"  sum K={k:4d}: ours {row['ours_ms']:9.2f} ms  naive {row['naive_ms']:10.2f} ms"
               f"  x{row['speedup']:7.1f}  {gflops:6.1f} / {peak_gflops:6.1f} GFLOP/s"
-              f" ({100 * row['efficiency']:4.1f}%)  fwd+bwd x{row['speedup_fb']:6.1f}", flush=True)
+              f" ({100 * row['efficiency']:4.1f}%)  fwd+bwd x{row['speedup_fb']:6.1f}{compiled_text}", flush=True)
     return rows
 
 
@@ -205,9 +226,9 @@ def _num_params(module: torch.nn.Module) -> int:
 
 
 def _train_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
-    """A closure running forward + backward + ``torch.optim.Adam`` step (default settings,
-    lr 0.01) on a fixed batch; the same optimizer for every contender."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    """A closure running forward + backward + ``torch.optim.Adam`` step (lr 0.01, ``fused=True``
+    as ``convac-train`` uses it) on a fixed batch; the same optimizer for every contender."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, fused=True)
 
     def step():
         optimizer.zero_grad()
@@ -230,8 +251,12 @@ def _train_batch(shape: tuple[int, int, int], num_values: int, batch: int, devic
 
 
 def ht_model(shape: tuple[int, int, int], num_values: int, channels: int, device: torch.device) -> HTConvAC:
-    """Our HT: ``num_components = channels``, 2x2 pooling down to 1x1, per-position parameters."""
-    return HTConvAC(shape, Categorical(num_values), channels, channels, pool=2).to(device)
+    """Our HT: ``num_components = channels``, 2x2 pooling down to 1x1, per-position parameters;
+    without per-batch value checks (``validate_args = False``), as ``convac-train`` runs it once its
+    datamodule has checked the data."""
+    model = HTConvAC(shape, Categorical(num_values), channels, channels, pool=2).to(device)
+    model.validate_args = False
+    return model
 
 
 def cirkit_circuit(shape: tuple[int, int, int], num_values: int, channels: int, device: torch.device):
@@ -311,7 +336,7 @@ def bench_train(settings: Settings, device: torch.device) -> tuple[list[dict], d
                   f"(a {k}x{k} dense sum per child region, Hadamard product of the 2x2 children; odd grids "
                   f"merge 2 or 1 children), categorical input layers with {k} units, softmax sum weights, "
                   "a final sum to 1 output; lse-sum semiring, fold=True, optimize=True",
-        "optimizer": "torch.optim.Adam(lr=0.01), default settings, for both",
+        "optimizer": "torch.optim.Adam(lr=0.01, fused=True) for both",
     }
     return rows, structure
 
@@ -323,7 +348,7 @@ def bench_train(settings: Settings, device: torch.device) -> tuple[list[dict], d
 
 def bench_probe(settings: Settings, device: torch.device) -> dict | None:
     """Share of an epoch of the default run (``model=ht data=digits``: HT with M=16, K=32,
-    batch 64, Adam lr 0.01) taken by ``convac.entropy.probe`` at its default settings:
+    batch 64, fused Adam lr 0.01, no per-batch value checks) taken by ``convac.entropy.probe`` at its default settings:
     ``share = probe_s / (epoch_s + probe_s)``, ``epoch_s`` one pass over the training split
     plus one over the validation split in a plain loop (no Lightning overhead, so the share is
     an upper bound), and the relative standard error ``se_rel = SE(H(X)) / H(X)`` it reaches.
@@ -343,7 +368,8 @@ def bench_probe(settings: Settings, device: torch.device) -> dict | None:
     val_batches = [b.to(device) for b in val_x.split(64)]
     torch.manual_seed(0)
     model = HTConvAC((1, 8, 8), Categorical(17), num_components=16, channels=32).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.validate_args = False  # as convac-train, whose datamodule checked the data
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, fused=True)
 
     def epoch():
         model.train()
@@ -406,7 +432,10 @@ def scaling_point(size: int, settings: Settings, device: torch.device) -> dict:
     ``train_batch``). Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the peak
     resident set size while building and training the model minus the resident size before
     (heap trimmed first), so parameters, optimizer state, gradients and activations; null
-    where ``/proc`` cannot measure it. :func:`bench_scaling` runs each size in a fresh process."""
+    where ``/proc`` cannot measure it. ``state_mb``: parameters, gradients and the two Adam
+    moments (16 bytes per float32 parameter); ``per_example_mb``: the rest of the peak over the
+    batch size, the activations and temporaries of one example. :func:`bench_scaling` runs each
+    size in a fresh process."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     baseline_kb = _reset_peak_rss() if device.type == "cpu" else None
@@ -419,21 +448,83 @@ def scaling_point(size: int, settings: Settings, device: torch.device) -> dict:
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak_mb = None if baseline_kb is None else (_status_kb("VmHWM") - baseline_kb) / 1024
+    state_mb = 16 * _num_params(model) / 2**20
+    per_example_mb = None if peak_mb is None else (peak_mb - state_mb) / settings.train_batch
     return {"size": f"{size}x{size}", "img_s": settings.train_batch / best["ht"], "peak_mb": peak_mb,
+            "state_mb": state_mb, "per_example_mb": per_example_mb, "batch": settings.train_batch,
             "step_ms": 1e3 * best["ht"], "num_variables": size * size, "params": _num_params(model)}
 
 
-def bench_scaling(settings: Settings, device: torch.device, mode: str, threads: int) -> list[dict]:
+def bench_scaling(settings: Settings, device: torch.device, mode: str, threads: int, overrides: dict) -> list[dict]:
     """One fresh process per input size (clean peak memory), sizes in increasing order."""
     rows = []
     for size in settings.scaling_sizes:
         command = [sys.executable, __file__, f"--{mode}", "--device", str(device), "--threads", str(threads), "--scaling-point", str(size)]
+        command += [f"--{k.replace('_', '-')}={v}" for k, v in overrides.items() if v is not None]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
-        peak = "n/a" if row["peak_mb"] is None else f"{row['peak_mb']:.1f} MB"
+        peak = "n/a" if row["peak_mb"] is None else f"{row['peak_mb']:.1f} MB ({row['per_example_mb']:.2f} MB per example)"
         print(f"  scaling {row['size']:>7}: {row['img_s']:9.1f} img/s  peak {peak}", flush=True)
     return rows
+
+
+# ------------------------------------------------------------------------------------------
+# torch.compile: the training step of a compiled model against the eager one
+# ------------------------------------------------------------------------------------------
+
+
+def bench_compile(settings: Settings, device: torch.device) -> list[dict]:
+    """``module.compile: true`` measured: one training step (as :func:`bench_train`) of the
+    eager model and of the same model after ``model.compile()`` (``torch.compile`` of its
+    forward), interleaved after the compilation; rows ``{"dataset", "eager_ms", "compiled_ms",
+    "speedup", "compile_s"}`` for the first two training cases."""
+    rows = []
+    for name, shape, num_values in settings.train_cases[:2]:
+        x, _ = _train_batch(shape, num_values, settings.train_batch, device)
+        eager = ht_model(shape, num_values, settings.train_channels, device)
+        compiled = ht_model(shape, num_values, settings.train_channels, device)
+        compiled.load_state_dict(eager.state_dict())
+        compiled.compile()
+        steps = {"eager": _train_step(eager, lambda: -eager.log_prob(x).mean()),
+                 "compiled": _train_step(compiled, lambda: -compiled.log_prob(x).mean())}
+        start = time.perf_counter()
+        steps["compiled"]()  # compiles the forward and the backward
+        compile_s = time.perf_counter() - start
+        best = interleaved_min(steps, settings.train_repeats, settings.warmup, device)
+        row = {"dataset": name, "eager_ms": 1e3 * best["eager"], "compiled_ms": 1e3 * best["compiled"],
+               "speedup": best["eager"] / best["compiled"], "compile_s": compile_s, "batch": settings.train_batch}
+        rows.append(row)
+        print(f"  compile {name}: eager {row['eager_ms']:8.2f} ms  compiled {row['compiled_ms']:8.2f} ms"
+              f"  x{row['speedup']:.2f} (compiling took {compile_s:.0f} s)", flush=True)
+    return rows
+
+
+def summary(results: dict) -> list[str]:
+    """One line per target of issue 13, with the measured values (sections not run are left out)."""
+    lines = []
+    if results["probe"] is not None:
+        p = results["probe"]
+        lines.append(f"probe beside a bare training loop (no Lightning, an upper bound): share {100 * p['share']:.1f}%, "
+                     f"SE(H(X))/H(X) {100 * p['se_rel']:.2f}% (<= 0.5%); the target (<= 5%) is convac-train's "
+                     f"share: python scripts/results.py default-run")
+    if results["train"] is not None and any(r["ratio"] is not None for r in results["train"]):
+        ratios = ", ".join(f"{r['dataset']} {r['ratio']:.2f}x" for r in results["train"] if r["ratio"] is not None)
+        lines.append(f"training step vs libcirkit: {ratios} (target >= 2x each)")
+    if results["sum_layer"] is not None:
+        effs = ", ".join(f"K={r['K']} {100 * r['efficiency']:.0f}%" for r in results["sum_layer"])
+        lines.append(f"sum layer forward / plain bmm: {effs} (target >= 35% at K=16, >= 50% at K>=64)")
+        if results["sum_layer"][0].get("compiled_efficiency") is not None:
+            effs = ", ".join(f"K={r['K']} {100 * r['compiled_efficiency']:.0f}%" for r in results["sum_layer"])
+            lines.append(f"sum layer forward under torch.compile / plain bmm: {effs}")
+    if results["compile"] is not None:
+        speedups = ", ".join(f"{r['dataset']} x{r['speedup']:.2f}" for r in results["compile"])
+        lines.append(f"torch.compile training step over eager: {speedups} (module.compile: keep whichever wins)")
+    if results["scaling"] is not None and results["scaling"][-1]["per_example_mb"] is not None:
+        last = results["scaling"][-1]
+        lines.append(f"scaling up to {last['size']}: {last['img_s']:.1f} img/s, peak {last['peak_mb']:.0f} MB, "
+                     f"{last['per_example_mb']:.2f} MB per example")
+    return lines
 
 
 # ------------------------------------------------------------------------------------------
@@ -473,8 +564,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", help="write the results as JSON to this file")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--only", nargs="+", choices=["sum_layer", "train", "probe", "scaling"],
+    parser.add_argument("--only", nargs="+", choices=SECTIONS,
                         help="run only these sections (the others are null)")
+    parser.add_argument("--train-channels", type=int, help="K of the training and scaling models (default 32)")
+    parser.add_argument("--train-batch", type=int, help="batch of the training and scaling steps (default 100)")
     parser.add_argument("--scaling-point", type=int, help=argparse.SUPPRESS)  # internal: one scaling size
     return parser.parse_args(argv)
 
@@ -483,6 +576,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     mode = "quick" if args.quick else "dry-run" if args.dry_run else "full"
     settings = {"full": FULL, "quick": QUICK, "dry-run": DRY_RUN}[mode]
+    overrides = {"train_channels": args.train_channels, "train_batch": args.train_batch}
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available")
@@ -491,9 +586,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(scaling_point(args.scaling_point, settings, device)))
         return {}
 
-    sections = args.only or ["sum_layer", "train", "probe", "scaling"]
-    results: dict = {"machine": machine_info(device, args.threads), "mode": mode,
-                     "sum_layer": None, "train": None, "train_structure": None, "probe": None, "scaling": None}
+    sections = args.only or [s for s in SECTIONS if s != "compile" or mode == "full"]
+    results: dict = {"machine": machine_info(device, args.threads), "mode": mode, "sum_layer": None, "train": None,
+                     "train_structure": None, "probe": None, "scaling": None, "compile": None}
     print(f"convac bench ({mode}) on {results['machine']['cpu']}, {args.threads} thread(s), device {device}", flush=True)
     if "sum_layer" in sections:
         results["sum_layer"] = bench_sum_layer(settings, device)
@@ -502,7 +597,11 @@ def main(argv: list[str] | None = None) -> dict:
     if "probe" in sections:
         results["probe"] = bench_probe(settings, device)
     if "scaling" in sections:
-        results["scaling"] = bench_scaling(settings, device, mode, args.threads)
+        results["scaling"] = bench_scaling(settings, device, mode, args.threads, overrides)
+    if "compile" in sections:
+        results["compile"] = bench_compile(settings, device)
+    results["summary"] = summary(results)
+    print("\n".join(["summary (issue 13's targets):"] + [f"  {line}" for line in results["summary"]]), flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)

@@ -59,3 +59,25 @@ def test_main_writes_every_top_level_key(bench, tmp_path):
     assert {"machine", "sum_layer", "train", "probe", "scaling"} <= set(result)
     assert result["machine"]["threads"] == 1 and result["machine"]["device"] == "cpu"
     assert len(result["sum_layer"]) == len(bench.DRY_RUN.sum_channels) and result["scaling"] is None
+
+
+def test_summary_prints_every_ratio_of_issue_13(bench):
+    """One line per target with the measured values: the probe's share and SE, every training
+    ratio, the sum layer's efficiency at each K, compile and the largest scaling point."""
+    results = {
+        "probe": {"share": 0.041, "se_rel": 0.0031},
+        "train": [{"dataset": "28x28", "ratio": 2.5}, {"dataset": "digits", "ratio": 2.1}, {"dataset": "64x64", "ratio": None}],
+        "sum_layer": [{"K": 16, "efficiency": 0.36}, {"K": 64, "efficiency": 0.55}],
+        "compile": [{"dataset": "digits", "speedup": 0.9}],
+        "scaling": [{"size": "128x128", "img_s": 20.0, "peak_mb": 3000.0, "per_example_mb": 12.5}],
+    }
+    text = "\n".join(bench.summary(results))
+    for part in ("4.1%", "0.31%", "default-run", "28x28 2.50x", "digits 2.10x", "K=16 36%", "K=64 55%", "x0.90", "128x128", "12.50 MB"):
+        assert part in text
+    assert "64x64" not in text  # no libcirkit number, no ratio
+    assert bench.summary({"probe": None, "train": None, "sum_layer": None, "compile": None, "scaling": None}) == []
+
+
+def test_train_settings_can_be_overridden(bench):
+    args = bench.parse_args(["--dry-run", "--train-channels", "8", "--train-batch", "4", "--only", "train", "compile"])
+    assert args.train_channels == 8 and args.train_batch == 4 and args.only == ["train", "compile"]

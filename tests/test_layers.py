@@ -210,3 +210,62 @@ def test_exact_positions_follow_the_weights_and_are_cached(monkeypatch):
         layer.logits.fill_(0)
         layer.logits[0, 0, 1, 2] = -800.0  # position 0; float64: below its threshold (about -671)
     assert layer.exact_positions()[1].tolist() == [0] and checks[-1][0] == torch.float64
+
+
+# ---------------------------------------------------------------- the hot path (issue 13)
+@pytest.mark.parametrize("k", [1, 2, 3, 8, 16, 17, 24, 31, 32, 48, 64])
+def test_channel_max_is_the_maximum(k):
+    """``channel_max`` (halving where CPU ``amax`` is slow) equals ``amax`` bit for bit, with -inf
+    rows and NaN."""
+    x = torch.randn(3, 5, k) * 100
+    x[0, 0] = -math.inf
+    x[1, 1, k // 2] = math.nan
+    expected = x.amax(-1, keepdim=True)
+    assert torch.equal(layers.channel_max(x), expected) or torch.allclose(layers.channel_max(x), expected, equal_nan=True)
+
+
+def test_exact_positions_come_from_a_conservative_bound():
+    """A position takes the exact path when ``min - max - log K_in`` of a row of its logits is
+    below :func:`min_log_weight`: every position with a smaller log-weight does (exactness), and
+    none whose log-weights are all more than ``log K_in`` above it (speed)."""
+    torch.manual_seed(0)
+    layer = SumLayer((4, 5), in_channels=6, out_channels=3, shared=False)
+    with torch.no_grad():
+        layer.logits.copy_(torch.randn_like(layer.logits) * torch.logspace(0, 2.5, 20).view(4, 5, 1, 1))
+    lowest = torch.log_softmax(layer.logits, -1).reshape(20, -1).amin(1)
+    threshold = min_log_weight(torch.float32, 6)
+    plan = layer.exact_positions()
+    exact = set(plan[1].tolist()) if plan is not None else set()
+    assert {p for p in range(20) if lowest[p] < threshold} <= exact
+    assert exact <= {p for p in range(20) if lowest[p] < threshold + math.log(6)}
+    assert 0 < len(exact) < 20
+
+
+def test_a_model_reads_the_exact_positions_of_all_sum_layers_at_once(monkeypatch):
+    """After an optimizer step every sum layer's plan is stale; the model's next forward remakes all
+    of them with one host read (one ``refresh_exact_positions`` over every layer, before the
+    upward pass), and a forward without a step in between reads nothing."""
+    import convac.model
+
+    torch.manual_seed(0)
+    model = HTConvAC((1, 4, 4), Categorical(3), 2, 2)
+    refresh, stale_counts, flags = convac.model.refresh_exact_positions, [], []
+
+    def counting_refresh(layers):
+        layers = list(layers)
+        stale_counts.append(sum(not layer._plan_is_current() for layer in layers))
+        refresh(layers)
+
+    monkeypatch.setattr(convac.model, "refresh_exact_positions", counting_refresh)
+    small_positions = SumLayer._small_positions
+    monkeypatch.setattr(SumLayer, "_small_positions", lambda layer: flags.append(layer) or small_positions(layer))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randint(0, 3, (5, 1, 4, 4))
+    for _ in range(2):
+        optimizer.zero_grad()
+        (-model.log_prob(x).mean()).backward()
+        optimizer.step()
+    assert stale_counts == [model.num_levels + 1] * 2 and len(flags) == 2 * (model.num_levels + 1)
+    model.log_prob(x)
+    model.log_prob(x)
+    assert stale_counts[-2:] == [model.num_levels + 1, 0] and len(flags) == 3 * (model.num_levels + 1)

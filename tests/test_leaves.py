@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from convac import leaves
 from convac.leaves import Bernoulli, Categorical, Gaussian, make_leaf
 
 
@@ -98,3 +99,32 @@ def test_categorical_log_prob_gradient_matches_autograd(shared):
     per_var = table[torch.arange(3).view(3, 1, 1), torch.arange(2).view(1, 1, 2), x.masked_fill(missing, 0)]
     per_var.masked_fill(missing.unsqueeze(-1), 0.0).sum(2).backward(upstream)
     assert torch.allclose(layer.logits.grad, logits.grad)
+
+
+# ---------------------------------------------------------------- sampling from CDF tables (issue 13)
+def test_cdf_rows_are_the_normalized_cdf():
+    """``cdf_rows`` (no running maximum on CPU) equals ``normalized_cdf`` of the float64 cumulative
+    sums: nondecreasing rows ending at exactly 1, also with zero and tiny probabilities."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(50, 7, generator=g) * 30, -1)
+    p[3, 2] = 0.0
+    rows = leaves.cdf_rows(p)
+    assert rows.dtype == torch.float64 and torch.equal(rows, leaves.normalized_cdf(p.double().cumsum(-1)))
+    assert (rows.diff(dim=-1) >= 0).all() and (rows[:, -1] == 1).all()
+
+
+def test_both_ways_of_drawing_table_rows_draw_the_same_values(monkeypatch):
+    """Gathered rows compared with ``u`` (short rows) and one binary search over the whole table
+    (long rows) draw the same values from the same uniforms, and never a value of probability 0."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(30, 9, generator=g) * 4, -1)
+    p[:, 4] = 0.0  # impossible everywhere
+    cdf = leaves.cdf_rows(p)
+    rows = torch.randint(0, 30, (40, 50), generator=g)
+    gathered = leaves.sample_table_rows(cdf, rows, torch.Generator().manual_seed(1))
+    monkeypatch.setattr(leaves, "GATHER_MAX_VALUES", 1)
+    searched = leaves.sample_table_rows(cdf, rows, torch.Generator().manual_seed(1))
+    assert torch.equal(gathered, searched) and not (gathered == 4).any()
+    counts = torch.bincount(gathered[rows == 0], minlength=9).double()
+    expected = p[0].double() / p[0].sum() * counts.sum()  # cdf_rows normalizes the rows
+    assert ((counts - expected).abs() <= 4 * expected.sqrt() + 1).all()

@@ -408,3 +408,75 @@ def test_cuda_matches_cpu(cls, kwargs):
     samples = gpu_model.sample(64, generator=torch.Generator(device="cuda").manual_seed(0))
     assert samples.is_cuda and torch.isfinite(gpu_model.log_prob(samples)).all()
     assert torch.allclose(gpu_model.float().log_prob(x.cuda()).double().cpu(), cpu, atol=1e-4)
+
+
+# ---------------------------------------------------------------- the hot path (issue 13)
+def test_value_checks_follow_validate_args(monkeypatch):
+    """Public calls check the input values by default (one-line errors); ``validation(False)``
+    (and ``validate_args = False``) skips the checks, each a host read, and gives the same values."""
+    model = build(*TINY[1])
+    x = all_inputs(model.in_shape, 2)
+    reference = model.log_prob(x)
+    with pytest.raises(ValueError, match="values in"):
+        model.log_prob(torch.full((1, 1, 2, 4), 2))
+    calls = []
+    monkeypatch.setattr(model.leaves, "check_values", lambda *args: calls.append(args))
+    with model.validation(False):
+        assert not model.validate_args and torch.equal(model.log_prob(x), reference)
+    assert not calls and model.validate_args  # restored after the block
+    model.log_prob(x)
+    assert len(calls) == 1
+
+
+def test_no_mask_work_when_nothing_can_be_missing(monkeypatch):
+    """The leaf layer gets ``missing=None`` for integer inputs without a mask on a grid the
+    patches tile; a NaN-marked float input and a padded grid still get their masks."""
+    seen = []
+
+    def spy(layer):
+        forward = layer.forward
+        monkeypatch.setattr(layer, "forward", lambda x, missing, maximized=None: seen.append(missing) or forward(x, missing, maximized))
+
+    model = build(*TINY[1])
+    spy(model.leaves)
+    model.log_prob(torch.zeros(3, 1, 2, 4, dtype=torch.long))
+    assert seen[-1] is None
+    padded = build(*TINY[4])  # 1x3 grid of 2x2 patches: the last column pads
+    spy(padded.leaves)
+    padded.log_prob(torch.zeros(3, 2, 1, 3, dtype=torch.long))
+    assert seen[-1] is not None and seen[-1].any()
+    gaussian = HTConvAC((1, 2, 2), Gaussian(), 2, 2)
+    spy(gaussian.leaves)
+    x = torch.randn(2, 1, 2, 2)
+    x[0, 0, 0, 0] = math.nan
+    assert torch.isfinite(gaussian.log_prob(x)).all() and seen[-1].sum() == 1
+
+
+@pytest.mark.parametrize("leaf,x", [(Categorical(5), torch.randint(0, 5, (4, 1, 4, 4))), (Gaussian(), torch.randn(4, 1, 4, 4))])
+def test_a_training_step_reads_nothing_back_but_the_exact_positions(monkeypatch, leaf, x):
+    """Forward, backward and optimizer steps of a model on the ``meta`` device (which has no data:
+    any host read of a value raises there, as it would synchronize a GPU), with the value checks
+    off. The only host read is the exact-position plan, once per step for all sum layers
+    (:func:`convac.layers.refresh_exact_positions`), replaced here by one that reads nothing."""
+    import convac.model
+
+    refreshes = []
+
+    def plan_without_reading(layers):
+        layers = list(layers)
+        refreshes.append(sum(not layer._plan_is_current() for layer in layers))
+        for layer in layers:  # what the read would find for ordinary weights: no exact position
+            layer._set_plan(torch.zeros(1 if layer.shared else layer.num_positions, dtype=torch.bool))
+
+    monkeypatch.setattr(convac.model, "refresh_exact_positions", plan_without_reading)
+    model = HTConvAC((1, 4, 4), leaf, 3, 3).to("meta")
+    model.validate_args = False
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(3):
+        optimizer.zero_grad()
+        (-model.log_prob(x.to("meta")).mean()).backward()
+        optimizer.step()
+    assert refreshes == [model.num_levels + 1] * 3  # every step: all sum layers stale, one plan for all
+    model.validate_args = True
+    with pytest.raises(RuntimeError, match="meta"):  # the value checks do read values back
+        model.log_prob(x.to("meta"))

@@ -136,3 +136,44 @@ def test_a_cosine_schedule_anneals_the_step_over_the_epochs(digits, optimizer):
     quiet_trainer(max_epochs=4, limit_train_batches=2, limit_val_batches=1, callbacks=[Record()]).fit(module, datamodule=digits)
     expected = [0.1 * (1 + math.cos(math.pi * epoch / 4)) / 2 for epoch in range(4)]
     assert steps == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------- the hot path (issue 13)
+def test_a_checked_datamodule_turns_the_per_batch_value_checks_off(digits, monkeypatch):
+    """A convac datamodule checked every value of its splits when it was set up: after
+    ``check_fits`` in ``setup``, the training, validation and test batches skip the model's value
+    checks (host reads); batches from plain dataloaders keep them, and the model keeps them for
+    its public calls outside the steps."""
+    module = make_module()
+    checks = []
+    check_values = module.model.leaves.check_values
+    monkeypatch.setattr(module.model.leaves, "check_values", lambda *a: checks.append(a) or check_values(*a))
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=1, limit_test_batches=1)
+    trainer.fit(module, datamodule=digits)
+    trainer.test(module, datamodule=digits, verbose=False)
+    assert module.data_checked and not checks and module.model.validate_args
+    x, y = digits.split("val")
+    plain = make_module()
+    plain_check = plain.model.leaves.check_values
+    plain.model.leaves.check_values = lambda *a: checks.append(a) or plain_check(*a)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:8], y[:8]), batch_size=4)
+    quiet_trainer(max_steps=1, limit_val_batches=0).fit(plain, train_dataloaders=loader)
+    assert not plain.data_checked and len(checks) == 1
+    module.model.log_prob(x[:4])
+    assert len(checks) == 2
+
+
+def test_optimizers_with_a_fused_kernel_use_it():
+    for name, fused in (("Adam", True), ("AdamW", True), ("SGD", True), ("RMSprop", None)):
+        optimizer = make_module(optimizer=name).configure_optimizers()
+        assert type(optimizer).__name__ == name and optimizer.defaults.get("fused") is fused
+
+
+def test_compile_compiles_the_model_forward():
+    """``module.compile=true`` compiles the model in place (``nn.Module.compile``: the state dict
+    keeps its keys); EM, which reads the layers through forward hooks, refuses it."""
+    module = make_module(compile=True)
+    assert module.model._compiled_call_impl is not None
+    assert list(module.state_dict()) == list(make_module().state_dict())
+    with pytest.raises(ValueError, match="compile"):
+        make_module(num_classes=1, optimizer="em", lr=0.5, compile=True)

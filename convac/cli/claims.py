@@ -14,14 +14,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from convac import load_pretrained
 from convac.cli.common import exit_on_error
-from convac.entropy import DEFAULT_NUM_SAMPLES, probe
+from convac.entropy import probe
 from convac.entropy.claims import check_claims, format_claims
 
 
 @dataclass
 class ClaimsConfig:
     ckpt: str = "???"
-    num_samples: int = 4 * DEFAULT_NUM_SAMPLES
+    num_samples: int = 1024
     seed: int = 0
     bin_width: Optional[float] = None
 

@@ -20,6 +20,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from convac.configs import schema, targets
 from convac.data import ConvACDataModule, create_datamodule
 from convac.training import NonFiniteError
+from convac.training.allocator import keep_freed_memory
 from convac.zoo.pretrained import load_checkpoint_dict
 
 # What a user can cause and fix (a bad value, file, folder or checkpoint) or must be told of
@@ -33,12 +34,14 @@ CONFIG_ERRORS = (HydraException, OmegaConfBaseException)
 def start(cfg: DictConfig) -> None:
     """Check ``cfg`` (:func:`schema.to_object`: every value set and of its schema's type; then
     every ``_target_`` node against its constructor, :func:`targets.check_targets`), seed
-    everything, set the torch threads."""
+    everything, set the torch threads, and make the C allocator keep freed memory for the next
+    step (:func:`keep_freed_memory`, glibc)."""
     schema.to_object(cfg)
     targets.check_targets(cfg)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    keep_freed_memory()
 
 
 def setup_data(cfg: DictConfig) -> ConvACDataModule:

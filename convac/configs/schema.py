@@ -231,6 +231,7 @@ class ModuleConfig:
     scheduler_kwargs: Dict[str, Any] = field(default_factory=dict)
     structure_learning: StructureLearningConfig = field(default_factory=StructureLearningConfig)
     init_std: Optional[float] = None
+    compile: bool = False
 
 
 @dataclass

@@ -19,7 +19,7 @@ from convac.model import ConvAC
 def categorical_entropy(log_p: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """``H(p) = -sum p log p`` over ``dim`` of normalized log-probabilities (``0 log 0 = 0``)."""
     log_p = log_p.clamp_min(torch.finfo(log_p.dtype).min)  # -inf -> a finite value of weight 0
-    return -(log_p.exp() * log_p).sum(dim)
+    return -log_p.exp().mul_(log_p).sum(dim)
 
 
 @dataclass
@@ -31,6 +31,7 @@ class SampleStatistics:
     log_px_given_y: torch.Tensor  # -log P(x | y): E = H(X | Y)
     gaps: list[torch.Tensor]  # (n, P_{l-1}) for l = 1..L: H(w[j, :]) - H(P(A | x_S, j)), E = Delta_R
     root_gap: torch.Tensor  # H(pi_L) - H(P(Z_L | x)): E = Delta_root
+    latent: torch.Tensor  # -log P(y, z), the sample's latent path: E = H(Y, Z) (latent_entropy)
 
     @staticmethod
     def concatenate(chunks: list["SampleStatistics"]) -> "SampleStatistics":
@@ -41,11 +42,14 @@ class SampleStatistics:
             log_px_given_y=torch.cat([c.log_px_given_y for c in chunks]),
             gaps=[torch.cat([c.gaps[i] for c in chunks]) for i in range(len(first.gaps))],
             root_gap=torch.cat([c.root_gap for c in chunks]),
+            latent=torch.cat([c.latent for c in chunks]),
         )
 
 
 @torch.no_grad()
-def one_pass_statistics(model: ConvAC, flows: list[torch.Tensor], n: int, generator: torch.Generator) -> SampleStatistics:
+def one_pass_statistics(
+    model: ConvAC, flows: list[torch.Tensor], n: int, generator: torch.Generator, rows: list[torch.Tensor] | None = None
+) -> SampleStatistics:
     """Draw ``n`` exact ancestral samples with their latents and run one bottom-up pass.
 
     * level ``l``: ``-sum_i log node_{l,i,Z_{l,i}}(x_{S_i})``, unbiased for ``H^l = H(X | Z_l)``;
@@ -53,15 +57,22 @@ def one_pass_statistics(model: ConvAC, flows: list[torch.Tensor], n: int, genera
       ``H(w_c[j, :]) - H(P(A | x_S, j))`` with ``P(a | x_S, j) ∝ w_c[j, a] node_{l-1,c,a}(x_S)``,
       unbiased for ``Delta_R = I(X_S; A_R | Z_parent)`` and bounded by ``log K_{l-1}``
       (the Rao-Blackwellized gap);
-    * root: ``H(pi_L) - H(P(Z_L | x))`` with the class-averaged root weights ``pi_L``.
+    * root: ``H(pi_L) - H(P(Z_L | x))`` with the class-averaged root weights ``pi_L``;
+    * latents: ``-log P(y, z)`` of the class and every latent on the sample's path (the root's
+      choice, every sum node's), whose exact mean is :func:`latent_entropy`: with the leaf term
+      (mean ``H^0``) the control variates of the one-pass estimates, as
+      ``-log P(x) = -log P(x | z) - log P(y, z) + log P(y, z | x)``.
 
-    ``flows`` is ``model.latent_marginals()``.
+    ``flows`` is ``model.latent_marginals()``, ``rows`` :func:`row_entropies` (computed when None).
     """
+    rows = row_entropies(model) if rows is None else rows
     log_prior = model.log_class_prior()
     y = torch.multinomial(log_prior.exp(), n, replacement=True, generator=generator)
     x, latents = model.sample(n, y=y, generator=generator, return_latents=True)
-    # (n, K_l, H_l, W_l) views of position-major storage: back to (P_l, n, K_l) without copies
-    levels = [v.permute(2, 3, 0, 1).reshape(-1, n, v.shape[1]) for v in model.level_log_probs(x)]
+    # (n, K_l, H_l, W_l) views of position-major storage: back to (P_l, n, K_l) without copies;
+    # exact samples need no value checks
+    with model.validation(False):
+        levels = [v.permute(2, 3, 0, 1).reshape(-1, n, v.shape[1]) for v in model.level_log_probs(x)]
     # (P_l, n): Z_{l,i} of every sample; -1 at the positions of the repetitions not chosen,
     # whose terms are left out (their nodes are not on the sample's path)
     chosen = [z.flatten(1).t() for z in latents]
@@ -69,13 +80,20 @@ def one_pass_statistics(model: ConvAC, flows: list[torch.Tensor], n: int, genera
     level_terms = [-(v.gather(2, z.clamp_min(0).unsqueeze(2)).squeeze(2) * (z >= 0)).sum(0) for v, z in zip(levels, chosen)]
 
     gaps = []
+    latent = torch.zeros(n, dtype=torch.float64, device=x.device)
     for level in range(1, model.num_levels + 1):
         layer, pool = model.sums[level - 1], model.pools[level - 1]
         parent = pool.expand(latents[level]).flatten(1).t()  # (P, n) channel j of each sum node's parent
-        log_w = layer.log_weights().expand(layer.num_positions, -1, -1)  # (P, K_l, K_{l-1})
-        positions = torch.arange(layer.num_positions, device=x.device).unsqueeze(1)
-        prior = log_w[positions, parent.clamp_min(0)]  # (P, n, K_{l-1}): log w_c[j, :]
-        prior_entropy = categorical_entropy(log_w)[positions, parent.clamp_min(0)]  # (P, n): H(w_c[j, :])
+        log_w = layer.log_weights()  # (P or 1, K_l, K_{l-1})
+        k_parent, k_child = log_w.shape[1:]
+        index = parent.clamp_min(0)  # row (position, j) of the flat (P * K_l, K_{l-1}) table
+        if not layer.shared:
+            index = index + torch.arange(0, layer.num_positions * k_parent, k_parent, device=x.device).unsqueeze(1)
+        index = index.flatten()
+        prior = log_w.reshape(-1, k_child).index_select(0, index).view(*parent.shape, k_child)  # (P, n, K_{l-1}): log w_c[j, :]
+        prior_entropy = rows[level - 1].flatten().index_select(0, index).view(parent.shape)  # (P, n): H(w_c[j, :])
+        chosen_log_w = prior.gather(2, chosen[level - 1].clamp_min(0).unsqueeze(2)).squeeze(2)  # (P, n): log w_c[j, Z_{l-1,c}]
+        latent -= (chosen_log_w * (parent >= 0)).sum(0).double()
         posterior = torch.log_softmax(prior.add_(levels[level - 1]), dim=-1)
         gaps.append(((prior_entropy - categorical_entropy(posterior)) * (parent >= 0)).t())  # (n, P)
 
@@ -86,13 +104,29 @@ def one_pass_statistics(model: ConvAC, flows: list[torch.Tensor], n: int, genera
     log_px = torch.logsumexp(log_px_given_class + log_prior, dim=1)
     log_pi_top = flows[-1].flatten(1).t().flatten().log()  # (R * K_L,) in the root's channel order
     root_gap = categorical_entropy(log_pi_top) - categorical_entropy(torch.log_softmax(log_pi_top + top, dim=1))
+    k_top = model.channels[-1]
+    top_choice = latents[-1].flatten(1)  # (n, R): Z_L of the chosen repetition, -1 in the others
+    offsets = torch.arange(0, top_choice.shape[1] * k_top, k_top, device=x.device)
+    root_channel = torch.where(top_choice >= 0, top_choice + offsets, -1).amax(1)  # (n,) the root's input channel
+    latent -= (root_log_w[y, root_channel] + log_prior[y]).double()
     return SampleStatistics(
         levels=level_terms,
         log_px=-log_px,
         log_px_given_y=-log_px_given_class.gather(1, y.unsqueeze(1)).squeeze(1),
         gaps=gaps,
         root_gap=root_gap,
+        latent=latent,
     )
+
+
+@torch.no_grad()
+def latent_entropy(model: ConvAC, caps: list[torch.Tensor]) -> float:
+    """``H(Y, Z)``, the exact joint entropy of the class and every latent of the tree (the mean
+    of :attr:`SampleStatistics.latent`): ``H(Y) + sum_y P(y) H(w_root[y, :]) + sum`` of every
+    mapping's cap (``cap_R = E[-log w_R[Z_parent, Z_R]]``, :func:`mapping_caps`)."""
+    log_prior = model.log_class_prior()
+    root = (log_prior.exp() * categorical_entropy(model.root.log_weights()[0])).sum()
+    return float(categorical_entropy(log_prior)) + float(root) + sum(float(c.sum()) for c in caps)
 
 
 @torch.no_grad()
@@ -103,44 +137,55 @@ def exact_leaf_entropy(model: ConvAC, flows: list[torch.Tensor]) -> float:
 
 
 @torch.no_grad()
-def mapping_caps(model: ConvAC, flows: list[torch.Tensor]) -> tuple[list[torch.Tensor], float]:
-    """Caps of every mapping: ``cap_R = sum_j pi_parent(j) H(w_R[j, :])``.
+def row_entropies(model: ConvAC) -> list[torch.Tensor]:
+    """``H(w_c[j, :])`` of every sum node of fusion layers ``l = 1..L``: ``[(P or 1, K_l)]``."""
+    return [categorical_entropy(layer.log_weights()) for layer in model.sums]
+
+
+@torch.no_grad()
+def mapping_caps(
+    model: ConvAC, flows: list[torch.Tensor], rows: list[torch.Tensor] | None = None
+) -> tuple[list[torch.Tensor], float]:
+    """Caps of every mapping: ``cap_R = sum_j pi_parent(j) H(w_R[j, :])``; ``rows`` are
+    :func:`row_entropies` (computed when None).
 
     Returns ``[(H_{l-1}, W_{l-1})]`` for ``l = 1..L`` and the root's ``H(pi_L)``.
     """
+    rows = row_entropies(model) if rows is None else rows
     caps = []
-    for level in range(1, model.num_levels + 1):
-        layer, pool = model.sums[level - 1], model.pools[level - 1]
-        parent = pool.expand(flows[level]).flatten(1).t()  # (P, K_l)
-        row_entropy = categorical_entropy(layer.log_weights()).expand(layer.num_positions, -1)  # (P, K_l)
+    for layer, pool, flow, row_entropy in zip(model.sums, model.pools, flows[1:], rows):
+        parent = pool.expand(flow).flatten(1).t()  # (P, K_l)
         caps.append((parent * row_entropy).sum(1).view(layer.grid))
     return caps, float(categorical_entropy(flows[-1].flatten().log()))
 
 
 @torch.no_grad()
-def analytic_bounds(model: ConvAC, flows: list[torch.Tensor]) -> tuple[list[tuple[float, float]], tuple[float, float]]:
+def analytic_bounds(
+    model: ConvAC, flows: list[torch.Tensor], rows: list[torch.Tensor] | None = None
+) -> tuple[list[tuple[float, float]], tuple[float, float]]:
     """Bounds on ``H^l`` (``l = 0..L``) and ``H(X)`` at no sampling cost, from the recursion
     ``sum_a w_a H(child_a) <= H(sum_a w_a child_a) <= sum_a w_a H(child_a) + H(w)``
-    applied node by node (products add their children's entropies)."""
-    low = high = model.leaf_entropy()  # (P_0, M)
-    bounds = [_weighted(flows[0], low, high)]
-    for level in range(1, model.num_levels + 1):
-        layer, pool = model.sums[level - 1], model.pools[level - 1]
-        w = layer.position_weights()  # (P, K_l, K_{l-1})
-        mixed_low = torch.einsum("pja,pa->pj", w, low)
-        mixed_high = torch.einsum("pja,pa->pj", w, high) + categorical_entropy(w.log())
-        low, high = pool(mixed_low.unsqueeze(1))[:, 0], pool(mixed_high.unsqueeze(1))[:, 0]  # (P_l, K_l)
-        bounds.append(_weighted(flows[level], low, high))
+    applied node by node (products add their children's entropies); ``rows`` are
+    :func:`row_entropies` (computed when None)."""
+    rows = row_entropies(model) if rows is None else rows
+    bounds = model.leaf_entropy().unsqueeze(1).expand(-1, 2, -1)  # (P_0, 2, M): low and high
+    weighted = [_weighted(flows[0], bounds)]
+    for layer, pool, flow, row_entropy in zip(model.sums, model.pools, flows[1:], rows):
+        mixed = torch.bmm(bounds, layer.position_weights().transpose(1, 2))  # (P, 2, K_l): sum_a w_a H(child_a)
+        mixed[:, 1] += row_entropy  # + H(w)
+        bounds = pool(mixed)  # (P_l, 2, K_l)
+        weighted.append(_weighted(flow, bounds))
     pi_top = flows[-1].flatten(1).t()  # (R, K_L): P(repetition r, Z_L = k)
-    top_low = float((pi_top * low).sum())
-    top_high = float((pi_top * high).sum() + categorical_entropy(pi_top.flatten().log()))
-    return bounds, (max(top_low, bounds[-1][0]), top_high)
+    top = (pi_top.unsqueeze(1) * bounds).sum((0, 2))  # (2,)
+    top[1] += categorical_entropy(pi_top.flatten().log())
+    values = torch.stack(weighted + [top]).tolist()  # one host read
+    levels = [tuple(v) for v in values[:-1]]
+    return levels, (max(values[-1][0], levels[-1][0]), values[-1][1])
 
 
-def _weighted(flow: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> tuple[float, float]:
-    """``sum_{i,k} pi_{l,i}(k) [low, high]_{i,k}`` with ``flow`` (K, H, W), bounds (P, K)."""
-    pi = flow.flatten(1).t()
-    return float((pi * low).sum()), float((pi * high).sum())
+def _weighted(flow: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    """``sum_{i,k} pi_{l,i}(k) [low, high]_{i,k}`` with ``flow`` (K, H, W), ``bounds`` (P, 2, K) -> (2,)."""
+    return (flow.flatten(1).t().unsqueeze(1) * bounds).sum((0, 2))
 
 
 @torch.no_grad()

@@ -8,7 +8,16 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+
+
+def _float64(values) -> np.ndarray:
+    """A float64 NumPy array of a tensor (on any device) or array: the estimates are small
+    host-side computations."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(values, dtype=np.float64)
 
 
 @dataclass
@@ -19,34 +28,40 @@ class Estimate:
     se: float = 0.0
 
     @staticmethod
-    def of(samples: torch.Tensor, offset: float = 0.0) -> "Estimate":
-        n = samples.shape[0]
-        se = float(samples.std() / math.sqrt(n)) if n > 1 else math.nan
-        return Estimate(float(samples.mean()) + offset, se)
+    def of(samples, offset: float = 0.0) -> "Estimate":
+        """The mean of ``samples`` (n,) and its standard error (float64)."""
+        t = _float64(samples)
+        n = t.shape[0]
+        se = float(t.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+        return Estimate(float(t.mean()) + offset, se)
 
     @staticmethod
-    def controlled(samples: torch.Tensor, control: torch.Tensor, control_mean: float, offset: float = 0.0) -> "Estimate":
-        """The mean of ``samples`` (n,) with ``control`` (n,), whose exact mean ``control_mean`` is
-        known, as a control variate: the regression estimator
+    def controlled(samples, controls, control_means, offset: float = 0.0) -> "Estimate":
+        """The mean of ``samples`` (n,) with ``controls`` (n,) or (n, k), whose exact means
+        ``control_means`` (a float or k floats) are known, as control variates: the regression
+        estimator
 
-            beta = Cov(t, c) / Var(c)  (estimated),   mean(t) - beta (mean(c) - control_mean),
+            beta = least squares of t on c (estimated),   mean(t) - (mean(c) - control_means) . beta,
 
-        with the standard error of the regression residuals ``t - beta c`` (``n - 2`` degrees of
-        freedom). Least squares makes the residuals' spread at most that of ``t``, so it is never
-        worse than plain Monte Carlo beyond the factor ``sqrt((n - 1) / (n - 2))``; its variance is
-        ``Var(t) (1 - rho^2) / n (1 + O(1/n))`` and its bias ``O(1/n)`` (Owen, "Monte Carlo theory,
-        methods and examples", section 8.9; Glasserman 2004, section 4.1).
+        with the standard error of the regression residuals ``t - c . beta`` (``n - 1 - k``
+        degrees of freedom, ``k`` the rank of the centred controls: a control without variance
+        counts for nothing). Least squares makes the residuals' spread at most that of ``t``, so
+        it is never worse than plain Monte Carlo beyond the factor ``sqrt((n - 1) / (n - 1 - k))``;
+        its variance is ``Var(t) (1 - R^2) / n (1 + O(1/n))`` and its bias ``O(1/n)`` (Owen,
+        "Monte Carlo theory, methods and examples", section 8.9; Glasserman 2004, section 4.1).
+        Computed in float64 on the host.
         """
-        n = samples.shape[0]
-        t, c = samples.double(), control.double()
-        dt, dc = t - t.mean(), c - c.mean()
-        var_c = float(dc.pow(2).sum())
-        beta = float((dt * dc).sum()) / var_c if var_c > 0 else 0.0
-        value = float(t.mean()) - beta * (float(c.mean()) - control_mean)
-        if n < 3:
+        t = _float64(samples)
+        n = t.shape[0]
+        c = _float64(controls).reshape(n, -1)
+        means = np.asarray(control_means, dtype=np.float64).reshape(-1)
+        dt, dc = t - t.mean(), c - c.mean(0)
+        beta, _, rank, _ = np.linalg.lstsq(dc, dt, rcond=None)
+        value = float(t.mean() - (c.mean(0) - means) @ beta)
+        if n < rank + 2:
             return Estimate(value + offset, math.nan)
-        residual = dt - beta * dc
-        return Estimate(value + offset, math.sqrt(float(residual.pow(2).sum()) / (n - 2) / n))
+        residual = dt - dc @ beta
+        return Estimate(value + offset, math.sqrt(float(residual @ residual) / (n - 1 - rank) / n))
 
 
 @dataclass

@@ -92,7 +92,7 @@ class EntropyProbe(L.Callback):
         if (epoch + 1) % self.every_n_epochs and not last:
             return
         report = probe(pl_module.model, num_samples=self.num_samples, seed=self.seed,
-                       bin_width=self._resolve_bin_width(trainer))
+                       bin_width=self._resolve_bin_width(trainer), bounds=False)  # no metric uses the bounds
         metrics = report.metrics()
         metrics["entropy/probe_share"] = report.seconds / (epoch_seconds + report.seconds)
         # every rank holds the same values: their mean is that value (and Lightning wants DDP epoch logs synced)

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 13 in one go (about 5-7 minutes on one GPU; each stage has its own time
+# limit, 570 s in all, so one stuck stage does not cost the others). Run from the repository root:
+#
+#     OUT=/some/folder bash scripts/gpu_check.sh
+#
+# Stages (their outputs go to $OUT, default results/gpu):
+#   1. environment: nvidia-smi, torch / CUDA versions, whether libcirkit is importable;
+#   2. the `gpu` tests (pytest -m gpu): CUDA equals CPU, and a training step synchronizes the host
+#      once (the exact-position plan) and runs under torch.cuda.set_sync_debug_mode("error") once
+#      that plan is made (tests/test_gpu.py);
+#   3. scripts/bench.py --device cuda with a large model (K = 128, batch 512) beside libcirkit on
+#      the same GPU: sum layer, training rows (28x28, digits, 64x64), probe -> bench_gpu.json;
+#   4. the scaling rows on the GPU (8x8 .. 128x128, peak memory) -> bench_gpu_scaling.json;
+#   5. torch.compile against eager on the GPU -> bench_gpu_compile.json;
+#   6. a 5-epoch MNIST t10k run (convac-train experiment=mnist_t10k_ht trainer=gpu) -> mnist/.
+#
+# MNIST is read from $MNIST_ROOT, else ../shared/data/mnist-t10k, else results/mnist-t10k (the
+# device machine only gets the working tree: copy the t10k IDX files to results/mnist-t10k, an
+# ignored folder, and name it in the run's carry list). The summary of every stage is printed at
+# the end; the numbers for the README's GPU table are in the JSON files and mnist/metrics.csv.
+set -u
+OUT=${OUT:-results/gpu}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+STATUS=()
+
+stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log
+    local name=$1 limit=$2; shift 2
+    echo "=== $name (limit ${limit}s)"
+    local start=$SECONDS
+    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    tail -n 25 "$OUT/$name.log"
+    STATUS+=("$name: exit $rc after $((SECONDS - start)) s")
+}
+
+stage environment 30 bash -c '
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    python -c "import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"\")"
+    python -c "import cirkit, importlib.metadata as m; print(\"libcirkit\", m.version(\"libcirkit\"))" || echo "libcirkit: not importable (its bench columns are skipped)"
+    python -c "import lightning, hydra; print(\"lightning\", lightning.__version__)" || echo "lightning/hydra: not importable (the MNIST stage will fail)"'
+
+stage gpu_tests 100 python -m pytest -q -m gpu -p no:cacheprovider tests/
+
+stage bench 150 python scripts/bench.py --quick --device cuda --train-channels 128 --train-batch 512 \
+    --only sum_layer train probe --out "$OUT/bench_gpu.json"
+
+stage scaling 80 python scripts/bench.py --quick --device cuda --only scaling --out "$OUT/bench_gpu_scaling.json"
+
+stage compile 120 python scripts/bench.py --quick --device cuda --only compile --out "$OUT/bench_gpu_compile.json"
+
+MNIST=${MNIST_ROOT:-}
+for candidate in ../shared/data/mnist-t10k results/mnist-t10k; do
+    [ -z "$MNIST" ] && [ -d "$candidate" ] && MNIST=$candidate
+done
+if [ -n "$MNIST" ]; then
+    stage mnist 90 python -m convac.cli.train experiment=mnist_t10k_ht "data.root=$MNIST" trainer=gpu \
+        trainer.max_epochs=5 trainer.enable_progress_bar=false "hydra.run.dir=$OUT/mnist"
+else
+    STATUS+=("mnist: skipped (no MNIST t10k files; set MNIST_ROOT)")
+fi
+
+echo "=== summary"
+printf '%s\n' "${STATUS[@]}"
+grep -h -A8 "^summary" "$OUT"/bench.log "$OUT"/scaling.log "$OUT"/compile.log 2>/dev/null
+[ -f "$OUT/mnist/entropy.csv" ] && python - "$OUT/mnist" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(f"{sys.argv[1]}/entropy.csv")))
+metrics = [r for r in csv.DictReader(open(f"{sys.argv[1]}/metrics.csv")) if r.get("test/nll")]
+shares = sorted(float(r["entropy/probe_share"]) for r in rows)
+print(f"mnist: {len(rows)} epochs, median probe share {100 * shares[len(shares) // 2]:.1f}%,",
+      f"test NLL {float(metrics[-1]['test/nll']):.2f}" if metrics else "no test row")
+PY
