@@ -488,7 +488,9 @@ class HTConvAC(ConvAC):
 
     ``structure="learned"`` builds ``num_repetitions`` balanced binary trees over the patch
     positions instead of the grid (the order of each is set from data by
-    :func:`convac.structure.learn_structure`; until then it is the raster order); it needs ``pool=2``.
+    :func:`convac.structure.learn_structure`; until then it is the raster order). ``pool=2`` pools
+    every level of the tree; ``pool=4`` (8, ...) two (three, ...) levels at once, without the sum
+    layers between them: 4-ary products of learned regions, as the 2x2 pooling of the grid.
     """
 
     def __init__(
@@ -510,8 +512,9 @@ class HTConvAC(ConvAC):
     ):
         grid = _leaf_grid(in_shape, patch_size)
         if structure == "learned":
-            if pool != 2:
-                raise ValueError(f"structure='learned' builds binary trees and needs pool=2, got pool={pool!r}")
+            if not (isinstance(pool, numbers.Integral) and pool >= 2 and pool & (pool - 1) == 0):
+                raise ValueError(f"structure='learned' pools a binary tree's levels 1, 2, 3, ... at a time and needs "
+                                 f"pool = 2, 4, 8, ... (an int power of two), got pool={pool!r}")
             grid = (1, grid[0] * grid[1])  # each repetition: a sequence of the patch positions
         windows = self._schedule(grid, pool)
         if check_positive_float("channel_growth", channel_growth) < 1.0:

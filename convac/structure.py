@@ -114,24 +114,25 @@ def balanced_tree_order(similarity: torch.Tensor, noise: float = 0.0, seed: int 
             unpaired = partial if partial is not None else int(np.argmin(scores.max(1)))
             scores[unpaired, :] = scores[:, unpaired] = -np.inf
         pairs = _greedy_matching(scores, (n - (unpaired is not None)) // 2)
-        merged, members = [], []
-        for a, b in pairs:
-            if b == partial:  # the full region first: blocks stay aligned with the pooling
-                a, b = b, a
-            if a == partial:
-                a, b = b, a
-            merged.append(regions[a] + regions[b])
-            members.append([a, b])
-        last = [i for i, (a, b) in enumerate(members) if partial in (a, b)]
-        order = [i for i in range(len(merged)) if i not in last] + last
-        merged, members = [merged[i] for i in order], [members[i] for i in order]
+        # the full region first and the pair holding the partial one last: blocks stay aligned
+        # with the pooling (module docstring)
+        members = [[b, a] if a == partial else [a, b] for a, b in pairs]
+        members.sort(key=lambda pair: partial in pair)
         if unpaired is not None:
-            merged.append(regions[unpaired])
             members.append([unpaired])
-        sim = _average_linkage(sim, members, [len(r) for r in regions])
-        regions = merged
+        sizes = [len(r) for r in regions]
+        regions = [sum((regions[i] for i in group), []) for group in members]
+        sim = _average_linkage(sim, members, sizes)
         size *= 2
     return torch.tensor(regions[0], dtype=torch.long)
+
+
+def _assignment(members: list[list[int]], n: int) -> torch.Tensor:
+    """(len(members), n) float64: 1 where region ``g`` of the old level is part of new region ``i``."""
+    assign = torch.zeros(len(members), n, dtype=torch.float64)
+    for i, group in enumerate(members):
+        assign[i, group] = 1.0
+    return assign
 
 
 def _greedy_matching(scores: np.ndarray, num_pairs: int) -> list[tuple[int, int]]:
@@ -154,11 +155,7 @@ def _greedy_matching(scores: np.ndarray, num_pairs: int) -> list[tuple[int, int]
 def _average_linkage(sim: torch.Tensor, members: list[list[int]], sizes: list[int]) -> torch.Tensor:
     """Similarity of merged regions: the mean over position pairs, i.e. the size-weighted mean
     of the old region similarities. (n, n) -> (m, m) for ``m = len(members)``."""
-    n = sim.shape[0]
-    assign = torch.zeros(len(members), n, dtype=torch.float64)
-    for i, group in enumerate(members):
-        for g in group:
-            assign[i, g] = sizes[g]
+    assign = _assignment(members, sim.shape[0]) * torch.tensor(sizes, dtype=torch.float64)
     total = assign.sum(1, keepdim=True)
     new = (assign @ sim @ assign.t()) / (total * total.t())
     return new.fill_diagonal_(0.0)

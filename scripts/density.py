@@ -65,7 +65,7 @@ VARIANTS = {
     ],
     "images": [
         ("grid, EM (the recipe)", ()),
-        ("learned, EM", ("model.structure=learned",)),
+        ("learned, EM", ("model.structure=learned", "model.pool=4")),
         ("grid, Adam", ("module.optimizer=Adam", "module.lr=0.01", "module.init_std=null")),
     ],
 }
@@ -110,7 +110,7 @@ def run_convac(dataset: Dataset, overrides: tuple[str, ...], root: str | None, r
         rows = list(csv.DictReader(f))
     test = [r for r in rows if r.get("test/nll")][-1]
     structure = [float(r["structure/seconds"]) for r in rows if r.get("structure/seconds")]
-    epochs = max(int(r["epoch"]) for r in rows if r.get("epoch")) + 1
+    epochs = max(int(r["epoch"]) for r in rows if r.get("val/nll")) + 1  # trained (validated) epochs
     params = sum(v.numel() for k, v in torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"].items()
                  if not k.endswith(("order", "class_logits")))
     return {"test_nll": float(test["test/nll"]), "seconds": seconds, "epochs": epochs, "params": params,

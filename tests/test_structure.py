@@ -49,6 +49,17 @@ def test_learned_tree_pairs_dependent_variables_first(d):
         assert order[-1].item() == d - 1  # the unpaired variable waits at the end of the sequence
 
 
+def test_a_learned_tree_can_be_pooled_two_levels_at_a_time():
+    """pool=4 multiplies the level-2 regions of the tree (blocks of 4 in its order) at once."""
+    x, pairs = copies_data(2000, 12)
+    model = HTConvAC((1, 1, 12), Bernoulli(), 2, 2, structure="learned", pool=4)
+    assert model.grids == [(1, 12), (1, 3), (1, 1)]
+    order = learn_structure(model, x)[0]
+    level_one = {frozenset(order[i:i + 2].tolist()) for i in range(0, 12, 2)}
+    assert {frozenset(p.tolist()) for p in pairs} <= level_one
+    assert torch.logsumexp(model.log_prob(torch.cartesian_prod(*[torch.arange(2)] * 12).view(-1, 1, 1, 12)), 0).abs() < 1e-4
+
+
 def test_balanced_tree_keeps_blocks_aligned_with_the_pooling():
     """Every level-l block of the order is one region of the tree: a planted hierarchy of
     similarities (pairs, then pairs of pairs) comes out block by block, for any size."""
@@ -115,8 +126,8 @@ def test_set_order_rejects_what_is_not_a_permutation():
         HTConvAC((1, 1, 4), Categorical(3), 2, 2).set_order(torch.arange(4).view(1, 4))
     with pytest.raises(ValueError, match="num_repetitions"):
         HTConvAC((1, 1, 4), Categorical(3), 2, 2, num_repetitions=2)
-    with pytest.raises(ValueError, match="pool=2"):
-        HTConvAC((1, 1, 4), Categorical(3), 2, 2, pool=4, structure="learned")
+    with pytest.raises(ValueError, match="power of two"):
+        HTConvAC((1, 1, 4), Categorical(3), 2, 2, pool=3, structure="learned")
     with pytest.raises(ValueError, match="structure must be"):
         HTConvAC((1, 1, 4), Categorical(3), 2, 2, structure="chow-liu")
 
