@@ -40,6 +40,7 @@ from typing import Callable
 import torch
 
 from convac import Categorical, HTConvAC
+from cirkit_recipes import compile_circuit, quad_tree
 from convac.layers import log_einsum_exp
 
 SECTIONS = ["sum_layer", "train", "probe", "scaling", "compile"]
@@ -264,22 +265,8 @@ def cirkit_circuit(shape: tuple[int, int, int], num_values: int, channels: int, 
     splits (``QuadTree(num_patch_splits=4)``: every region is the product of its 2x2 children),
     CP sum-product layers (a dense ``K x K`` sum per child region, then a Hadamard product:
     our per-position sum then product pooling), categorical input layers with ``channels``
-    units (softmax probabilities), softmax sum weights, one output; compiled for the torch
-    backend in the ``lse-sum`` semiring with layer folding and optimizations (the defaults)."""
-    from cirkit.pipeline import PipelineContext
-    from cirkit.templates.region_graph import QuadTree
-    from cirkit.templates.utils import Parameterization, name_to_input_layer_factory, parameterization_to_factory
-
-    circuit = QuadTree(shape, num_patch_splits=4).build_circuit(
-        input_factory=name_to_input_layer_factory("categorical", num_categories=num_values),
-        sum_product="cp",
-        sum_weight_factory=parameterization_to_factory(Parameterization(activation="softmax", initialization="normal")),
-        num_input_units=channels,
-        num_sum_units=channels,
-        num_classes=1,
-    )
-    context = PipelineContext(backend="torch", semiring="lse-sum", fold=True, optimize=True)
-    return context.compile(circuit).to(device)
+    units, softmax sum weights, one output (:func:`cirkit_recipes.compile_circuit`)."""
+    return compile_circuit(quad_tree(shape), num_values, channels).to(device)
 
 
 def cirkit_available() -> str | None:

@@ -51,10 +51,20 @@ def random_binary_trees(num_variables: int, seed: int = 0) -> object:
     return RandomBinaryTree(num_variables, depth=DEBD_RECIPE["depth"], num_repetitions=DEBD_RECIPE["num_repetitions"], seed=seed)
 
 
-def image_region_graphs(shape: tuple[int, int, int]) -> dict[str, object]:
-    from cirkit.templates.region_graph import QuadGraph, QuadTree
+def quad_tree(shape: tuple[int, int, int]) -> object:
+    """Every region the product of its 2x2 children (4-way splits): our HT's grid structure."""
+    from cirkit.templates.region_graph import QuadTree
 
-    return {"quad-tree": QuadTree(shape, num_patch_splits=4), "quad-graph": QuadGraph(shape)}
+    return QuadTree(shape, num_patch_splits=4)
+
+
+def quad_graph(shape: tuple[int, int, int]) -> object:
+    from cirkit.templates.region_graph import QuadGraph
+
+    return QuadGraph(shape)
+
+
+IMAGE_REGION_GRAPHS = {"quad-tree": quad_tree, "quad-graph": quad_graph}
 
 
 @contextmanager

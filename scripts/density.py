@@ -129,10 +129,10 @@ def run_cirkit(dataset: Dataset, cfg, datamodule) -> list[dict]:
         return [{"model": f"libcirkit random binary trees (depth 3, R=10, K={recipe['units']})", **result}]
     rows = []
     units = 32 if math.prod(shape) <= 256 else 16
-    for name, region_graph in cirkit_recipes.image_region_graphs(shape).items():
+    for name, region_graph in cirkit_recipes.IMAGE_REGION_GRAPHS.items():
         for lowered in (False, True):
             with cirkit_recipes.lowered_clamp() if lowered else nullcontext():
-                circuit = cirkit_recipes.compile_circuit(region_graph, values, units)
+                circuit = cirkit_recipes.compile_circuit(region_graph(shape), values, units)
                 result = cirkit_recipes.train(circuit, datamodule, cfg.module.lr, cfg.data.batch_size, cfg.trainer.max_epochs)
             clamp = "clamp lowered" if lowered else "libcirkit's clamp"
             rows.append({"model": f"libcirkit {name} CP (K={units}, {clamp})", **result})

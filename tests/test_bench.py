@@ -17,12 +17,14 @@ BENCH_PATH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
 
 @pytest.fixture(scope="module")
 def bench():
+    sys.path.insert(0, str(BENCH_PATH.parent))  # as `python scripts/bench.py` runs it: its sibling modules import
     spec = importlib.util.spec_from_file_location("convac_bench_script", BENCH_PATH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     yield module
     del sys.modules[spec.name]
+    sys.path.remove(str(BENCH_PATH.parent))
 
 
 def test_sections_at_dry_run_sizes(bench):
