@@ -43,8 +43,8 @@ def data_root(entry: ZooEntry, roots: list[str]) -> str | None:
 
 
 def train(name: str, runs_dir: Path, root: str | None, threads: int) -> float:
-    """Run ``convac-train`` for entry ``name`` in a fresh ``runs_dir/name`` (``data.root=root``
-    when given); returns its wall time in seconds."""
+    """Run ``convac-train`` for entry ``name`` in a fresh ``runs_dir/name`` (its local data
+    folder or file ``root`` when given); returns its wall time in seconds."""
     entry = ENTRIES[name]
     shutil.rmtree(runs_dir / name, ignore_errors=True)  # a reused folder would mix checkpoints
     command = [
@@ -52,7 +52,7 @@ def train(name: str, runs_dir: Path, root: str | None, threads: int) -> float:
         f"hydra.run.dir={runs_dir / name}", "trainer.enable_progress_bar=false",
     ]
     if root is not None:
-        command.append(f"data.root={root}")
+        command.append(f"data.{entry.local_data_key}={root}")
     print("$ convac-train", " ".join(command[3:]), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     start = time.perf_counter()

@@ -1,6 +1,8 @@
 """The model zoo: registry, shipped entries (hash, check batch, eval) and unsafe weight files."""
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import lightning as L
@@ -111,6 +113,17 @@ def test_zoo_eval_reproduces_the_cards_of_local_data(name, capsys):
 def test_zoo_eval_of_a_debd_entry_asks_for_the_data_root(capsys):
     status, out = run_zoo(capsys, "eval", "ht_nltcs")
     assert status == 2 and "pass --data-root PATH" in out and "debd/nltcs" in out
+
+
+def test_the_local_data_of_a_card_is_a_folder_or_a_file():
+    """An entry trained on an array or a table file stores its ``data.path`` as None, like a
+    DEBD entry its ``data.root``, and is evaluated with it given again."""
+    card = next(iter(CARDS.values()))
+    folder = dataclasses.replace(card, data={"name": "debd", "root": None, "dataset": "plants"})
+    file = dataclasses.replace(card, data={"name": "array", "path": None})
+    bundled = dataclasses.replace(card, data={"name": "digits"})
+    assert (folder.local_data_key, file.local_data_key, bundled.local_data_key) == ("root", "path", None)
+    assert file.needs_data_root and not bundled.needs_data_root
 
 
 def test_zoo_list_info_and_readme_table(capsys):

@@ -63,9 +63,9 @@ def _eval(card: ModelCard, data_root: str | None, rtol: float) -> bool:
         if data_root is None:
             sub = card.data.get("dataset")
             holding = f"{sub}.test.data, or its {sub}/ subfolder" if sub else f"the {card.data['name']} files"
-            raise ValueError(f"{card.name} was trained on {card.dataset}, read from a local folder: pass "
-                             f"--data-root PATH (the folder holding {holding})")
-        data["root"] = data_root
+            raise ValueError(f"{card.name} was trained on {card.dataset}, read from a local folder or file: pass "
+                             f"--data-root PATH (the data.{card.local_data_key} it was trained with: {holding})")
+        data[card.local_data_key] = data_root
     datamodule = create_datamodule(**data)
     rows = reproduce(card, create_model(card.name, pretrained=True), datamodule, rtol)
     print(f"{card.name} on the {card.dataset} test split ({len(datamodule.split('test')[0])} examples), sha256 verified")

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 from omegaconf import DictConfig
 from torch import nn
 
+from convac.zoo.cards import LOCAL_DATA_KEYS
 from convac.zoo.registry import create_model, register_model
 
 
@@ -36,9 +37,16 @@ class ZooEntry:
         return compose_train_config([f"experiment={self.experiment}", *overrides])
 
     @property
+    def local_data_key(self) -> str | None:
+        """The data key that names a local folder or file (``root`` or ``path``), None for
+        bundled data."""
+        keys = self.config().data.keys()  # keys(): `in` is False for a ??? value
+        return next((key for key in LOCAL_DATA_KEYS if key in keys), None)
+
+    @property
     def needs_data_root(self) -> bool:
-        """Whether the entry's data is read from a local folder (``data.root``, no default)."""
-        return "root" in self.config().data.keys()  # keys(): `in` is False for a ??? value
+        """Whether the entry's data is read from a local folder or file (:attr:`local_data_key`)."""
+        return self.local_data_key is not None
 
     def architecture(self) -> tuple[str, dict[str, Any]]:
         """``(model_name, model_kwargs)`` of the entry's ``model`` config node."""

@@ -20,8 +20,9 @@ from convac.zoo.registry import create_model
 
 def train_command(entry: ZooEntry) -> str:
     """The ``convac-train`` command line that trains ``entry``."""
-    root = f" data.root=/path/to/{entry.config().data.name}" if entry.needs_data_root else ""
-    return f"convac-train experiment={entry.experiment}{root}"
+    key = entry.local_data_key
+    local = f" data.{key}=/path/to/{entry.config().data.name}" if key else ""
+    return f"convac-train experiment={entry.experiment}{local}"
 
 
 def best_checkpoint(run_dir: Path) -> Path:
@@ -61,8 +62,8 @@ def export_run(entry: ZooEntry, run_dir: str | Path, data_root: str | None, seco
 
     data = dict(cfg["data"])
     if entry.needs_data_root:
-        datamodule = create_datamodule(**{**data, "root": data_root})
-        data["root"] = None  # a local folder: given again at evaluation time
+        datamodule = create_datamodule(**{**data, entry.local_data_key: data_root})
+        data[entry.local_data_key] = None  # a local folder or file: given again at evaluation time
     else:
         datamodule = create_datamodule(**data)
     metrics = evaluate.test_metrics(model, datamodule)
