@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
+import numpy
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
@@ -30,6 +31,27 @@ def _mix(linear: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 LOG2_E = 1.0 / math.log(2.0)
+LN_2 = math.log(2.0)
+NUMPY_LOG_MAX_THREADS = 3
+
+
+def log_add(mixed: torch.Tensor, shift: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """``log(mixed) + shift`` (``shift`` broadcast over the last axis): the last step of a sum node.
+
+    On CPU with at most ``NUMPY_LOG_MAX_THREADS`` threads the logarithm is NumPy's ``log2`` times
+    ``ln 2``, folded into the addition: eager PyTorch's CPU ``log`` does not vectorize here
+    (torch 2.13, AVX512, one thread: 1.09 ms for 2^20 floats, against 0.31 ms for NumPy's
+    ``log2`` and 0.12 ms for the fused ``shift + ln 2 * log2``; a sum layer at K = 16 spends more
+    time in ``log`` than in its matmul). With more threads, on other devices, for other dtypes or
+    under ``torch.compile``, ``torch.log``. The two agree to about one float32 ulp.
+    ``in_place``: overwrite ``mixed`` (a no-grad pass) instead of allocating the result."""
+    if (mixed.device.type == "cpu" and mixed.dtype in (torch.float32, torch.float64) and mixed.is_contiguous()
+            and torch.get_num_threads() <= NUMPY_LOG_MAX_THREADS and not torch.compiler.is_compiling()):
+        values = mixed.detach().numpy()
+        with numpy.errstate(divide="ignore", invalid="ignore"):  # log 0 = -inf and NaN stay as they are
+            log2 = torch.from_numpy(numpy.log2(values, out=values if in_place else None))
+        return torch.add(shift, log2, alpha=LN_2, out=log2)
+    return (mixed.log_() if in_place else torch.log(mixed)).add_(shift)
 
 
 def channel_max(x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +100,7 @@ class _LogEinsumExp(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         shift, linear, mixed = _shifted_mix(x, weights)
         ctx.save_for_backward(linear, weights, mixed)
-        return torch.log(mixed).add_(shift)
+        return log_add(mixed, shift)
 
     @staticmethod
     @once_differentiable
@@ -116,7 +138,7 @@ def log_einsum_exp(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad):
         return _LogEinsumExp.apply(x, weights)
     shift, _, mixed = _shifted_mix(x, weights)
-    return mixed.log_().add_(shift)
+    return log_add(mixed, shift, in_place=True)
 
 
 def min_log_weight(dtype: torch.dtype, in_channels: int) -> float:
