@@ -133,7 +133,8 @@ def run_cirkit(dataset: Dataset, cfg, datamodule) -> list[dict]:
         for lowered in (False, True):
             with cirkit_recipes.lowered_clamp() if lowered else nullcontext():
                 circuit = cirkit_recipes.compile_circuit(region_graph(shape), values, units)
-                result = cirkit_recipes.train(circuit, datamodule, cfg.module.lr, cfg.data.batch_size, cfg.trainer.max_epochs)
+                recipe = cirkit_recipes.IMAGE_RECIPE
+                result = cirkit_recipes.train(circuit, datamodule, recipe["lr"], recipe["batch_size"], cfg.trainer.max_epochs)
             clamp = "clamp lowered" if lowered else "libcirkit's clamp"
             rows.append({"model": f"libcirkit {name} CP (K={units}, {clamp})", **result})
             if not result["clamped"]:
