@@ -131,12 +131,16 @@ def run_cirkit(dataset: Dataset, cfg, datamodule) -> list[dict]:
     units = 32 if math.prod(shape) <= 256 else 16
     for name, region_graph in cirkit_recipes.IMAGE_REGION_GRAPHS.items():
         for lowered in (False, True):
+            runs = []
             with cirkit_recipes.lowered_clamp() if lowered else nullcontext():
-                circuit = cirkit_recipes.compile_circuit(region_graph(shape), values, units)
-                recipe = cirkit_recipes.IMAGE_RECIPE
-                result = cirkit_recipes.train(circuit, datamodule, recipe["lr"], recipe["batch_size"], cfg.trainer.max_epochs)
+                for lr in cirkit_recipes.IMAGE_RECIPE["lrs"]:
+                    circuit = cirkit_recipes.compile_circuit(region_graph(shape), values, units)
+                    runs.append({**cirkit_recipes.train(circuit, datamodule, lr, cfg.data.batch_size, cfg.trainer.max_epochs), "lr": lr})
+                    if runs[-1]["clamped"]:
+                        break  # a clamped circuit cannot learn at any rate
+            result = min(runs, key=lambda r: r["best_val_nll"])
             clamp = "clamp lowered" if lowered else "libcirkit's clamp"
-            rows.append({"model": f"libcirkit {name} CP (K={units}, {clamp})", **result})
+            rows.append({"model": f"libcirkit {name} CP (K={units}, Adam {result['lr']:g}, {clamp})", **result})
             if not result["clamped"]:
                 break  # a lowered clamp only for the runs the clamp spoils
     return rows
