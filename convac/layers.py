@@ -334,11 +334,14 @@ class SumLayer(nn.Module):
             return bound < min_log_weight(self.logits.dtype, self.in_channels)
 
     def _set_plan(self, small: torch.Tensor) -> None:
-        """Cache the plan from the host copy ``small`` (P or 1,) of :meth:`_small_positions`."""
+        """Cache the plan from the host copy ``small`` (P or 1,) of :meth:`_small_positions`; its
+        index tensors are normal tensors even when made under ``torch.inference_mode`` (the
+        entropy probe), so that a later training step may save them for its backward pass."""
         self._plan = None
         if small.any():
             device = self.logits.device
-            self._plan = (torch.nonzero(~small).flatten().to(device), torch.nonzero(small).flatten().to(device))
+            with torch.inference_mode(False):
+                self._plan = (torch.nonzero(~small).flatten().to(device), torch.nonzero(small).flatten().to(device))
         logits = self.logits
         self._plan_key = (logits._version, logits.data_ptr(), logits.dtype, logits.device)
 

@@ -273,3 +273,20 @@ def test_controlled_estimate_is_the_regression_estimator():
     assert Estimate.controlled(t, c, 0.0).se / Estimate.of(t).se == pytest.approx(math.sqrt(1 - 0.7**2), rel=0.01)
     constant = Estimate.controlled(t, torch.ones_like(t), 1.0)  # a control without variance changes nothing
     assert constant.value == pytest.approx(Estimate.of(t).value) and constant.se == pytest.approx(Estimate.of(t).se, rel=1e-4)
+
+
+def test_probe_leaves_no_inference_tensors_behind():
+    """The probe runs under ``torch.inference_mode``: its report and the exact-path plans it
+    caches in the model are normal tensors, so training goes on after it (a plan made inside it
+    is saved for the next backward pass)."""
+    torch.manual_seed(0)
+    model = HTConvAC((1, 4, 4), Categorical(3), 2, 3)
+    with torch.no_grad():
+        model.sums[0].logits[0, 0, 0, 0] = -1e4  # position (0, 0) takes the exact path
+    report = probe(model, num_samples=16, per_node=True)
+    plan = model.sums[0]._plan
+    assert plan is not None and not any(t.is_inference() for t in plan)
+    tensors = [*report.gaps, *report.gap_se, *report.caps, *(t for node in report.node_entropies for t in node)]
+    assert not any(t.is_inference() for t in tensors)
+    (-model.log_prob(model.sample(8)).mean()).backward()  # the plan made inside the probe
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

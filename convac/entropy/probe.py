@@ -61,19 +61,24 @@ def probe(
     device = model.class_logits.device
     generator = torch.Generator(device=device).manual_seed(seed)
     try:
-        flows = model.latent_marginals()
-        rows = row_entropies(model)
-        chunks = [
-            one_pass_statistics(model, flows, min(batch_size, num_samples - done), generator, rows)
-            for done in range(0, num_samples, batch_size)
-        ]
-        stats = SampleStatistics.concatenate(chunks) if len(chunks) > 1 else chunks[0]
-        caps, root_cap = mapping_caps(model, flows, rows)
-        level_bounds, h_x_bounds = analytic_bounds(model, flows, rows) if bounds else ([], (math.nan, math.nan))
-        h0 = exact_leaf_entropy(model, flows)
-        nodes = node_entropies(model, max(2, num_samples // 4), generator) if per_node else None
+        # inference mode: no autograd bookkeeping on the few hundred small operations (a probe of
+        # the default model took 5.1 instead of 5.8 ms); the report below holds normal tensors
+        with torch.inference_mode():
+            flows = model.latent_marginals()
+            rows = row_entropies(model)
+            chunks = [
+                one_pass_statistics(model, flows, min(batch_size, num_samples - done), generator, rows)
+                for done in range(0, num_samples, batch_size)
+            ]
+            stats = SampleStatistics.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+            caps, root_cap = mapping_caps(model, flows, rows)
+            level_bounds, h_x_bounds = analytic_bounds(model, flows, rows) if bounds else ([], (math.nan, math.nan))
+            h0 = exact_leaf_entropy(model, flows)
+            nodes = node_entropies(model, max(2, num_samples // 4), generator) if per_node else None
     finally:
         model.train(was_training)
+    if nodes is not None:
+        nodes = [tuple(t.clone() for t in node) for node in nodes]  # normal tensors outside inference mode
 
     discrete = model.leaf_spec.is_discrete or bin_width is not None
     offset = 0.0
@@ -112,7 +117,7 @@ def probe(
         h_x_given_y=one_pass(stats.log_px_given_y) if model.num_classes > 1 else None,
         gaps=[torch.from_numpy(g.mean(0)).view(layer.grid) for g, layer in zip(gaps, model.sums)],
         gap_se=[torch.from_numpy(g.std(0, ddof=1) / math.sqrt(n)).view(layer.grid) for g, layer in zip(gaps, model.sums)],
-        caps=[c.double().cpu() for c in caps],
+        caps=[c.to("cpu", torch.float64, copy=True) for c in caps],
         root_gap=Estimate.of(stats.root_gap),
         root_cap=root_cap,
         bounds=[(lo + offset, hi + offset) for lo, hi in level_bounds],
