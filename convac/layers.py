@@ -315,12 +315,16 @@ class SumLayer(nn.Module):
         refresh_exact_positions([self])
         return self._plan
 
-    def _plan_is_current(self) -> bool:
-        """Whether the cached plan belongs to the logits as they are: same version counter (every
-        in-place update, such as an optimizer step, advances it; edits through ``logits.data``
-        bypass it), storage, dtype and device."""
+    def _logits_key(self) -> tuple:
+        """What a plan depends on: the logits' version counter (every in-place update, such as an
+        optimizer step, advances it; edits through ``logits.data`` bypass it), storage, dtype and
+        device."""
         logits = self.logits
-        return self._plan_key == (logits._version, logits.data_ptr(), logits.dtype, logits.device)
+        return logits._version, logits.data_ptr(), logits.dtype, logits.device
+
+    def _plan_is_current(self) -> bool:
+        """Whether the cached plan belongs to the logits as they are."""
+        return self._plan_key == self._logits_key()
 
     def _small_positions(self) -> torch.Tensor:
         """(P or 1,) bool on the logits' device: positions with a lower bound on their smallest
@@ -342,20 +346,18 @@ class SumLayer(nn.Module):
             device = self.logits.device
             with torch.inference_mode(False):
                 self._plan = (torch.nonzero(~small).flatten().to(device), torch.nonzero(small).flatten().to(device))
-        logits = self.logits
-        self._plan_key = (logits._version, logits.data_ptr(), logits.dtype, logits.device)
+        self._plan_key = self._logits_key()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(P, B, K_in) -> (P, B, K_out): ``log sum_a w[p, j, a] exp(x[p, b, a])``."""
         plan = self.exact_positions()
-        weights = self.weights()
         if plan is None:
-            return log_einsum_exp(x, weights)
+            return log_einsum_exp(x, self.weights())
         fast, exact = plan
         if fast.numel() == 0:
             return log_sum_exact(x, self.log_weights())
         # some positions of a per-position layer: each part on its own path, then put back in order
-        parts = torch.cat([log_einsum_exp(x[fast], weights[fast]), log_sum_exact(x[exact], self.log_weights()[exact])])
+        parts = torch.cat([log_einsum_exp(x[fast], self.weights()[fast]), log_sum_exact(x[exact], self.log_weights()[exact])])
         return parts[torch.argsort(torch.cat([fast, exact]))]
 
     def max_product(self, x: torch.Tensor) -> torch.Tensor:
