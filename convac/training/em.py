@@ -89,6 +89,16 @@ class FlowRecorder:
             handle.remove()
 
 
+def check_settings(lr: float, pseudocount: float) -> None:
+    """Raise a one-line ValueError unless ``lr`` (the step size) is in ``(0, 1]`` and
+    ``pseudocount >= 0``: :class:`EM`'s settings, also checked by the training module before a
+    run starts."""
+    if not 0.0 < lr <= 1.0:
+        raise ValueError(f"the EM step size (lr) must be in (0, 1], got {lr}")
+    if pseudocount < 0:
+        raise ValueError(f"the EM pseudocount must be >= 0, got {pseudocount}")
+
+
 class EM(torch.optim.Optimizer):
     """Stochastic (``lr < 1``) or classical (``lr = 1``) EM as a ``torch.optim.Optimizer`` over
     all of a :class:`ConvAC`'s parameters.
@@ -109,10 +119,7 @@ class EM(torch.optim.Optimizer):
     """
 
     def __init__(self, model: ConvAC, lr: float = 0.1, pseudocount: float = 0.1, dataset_size: int | None = None):
-        if not 0.0 < lr <= 1.0:
-            raise ValueError(f"the EM step size (lr) must be in (0, 1], got {lr}")
-        if pseudocount < 0:
-            raise ValueError(f"the EM pseudocount must be >= 0, got {pseudocount}")
+        check_settings(lr, pseudocount)
         if dataset_size is not None and dataset_size < 1:
             raise ValueError(f"dataset_size must be a positive number of examples, got {dataset_size}")
         super().__init__(model.parameters(), dict(lr=lr, pseudocount=pseudocount, decay=1.0))

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from convac.structure import learn_structure
-from convac.training.em import EM
+from convac.training.em import EM, check_settings as check_em_settings
 from convac.zoo import create_model
 
 OBJECTIVES = ("generative", "discriminative", "hybrid")
@@ -111,10 +111,7 @@ class ConvACModule(L.LightningModule):
         if self.use_em:
             if objective != "generative":
                 raise ValueError(f"optimizer=em maximizes a likelihood: it needs objective=generative, got {objective!r}")
-            if not 0.0 < lr <= 1.0:
-                raise ValueError(f"optimizer=em takes lr as its step size in (0, 1], got lr={lr}")
-            if self.em_settings["pseudocount"] < 0:
-                raise ValueError(f"em.pseudocount must be >= 0, got {self.em_settings['pseudocount']}")
+            check_em_settings(lr, self.em_settings["pseudocount"])
             self.automatic_optimization = False  # EM's statistics and M-step: see training_step
         self.model = create_model(model_name, **(model_kwargs or {}))
         if init_std is not None:
