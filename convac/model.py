@@ -35,6 +35,12 @@ from convac.validation import check_flag, check_grid, check_positive_float, chec
 STRUCTURES = ("grid", "learned")
 
 
+def marginalize_classes(log_joint: torch.Tensor) -> torch.Tensor:
+    """``log P(x, y)`` (B, num_classes) -> ``log P(x) = logsumexp_y log P(x, y)`` (B,); one class
+    is read off without a ``logsumexp`` (a step of every training batch of a density model)."""
+    return log_joint[:, 0] if log_joint.shape[1] == 1 else torch.logsumexp(log_joint, dim=1)
+
+
 def _leaf_grid(in_shape: Sequence[int], patch_size: int) -> Grid:
     """``(H_0, W_0) = (ceil(H / p), ceil(W / p))``, the level-0 grid of an input ``(C, H, W)``."""
     _, h, w = check_positive_ints("in_shape", in_shape, length=3)
@@ -297,8 +303,7 @@ class ConvAC(nn.Module):
 
     def log_prob(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B,): ``log P(x) = logsumexp_y log P(x, y)``."""
-        log_joint = self.log_joint(x, missing)
-        return log_joint[:, 0] if self.num_classes == 1 else torch.logsumexp(log_joint, dim=1)
+        return marginalize_classes(self.log_joint(x, missing))
 
     def log_posterior(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, num_classes): ``log P(y | x)`` by Bayes' rule."""

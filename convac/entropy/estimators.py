@@ -36,6 +36,8 @@ class SampleStatistics:
     @staticmethod
     def concatenate(chunks: list["SampleStatistics"]) -> "SampleStatistics":
         first = chunks[0]
+        if len(chunks) == 1:
+            return first
         return SampleStatistics(
             levels=[torch.cat([c.levels[i] for c in chunks]) for i in range(len(first.levels))],
             log_px=torch.cat([c.log_px for c in chunks]),

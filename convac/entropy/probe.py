@@ -70,7 +70,7 @@ def probe(
                 one_pass_statistics(model, flows, min(batch_size, num_samples - done), generator, rows)
                 for done in range(0, num_samples, batch_size)
             ]
-            stats = SampleStatistics.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+            stats = SampleStatistics.concatenate(chunks)
             caps, root_cap = mapping_caps(model, flows, rows)
             level_bounds, h_x_bounds = analytic_bounds(model, flows, rows) if bounds else ([], (math.nan, math.nan))
             h0 = exact_leaf_entropy(model, flows)

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.nn import functional as F
 
+from convac.model import marginalize_classes
 from convac.structure import learn_structure
 from convac.training.em import EM, check_settings as check_em_settings
 from convac.zoo import create_model
@@ -163,7 +164,7 @@ class ConvACModule(L.LightningModule):
         x, y = batch
         with self.model.validation(not self.data_checked):
             log_joint = self.model.log_joint(x)  # (B, K): log P(x, y)
-        log_px = log_joint[:, 0] if log_joint.shape[1] == 1 else torch.logsumexp(log_joint, dim=1)  # (B,)
+        log_px = marginalize_classes(log_joint)  # (B,)
         nll = -log_px.mean()
         metrics = {"nll": nll}
         if self.model.num_classes > 1:
