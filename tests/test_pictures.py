@@ -144,6 +144,15 @@ def test_plot_samples_of_a_zoo_entry(tmp_path, capsys):
     assert png_size(tmp_path / "samples.png") == expected_size(10, NUM_COLUMNS, 8, 8)  # one row per class
 
 
+def test_plot_samples_puts_data_root_where_the_entry_reads_its_data(tmp_path, capsys):
+    """``--data-root`` fills the card's local data key; an entry on bundled data ignores it, and
+    an entry on a local folder without it completes its own samples."""
+    plot_main(["--samples", "ht_digits", "--data-root", str(tmp_path / "unused"), "--out", str(tmp_path)])
+    assert capsys.readouterr().out.split() == [str(tmp_path / "samples.png"), str(tmp_path / "inpaint.png")]
+    plot_main(["--samples", "ht_mnist_classifier", "--out", str(tmp_path)])
+    assert "no test images for ht_mnist_classifier (pass --data-root DIR)" in capsys.readouterr().out
+
+
 def test_plot_samples_refuses_a_model_of_sequences(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         plot_main(["--samples", "ht_nltcs", "--out", str(tmp_path)])

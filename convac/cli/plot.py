@@ -37,15 +37,15 @@ def samples_mode(name_or_path: str, args: argparse.Namespace) -> str:
     from convac.data import create_datamodule
     from convac.pictures import check_image_model, pick_images, write_pictures
     from convac.zoo import load_pretrained
+    from convac.zoo.cards import with_local_data
 
     model = load_pretrained(name_or_path)
     check_image_model(model, name_or_path)
-    settings, lines = training_data(name_or_path), []
-    if settings is not None and args.data_root is not None:
-        settings["root"] = args.data_root
+    trained_on, lines = training_data(name_or_path), []
+    settings = None if trained_on is None else with_local_data(trained_on, args.data_root)
     x = None
-    if settings is None or settings.get("root", "") is None:
-        lines.append(f"no test images for {name_or_path}" + (" (pass --data-root DIR)" if settings else "")
+    if settings is None:
+        lines.append(f"no test images for {name_or_path}" + (" (pass --data-root DIR)" if trained_on else "")
                      + ": inpaint.png completes the model's own samples")
     else:
         x = pick_images(*create_datamodule(**settings).split("test"))

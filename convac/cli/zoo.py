@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from convac.zoo.cards import ModelCard, load_cards, markdown_table
+from convac.zoo.cards import ModelCard, load_cards, markdown_table, with_local_data
 
 
 def _list(cards: dict[str, ModelCard], markdown: bool) -> None:
@@ -58,14 +58,12 @@ def _eval(card: ModelCard, data_root: str | None, rtol: float) -> bool:
     from convac.zoo.evaluate import reproduce
     from convac.zoo.registry import create_model
 
-    data = dict(card.data)
-    if card.needs_data_root:
-        if data_root is None:
-            sub = card.data.get("dataset")
-            holding = f"{sub}.test.data, or its {sub}/ subfolder" if sub else f"the {card.data['name']} files"
-            raise ValueError(f"{card.name} was trained on {card.dataset}, read from a local folder or file: pass "
-                             f"--data-root PATH (the data.{card.local_data_key} it was trained with: {holding})")
-        data[card.local_data_key] = data_root
+    data = with_local_data(card.data, data_root)
+    if data is None:
+        sub = card.data.get("dataset")
+        holding = f"{sub}.test.data, or its {sub}/ subfolder" if sub else f"the {card.data['name']} files"
+        raise ValueError(f"{card.name} was trained on {card.dataset}, read from a local folder or file: pass "
+                         f"--data-root PATH (the data.{card.local_data_key} it was trained with: {holding})")
     datamodule = create_datamodule(**data)
     rows = reproduce(card, create_model(card.name, pretrained=True), datamodule, rtol)
     print(f"{card.name} on the {card.dataset} test split ({len(datamodule.split('test')[0])} examples), sha256 verified")

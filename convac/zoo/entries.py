@@ -12,12 +12,13 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig
 from torch import nn
 
-from convac.zoo.cards import LOCAL_DATA_KEYS
+from convac.zoo.cards import local_data_key
 from convac.zoo.registry import create_model, register_model
 
 
@@ -36,12 +37,11 @@ class ZooEntry:
         """The composed ``convac-train`` config of this entry (plus ``overrides``)."""
         return compose_train_config([f"experiment={self.experiment}", *overrides])
 
-    @property
+    @cached_property
     def local_data_key(self) -> str | None:
         """The data key that names a local folder or file (``root`` or ``path``), None for
-        bundled data."""
-        keys = self.config().data.keys()  # keys(): `in` is False for a ??? value
-        return next((key for key in LOCAL_DATA_KEYS if key in keys), None)
+        bundled data (read once: it composes the entry's config)."""
+        return local_data_key(self.config().data.keys())  # keys(): `in` is False for a ??? value
 
     @property
     def needs_data_root(self) -> bool:

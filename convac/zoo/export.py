@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from convac.data import create_datamodule
 from convac.model import ConvAC
 from convac.zoo import evaluate
-from convac.zoo.cards import CARDS_DIR, WEIGHTS_DIR, ModelCard
+from convac.zoo.cards import CARDS_DIR, WEIGHTS_DIR, ModelCard, with_local_data
 from convac.zoo.entries import ZooEntry
 from convac.zoo.pretrained import load_into, read_weights, save_weights
 from convac.zoo.registry import create_model
@@ -61,11 +61,9 @@ def export_run(entry: ZooEntry, run_dir: str | Path, data_root: str | None, seco
     model = load_into(create_model(entry.name), weights, entry.name).eval()
 
     data = dict(cfg["data"])
+    datamodule = create_datamodule(**with_local_data(data, data_root))
     if entry.needs_data_root:
-        datamodule = create_datamodule(**{**data, entry.local_data_key: data_root})
         data[entry.local_data_key] = None  # a local folder or file: given again at evaluation time
-    else:
-        datamodule = create_datamodule(**data)
     metrics = evaluate.test_metrics(model, datamodule)
     if not all(math.isfinite(v) for v in metrics.values()):
         raise ValueError(f"{entry.name}: non-finite test metrics {metrics}")
