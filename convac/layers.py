@@ -16,9 +16,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from convac.validation import check_flag, check_grid, check_positive_int
-
-Grid = tuple[int, int]
+from convac.validation import Grid, check_flag, check_grid, check_positive_int
 
 
 def _mix(linear: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

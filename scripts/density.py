@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,7 +42,6 @@ class Dataset:
     data_overrides: tuple[str, ...] = ()
     root: str | None = None  # folder under the data root, None for bundled data
     images: bool = False
-    overrides: tuple[str, ...] = field(default=())
 
 
 DATASETS = [

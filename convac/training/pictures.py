@@ -6,6 +6,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
+from convac.data.base import SPLITS
 from convac.pictures import pick_images, write_pictures
 
 
@@ -26,8 +27,8 @@ class Pictures(L.Callback):
     """
 
     def __init__(self, dirpath: str | None = None, split: str = "test", seed: int = 0) -> None:
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.dirpath = dirpath
         self.split = split
         self.seed = seed
