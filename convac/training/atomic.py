@@ -8,8 +8,9 @@ leaves the temporary file behind if killed. :class:`AtomicCheckpointIO` writes n
 """
 from __future__ import annotations
 
+import csv
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -33,6 +34,18 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs: Any) -> Itera
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_csv_atomically(path: str | Path, columns: list[str], rows: Iterable[dict[str, Any]]) -> None:
+    """Write the CSV ``path`` (its folder made when absent) with the header ``columns`` and
+    ``rows``, through :func:`atomic_write`: the histories of a run folder are rewritten whole
+    when a resumed run replaces rows or a new column appears."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def is_local_path(path: Any) -> bool:

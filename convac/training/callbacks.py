@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 
 from convac.entropy import DEFAULT_NUM_SAMPLES, probe
-from convac.training.atomic import atomic_write
+from convac.training.atomic import write_csv_atomically
 from convac.validation import check_positive_float, check_positive_int
 
 
@@ -140,9 +140,4 @@ def write_epoch_rows(path: Path, epoch: int, rows: Iterable[dict[str, Any]]) -> 
         with path.open(newline="") as f:
             kept = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
     rows = kept + list(rows)
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv_atomically(path, list(dict.fromkeys(k for r in rows for k in r)), rows)

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from convac.training.atomic import atomic_write
+from convac.training.atomic import write_csv_atomically
 from convac.validation import check_positive_int
 
 
@@ -97,11 +97,7 @@ class CSVLogger(Logger):
             return
         kept = self._read_rows() if self._columns is not None else self._rows_of_earlier_run(rows[0]["step"])
         columns = sorted({k for row in kept for k in row} | new_columns)
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.metrics_path, newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(kept + rows)
+        write_csv_atomically(self.metrics_path, columns, kept + rows)
         self._columns = columns
 
     def _read_rows(self) -> list[dict[str, str]]:
