@@ -30,7 +30,8 @@ def read_history(path: str | Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
-def _levels(row: dict[str, float]) -> int:
+def num_levels(row: dict[str, float]) -> int:
+    """``L``, the highest level ``l`` with an ``entropy/H{l}`` column in a row of ``entropy.csv``."""
     return max(int(k[len("entropy/H"):]) for k in row if k.startswith("entropy/H") and k[len("entropy/H"):].isdigit())
 
 
@@ -55,11 +56,11 @@ def entropy_figure(rows: list[dict[str, float]]) -> Figure:
     ``beta_l`` per epoch; the last epoch's chain ``H^0 .. H(X)`` against level beside the
     scaling-law bounds ``H^0 + n_l C_max`` (additive, Thm 4) and ``H^0 beta_max^l`` (ratio, Thm 5).
     ``rows``: the rows of ``entropy.csv`` (:func:`read_history`)."""
-    num_levels = _levels(rows[-1])
+    levels = num_levels(rows[-1])
     epochs = [r["epoch"] for r in rows]
     fig, (ax_h, ax_c, ax_chain) = plt.subplots(1, 3, figsize=(16, 4.5))
 
-    series = [(f"H{l}", f"$H^{l}$") for l in range(num_levels + 1)] + [("H_X", "$H(X)$")]
+    series = [(f"H{l}", f"$H^{l}$") for l in range(levels + 1)] + [("H_X", "$H(X)$")]
     for key, label in series:
         mean = [r[f"entropy/{key}"] for r in rows]
         se = [r.get(f"entropy/{key}_se", 0.0) for r in rows]
@@ -68,7 +69,7 @@ def entropy_figure(rows: list[dict[str, float]]) -> Figure:
     ax_h.set(xlabel="epoch", ylabel="entropy (nats)", title="level entropies $H(X|Z_l)$ (±2 SE)")
     ax_h.legend(fontsize=8)
 
-    for l in range(1, num_levels + 1):
+    for l in range(1, levels + 1):
         ax_c.plot(epochs, [r[f"scaling/C{l}"] for r in rows], marker=".", label=f"$C_{l}$")
     ax_c.plot(epochs, [r["scaling/C_top"] for r in rows], marker=".", label="$C_{top}$")
     ax_c.set(xlabel="epoch", ylabel="gap (nats)", title=r"layer gaps $C_l$ and ratios $\beta_l$")
@@ -82,15 +83,15 @@ def entropy_figure(rows: list[dict[str, float]]) -> Figure:
     ax_c.legend(fontsize=8, loc="upper left")
 
     last = rows[-1]
-    chain = [last[f"entropy/H{l}"] for l in range(num_levels + 1)] + [last["entropy/H_X"]]
-    steps = list(range(num_levels + 2))
-    counts = [0.0] + [last.get(f"scaling/n_mappings{l}", math.nan) for l in range(1, num_levels + 1)] + [1.0]
+    chain = [last[f"entropy/H{l}"] for l in range(levels + 1)] + [last["entropy/H_X"]]
+    steps = list(range(levels + 2))
+    counts = [0.0] + [last.get(f"scaling/n_mappings{l}", math.nan) for l in range(1, levels + 1)] + [1.0]
     cumulative = [sum(counts[: i + 1]) for i in range(len(counts))]
     ax_chain.plot(steps, chain, marker="o", label="measured chain")
     ax_chain.plot(steps, [chain[0] + n * last["scaling/C_max"] for n in cumulative], linestyle=":", label=r"$H^0 + n_{\leq l} C_{max}$")
     if math.isfinite(last["scaling/beta_max"]):
         ax_chain.plot(steps, [chain[0] * last["scaling/beta_max"] ** s for s in steps], linestyle="--", label=r"$H^0 \beta_{max}^l$")
-    ax_chain.set_xticks(steps, [f"$H^{l}$" for l in range(num_levels + 1)] + ["$H(X)$"])
+    ax_chain.set_xticks(steps, [f"$H^{l}$" for l in range(levels + 1)] + ["$H(X)$"])
     ax_chain.set(ylabel="entropy (nats)", title=f"chain at epoch {int(last['epoch'])} and scaling-law bounds")
     ax_chain.set_ylim(min(chain) * 0.95 if min(chain) > 0 else None, max(chain) * 1.3 if max(chain) > 0 else None)
     ax_chain.legend(fontsize=8)
@@ -136,10 +137,10 @@ def gaps_figure(maps: dict[int, list[np.ndarray]], num_epochs: int = 4) -> Figur
     epochs = list(maps)
     picks = np.unique(np.linspace(0, len(epochs) - 1, min(num_epochs, len(epochs))).round().astype(int))
     shown = [epochs[i] for i in picks]
-    num_levels = len(maps[shown[-1]])
-    fig, axes = plt.subplots(len(shown), num_levels, squeeze=False, layout="constrained",
-                             figsize=(2.3 * num_levels + 0.6, 2.2 * len(shown) + 0.9))
-    for col in range(num_levels):
+    num_maps = len(maps[shown[-1]])
+    fig, axes = plt.subplots(len(shown), num_maps, squeeze=False, layout="constrained",
+                             figsize=(2.3 * num_maps + 0.6, 2.2 * len(shown) + 0.9))
+    for col in range(num_maps):
         grids = [maps[e][col] for e in shown]
         vmin, vmax = min(0.0, min(np.nanmin(g) for g in grids)), max(np.nanmax(g) for g in grids)
         vmax = vmax if vmax > vmin else vmin + 1e-9
@@ -153,7 +154,7 @@ def gaps_figure(maps: dict[int, list[np.ndarray]], num_epochs: int = 4) -> Figur
                             color="black" if value > (vmin + vmax) / 2 else "white")
             ax.set_xticks([])
             ax.set_yticks([])
-            name = "root" if col == num_levels - 1 else f"layer {col + 1} ({grid.shape[0]}x{grid.shape[1]})"
+            name = "root" if col == num_maps - 1 else f"layer {col + 1} ({grid.shape[0]}x{grid.shape[1]})"
             ax.set_title(f"{name}\nsum {np.nansum(grid):.2f}" if row == 0 else f"sum {np.nansum(grid):.2f}", fontsize=8)
             if col == 0:
                 ax.set_ylabel(f"epoch {epoch}")

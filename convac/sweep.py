@@ -20,6 +20,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from convac.entropy.law import SlopeFit, fit_slope
+from convac.plotting import num_levels, plot_scaling, read_history
 
 # One row per run. folder: relative to the sweep folder; overrides: the run's command-line
 # overrides; D: variables; N: level-0 positions; L: fusion layers; width: the largest K_l;
@@ -60,13 +61,12 @@ def _natural(path: Path) -> tuple:
 
 def run_row(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     """The :data:`COLUMNS` of one run folder (its last probed epoch)."""
-    with (run_dir / HISTORY).open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_history(run_dir / HISTORY)
     if not rows:
         raise ValueError(f"{run_dir / HISTORY} has no rows")
-    last = {k: float(v) for k, v in rows[-1].items() if v not in ("", None)}
-    num_levels = sum(1 for k in last if k.startswith("entropy/H") and k[len("entropy/H"):].isdigit()) - 1
-    counts = [last[f"scaling/n_mappings{l}"] for l in range(1, num_levels + 1)]
+    last = rows[-1]
+    levels = num_levels(last)
+    counts = [last[f"scaling/n_mappings{l}"] for l in range(1, levels + 1)]
     n_mappings = sum(counts) + 1
     gain = last["entropy/H_X"] - last["entropy/H0"]
     config = OmegaConf.load(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else OmegaConf.create()
@@ -79,7 +79,7 @@ def run_row(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
         "data": OmegaConf.select(config, "data.name", default=""),
         "D": math.prod(OmegaConf.select(config, "data.in_shape", default=[math.nan])),
         "N": counts[0],
-        "L": num_levels,
+        "L": levels,
         "width": _width(config),
         "n_mappings": n_mappings,
         "epochs": int(last["epoch"]) + 1,
@@ -111,10 +111,8 @@ def _width(config) -> float:
 def _last_logged(path: Path, keys: tuple[str, ...]) -> dict[str, float]:
     """The last logged value of each of ``keys`` in a ``metrics.csv`` (NaN if never logged)."""
     found = dict.fromkeys(keys, math.nan)
-    if path.exists():
-        with path.open(newline="") as f:
-            for row in csv.DictReader(f):
-                found.update({k: float(row[k]) for k in keys if row.get(k)})
+    for row in read_history(path) if path.exists() else []:
+        found.update({k: row[k] for k in keys if k in row})
     return found
 
 
@@ -143,7 +141,6 @@ def fit_laws(rows: list[dict[str, Any]], num_boot: int = 2000, seed: int = 0) ->
 def write_sweep(sweep_dir: str | Path, num_boot: int = 2000, seed: int = 0) -> tuple[list[Path], str]:
     """Write ``scaling.csv``, ``scaling.json`` and ``scaling.png`` into ``sweep_dir``; returns
     their paths and a summary for the terminal (the table's key columns and the fitted laws)."""
-    from convac.plotting import plot_scaling
 
     sweep_dir = Path(sweep_dir)
     rows = scaling_table(sweep_dir)
