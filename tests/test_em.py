@@ -56,6 +56,18 @@ def em_step(model, x, lr=1.0, pseudocount=0.0):
     optimizer.recorder.remove()
 
 
+def full_batch_log_likelihoods(model, x, steps):
+    """``sum_x log P(x)`` before each of ``steps`` full-batch EM steps and after the last."""
+    lls = []
+    for _ in range(steps):
+        with torch.no_grad():
+            lls.append(model.log_prob(x).sum().item())
+        em_step(model, x)
+    with torch.no_grad():
+        lls.append(model.log_prob(x).sum().item())
+    return lls
+
+
 @pytest.mark.parametrize("pseudocount", [0.0, 0.5])
 def test_full_batch_step_equals_the_closed_form_categorical(pseudocount):
     model = build(Categorical(3))
@@ -98,11 +110,7 @@ def test_full_batch_em_never_lowers_the_training_likelihood(leaf):
     model = build(leaf, seed=3)
     g = torch.Generator().manual_seed(4)
     x = torch.randint(0, 3, (80, 1, 1, 4), generator=g) if isinstance(leaf, Categorical) else torch.randn(80, 1, 1, 4, generator=g, dtype=torch.float64)
-    lls = []
-    for _ in range(6):
-        with torch.no_grad():
-            lls.append(model.log_prob(x).sum().item())
-        em_step(model, x)
+    lls = full_batch_log_likelihoods(model, x, 6)
     assert all(b >= a - 1e-9 for a, b in zip(lls, lls[1:])), lls
 
 
@@ -139,11 +147,7 @@ def test_shared_parameters_pool_their_counts_and_stay_monotone():
     torch.manual_seed(7)
     model = CPConvAC((1, 2, 2), Categorical(3), num_components=2, rank=3, share_leaves=True, share_weights=True).double()
     x = torch.randint(0, 3, (50, 1, 2, 2), generator=torch.Generator().manual_seed(8))
-    lls = []
-    for _ in range(5):
-        with torch.no_grad():
-            lls.append(model.log_prob(x).sum().item())
-        em_step(model, x)
+    lls = full_batch_log_likelihoods(model, x, 5)
     assert all(b >= a - 1e-9 for a, b in zip(lls, lls[1:])), lls
 
 
