@@ -7,6 +7,7 @@ matmul over positions with no copies, and pooling is a reduction over each windo
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Iterable
 
@@ -289,18 +290,37 @@ class SumLayer(nn.Module):
         self.logits = nn.Parameter(torch.randn(shape))
         self._plan_key: tuple | None = None
         self._plan: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._normalized: dict[str, torch.Tensor] | None = None  # while the weights are fixed
 
     @property
     def num_positions(self) -> int:
         return self.grid[0] * self.grid[1]
 
+    @contextlib.contextmanager
+    def fixed_weights(self):
+        """Within the block the logits do not change (a read-only query such as the entropy
+        probe, under ``torch.no_grad``): :meth:`weights` and :meth:`log_weights` normalize them
+        once and return the same tensors on every call."""
+        previous, self._normalized = self._normalized, {}
+        try:
+            yield self
+        finally:
+            self._normalized = previous
+
+    def _normalize(self, kind: str, normalize) -> torch.Tensor:
+        if self._normalized is None:
+            return normalize(self.logits, dim=-1).reshape(-1, self.out_channels, self.in_channels)
+        if kind not in self._normalized:
+            self._normalized[kind] = normalize(self.logits, dim=-1).reshape(-1, self.out_channels, self.in_channels)
+        return self._normalized[kind]
+
     def log_weights(self) -> torch.Tensor:
         """(P or 1, K_out, K_in): ``log w[p, j, a]``, each row normalized over ``a``."""
-        return F.log_softmax(self.logits, dim=-1).reshape(-1, self.out_channels, self.in_channels)
+        return self._normalize("log", F.log_softmax)
 
     def weights(self) -> torch.Tensor:
         """(P or 1, K_out, K_in): the simplex weights ``w[p, j, a]``."""
-        return F.softmax(self.logits, dim=-1).reshape(-1, self.out_channels, self.in_channels)
+        return self._normalize("linear", F.softmax)
 
     def position_weights(self) -> torch.Tensor:
         """(P, K_out, K_in): the weights of every position (shared weights broadcast)."""

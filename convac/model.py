@@ -199,6 +199,16 @@ class ConvAC(nn.Module):
         finally:
             self.validate_args = previous
 
+    @contextlib.contextmanager
+    def fixed_weights(self):
+        """Within the block the parameters do not change (read-only queries under
+        ``torch.no_grad``): every sum layer normalizes its weights once
+        (:meth:`SumLayer.fixed_weights`). The entropy probe runs in one."""
+        with contextlib.ExitStack() as stack:
+            for layer in [*self.sums, self.root]:
+                stack.enter_context(layer.fixed_weights())
+            yield self
+
     def _check_input(self, x: torch.Tensor, missing: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Validate ``x`` (B, C, H, W) and build the missing mask: ``missing`` or'ed with the
         NaN entries of a floating-point ``x``; None when nothing can be missing (an integer ``x``
@@ -263,7 +273,9 @@ class ConvAC(nn.Module):
         return top.transpose(0, 1).reshape(1, top.shape[1], -1)
 
     # ---------------------------------------------------------------- bottom-up pass
-    def _upward(self, x: torch.Tensor, missing: torch.Tensor | None, max_product: bool = False) -> list[torch.Tensor]:
+    def _upward(
+        self, x: torch.Tensor, missing: torch.Tensor | None, max_product: bool = False, top_only: bool = False
+    ) -> list[torch.Tensor]:
         """Log-values of the product nodes of every level, position-major ``(P_l, B, K_l)``,
         for an input and mask (or None) checked by :meth:`_check_input`.
 
@@ -271,22 +283,59 @@ class ConvAC(nn.Module):
         leaves give their mode's log-probability) and every sum node is a max node,
         ``max_a(log w[j, a] + h_a)``; the values are ``max`` over the missing variables and the
         latents below each node of ``log P(x_obs, x_mis, z | node)``.
+
+        ``top_only``: only the top level is needed (a likelihood): returns ``[h_L]``, and the
+        leaves and first sum layer may be folded into one table look-up (:meth:`_folded_leaf_sums`).
         """
         if not max_product:  # every sum layer's exact positions, with one host read when the weights changed
             refresh_exact_positions([*self.sums, self.root])
         # padded variables are missing, hence marginalized (leaf log-likelihood 0), also in the
         # max-product pass; the leaves ignore the values of missing entries (NaN included)
         patches = self._tree_positions(self._to_patches(x, 0))
-        if missing is None:  # nothing missing: no mask
-            h = self.leaves(patches, None)
+        leaf_missing = None if missing is None else self._tree_positions(self._to_patches(missing, True))
+        first = 0  # the first fusion layer still to run
+        if top_only and not max_product and self._folds_leaf_sums(patches.shape[1]):
+            h, first = self.pools[0](self._folded_leaf_sums(patches, leaf_missing)), 1
+        elif max_product and missing is not None:
+            h = self.leaves(patches, leaf_missing, self._tree_positions(self._to_patches(missing, False)))
         else:
-            maximized = self._tree_positions(self._to_patches(missing, False)) if max_product else None
-            h = self.leaves(patches, self._tree_positions(self._to_patches(missing, True)), maximized)
+            h = self.leaves(patches, leaf_missing)
         levels = [h]
-        for sum_layer, pool in zip(self.sums, self.pools):
+        for sum_layer, pool in zip(self.sums[first:], self.pools[first:]):
             h = pool(sum_layer.max_product(h) if max_product else sum_layer(h))
             levels.append(h)
-        return levels
+        return levels[-1:] if top_only else levels
+
+    #: Let likelihood passes fold the leaves into the first sum layer where that is cheaper
+    #: (:meth:`_folded_leaf_sums`); the values are the same. Off: always the layer-by-layer pass.
+    fold_leaf_sums: bool = True
+
+    def _folds_leaf_sums(self, batch: int) -> bool:
+        """Whether a likelihood pass over ``batch`` inputs folds the leaves into the first sum
+        layer: a model with fusion layers, discrete leaves of one variable per position and a
+        value table smaller than the batch (the sums then run over ``num_values`` rows instead of
+        ``batch``)."""
+        return (self.fold_leaf_sums and self.num_levels > 0 and self.leaf_spec.is_discrete
+                and self.leaves.num_vars == 1 and self.leaf_spec.num_values < batch)
+
+    def _folded_leaf_sums(self, patches: torch.Tensor, missing: torch.Tensor | None) -> torch.Tensor:
+        """``sums[0](leaves(patches, missing))`` by way of the value table: ``patches``,
+        ``missing`` (P_0, B, 1) -> (P_0, B, K_1).
+
+        With one variable ``x_i`` per position a sum node over the leaf components is itself a
+        categorical distribution, ``log sum_d w[i, j, d] f_{i,d}(x_i) = T[i, x_i, j]``: the table
+        ``T`` is the first sum layer applied to the leaf layer's output for every value
+        (``(P_0, N, M)``, ``N = num_values``), so every row of the batch is a look-up. Costs
+        ``N`` instead of ``B`` rows of sum-layer work; a missing variable gives
+        ``log sum_d w[i, j, d] = 0``. Gradients (and EM's flows, read at the leaf layer's output)
+        are those of the layer-by-layer pass, summed over the rows with equal values."""
+        num_positions, num_values = patches.shape[0], self.leaf_spec.num_values
+        values = torch.arange(num_values, device=patches.device).view(1, -1, 1).expand(num_positions, -1, -1)
+        table = self.sums[0](self.leaves(values, None))  # (P_0, N, K_1)
+        offsets = torch.arange(0, num_positions * num_values, num_values, device=patches.device).view(-1, 1)
+        rows = self.leaves.prepare(patches[..., 0], None if missing is None else missing[..., 0]) + offsets  # (P_0, B)
+        h = table.reshape(-1, table.shape[-1]).index_select(0, rows.flatten()).view(*rows.shape, -1)
+        return h if missing is None else h.masked_fill(missing, 0.0)
 
     def _grid_layout(self, level: int, values: torch.Tensor) -> torch.Tensor:
         """(P_l, B, K) -> (B, K, H_l, W_l)."""
@@ -295,7 +344,7 @@ class ConvAC(nn.Module):
 
     def forward(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, num_classes): ``log P(x | y)``, missing variables marginalized."""
-        return self.root(self._root_input(self._upward(*self._check_input(x, missing))[-1]))[0]
+        return self.root(self._root_input(self._upward(*self._check_input(x, missing), top_only=True)[-1]))[0]
 
     def log_joint(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, num_classes): ``log P(x, y) = log P(x | y) + log P(y)``."""

@@ -68,10 +68,13 @@ def full_batch_log_likelihoods(model, x, steps):
     return lls
 
 
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "layer-by-layer"])
 @pytest.mark.parametrize("pseudocount", [0.0, 0.5])
-def test_full_batch_step_equals_the_closed_form_categorical(pseudocount):
+def test_full_batch_step_equals_the_closed_form_categorical(pseudocount, fold):
     model = build(Categorical(3))
+    model.fold_leaf_sums = fold  # the likelihood pass folds the leaves into the first sums (3 values < 40 rows)
     x = torch.randint(0, 3, (40, 1, 1, 4), generator=torch.Generator().manual_seed(1))
+    assert model._folds_leaf_sums(len(x)) == fold
     f = model.leaves.log_probabilities().detach().exp()  # (P, 1, values, M)
     leaf_values = f[torch.arange(4).view(4, 1), 0, x.view(40, 4).t()]  # (P, B, M): f_{p,m}(x_p)
     counts = closed_form_counts(model, x, leaf_values)

@@ -269,3 +269,18 @@ def test_a_model_reads_the_exact_positions_of_all_sum_layers_at_once(monkeypatch
     model.log_prob(x)
     model.log_prob(x)
     assert stale_counts[-2:] == [model.num_levels + 1, 0] and len(flags) == 3 * (model.num_levels + 1)
+
+
+def test_fixed_weights_normalize_once_and_end_with_the_block():
+    layer = SumLayer((2, 2), 3, 4, shared=False)
+    with torch.no_grad(), layer.fixed_weights():
+        first, log_first = layer.weights(), layer.log_weights()
+        assert layer.weights() is first and layer.log_weights() is log_first  # normalized once
+        torch.testing.assert_close(first.log(), log_first)
+    with torch.no_grad():
+        layer.logits.add_(torch.randn_like(layer.logits))
+    torch.testing.assert_close(layer.weights(), torch.softmax(layer.logits, -1).view(4, 4, 3))  # fresh after the block
+    model = HTConvAC((1, 4, 4), Categorical(3), 2, 3)
+    with torch.no_grad(), model.fixed_weights():
+        assert all(s.weights() is s.weights() for s in [*model.sums, model.root])
+    assert all(s._normalized is None for s in [*model.sums, model.root])

@@ -101,6 +101,43 @@ def test_marginals_equal_brute_force_sums(cls, kwargs):
         assert torch.allclose(model.log_prob(as_nan), brute, atol=1e-8)
 
 
+FOLDABLE = [
+    (HTConvAC((1, 6, 6), Categorical(5), 4, 6), torch.randint(0, 5, (30, 1, 6, 6)), 0.3),
+    (HTConvAC((1, 1, 10), Bernoulli(), 3, 4, structure="learned", num_repetitions=2, share_leaves=True),
+     torch.randint(0, 2, (20, 1, 1, 10)).float(), 0.2),
+    (CPConvAC((1, 4, 4), Categorical(3), 2, 5, num_classes=2), torch.randint(0, 3, (12, 1, 4, 4)), 0.0),
+]
+
+
+@pytest.mark.parametrize("index", range(len(FOLDABLE)))
+def test_folded_leaf_sums_equal_the_layer_by_layer_pass(index):
+    """The likelihood folds discrete leaves into the first sum layer (its sums run over the value
+    table): the same log-likelihoods and gradients as leaves -> sums, with missing values too."""
+    torch.manual_seed(index)
+    model, x, missing_share = FOLDABLE[index]
+    model = model.double()
+    if missing_share:
+        missing = torch.rand(x.shape) < missing_share
+        x = x.masked_fill(missing, float("nan")) if x.is_floating_point() else x
+        missing = None if x.is_floating_point() else missing
+    else:
+        missing = None
+    first_sum_rows = []
+    model.sums[0].register_forward_pre_hook(lambda module, args: first_sum_rows.append(args[0].shape[1]))
+    results = []
+    for fold in (True, False):
+        model.fold_leaf_sums = fold
+        model.zero_grad()
+        log_p = model.log_prob(x, missing)
+        log_p.sum().backward()
+        results.append((log_p.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert first_sum_rows == [model.leaf_spec.num_values, len(x)]  # folded: one row per value
+    (folded, folded_grads), (plain, plain_grads) = results
+    torch.testing.assert_close(folded, plain)
+    for a, b in zip(folded_grads, plain_grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_all_missing_gives_log_one():
     model = build(*TINY[1])
     x = torch.zeros(3, *model.in_shape, dtype=torch.long)
