@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from collections import defaultdict
 
 import lightning as L
@@ -153,3 +154,26 @@ def test_plot_reports_a_missing_history(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         plot_main([str(tmp_path)])
     assert exit_info.value.code == 2 and "entropy.csv" in capsys.readouterr().err
+
+
+def test_probe_share_counts_the_whole_epoch(tmp_path):
+    """The share's epoch is everything the trainer did since the probe last finished: here a
+    callback after the probe that sleeps 0.25 s per epoch, which a share over training and
+    validation alone (a few ms here) would leave out (share near 1 instead of below 0.2)."""
+    import time
+
+    class Slow(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            time.sleep(0.25)
+
+    module = ConvACModule(model_name="ht", model_kwargs=MODEL, lr=0.05)
+    trainer = L.Trainer(max_epochs=3, limit_train_batches=1, limit_val_batches=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        enable_checkpointing=False, callbacks=[EntropyProbe(num_samples=64, plot=False), Slow()])
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
+    rows = read_rows(tmp_path / "entropy.csv")
+    shares = [float(r["entropy/probe_share"]) for r in rows]
+    seconds = [float(r["entropy/probe_seconds"]) for r in rows]
+    assert all(0 < s < 1 for s in shares)
+    for share, probe_seconds in zip(shares[1:], seconds[1:]):  # epoch 0's sleep falls into epoch 1
+        assert share <= 2 * (probe_seconds + 0.01) / 0.25 and share < 0.2

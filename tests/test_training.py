@@ -10,7 +10,8 @@ from torch.nn import functional as F
 
 from convac import ConvACModule
 from convac.data import create_datamodule
-from convac.training import CSVLogger
+from convac.training import CSVLogger, atomic
+from convac.training.atomic import CsvHistory
 
 LEAF = {"name": "categorical", "num_values": 17}
 ARCHS = {
@@ -120,6 +121,24 @@ def test_csv_logger_keeps_rows_of_resumed_run(tmp_path):
     second.save()
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert rows == ["a,b,step", "1.0,,0", ",2.0,1"]
+
+
+def test_csv_history_appends_and_a_resume_replaces_the_rows_after_its_start(tmp_path, monkeypatch):
+    path = tmp_path / "entropy.csv"
+    history = CsvHistory(path, "epoch")
+    for epoch in range(3):
+        history.write([{"epoch": epoch, "h": epoch / 2}])
+    assert path.read_text().splitlines() == ["epoch,h", "0,0.0", "1,0.5", "2,1.0"]
+    rewrites = []
+    monkeypatch.setattr(atomic, "write_csv_atomically", lambda *args: rewrites.append(args))
+    history.write([{"epoch": 3, "h": 1.5}])  # same columns: appended, not rewritten
+    assert rewrites == [] and path.read_text().splitlines()[-1] == "3,1.5"
+    monkeypatch.undo()
+    resumed = CsvHistory(path, "epoch")  # a new process resuming at epoch 2: rows 2 and 3 go
+    resumed.write([{"epoch": 2, "h": 9.0, "new": 1}])
+    assert path.read_text().splitlines() == ["epoch,h,new", "0,0.0,", "1,0.5,", "2,9.0,1"]
+    resumed.write([{"epoch": 3, "other": 4}])  # a new column rewrites the file with the union
+    assert [r.get("other") for r in resumed.read()] == [None, None, None, "4"]
 
 
 @pytest.mark.parametrize("optimizer", ["Adam", "em"])

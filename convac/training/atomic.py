@@ -9,6 +9,7 @@ leaves the temporary file behind if killed. :class:`AtomicCheckpointIO` writes n
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -46,6 +47,55 @@ def write_csv_atomically(path: str | Path, columns: list[str], rows: Iterable[di
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+
+
+class CsvHistory:
+    """A CSV history of a run folder (``metrics.csv``, ``entropy.csv``, ``gaps.csv``), one row per
+    logged step or epoch, kept across a resume at little cost per write.
+
+    The first :meth:`write` of this object, whose rows start at ``start`` (a step or an epoch in
+    column ``key``), drops the file's rows with ``key >= start``: those of a killed run after its
+    last checkpoint, which the resumed run writes again (a fresh run in the same folder starts at
+    0, hence a fresh file). That write, and any write that brings a new column, rewrites the file
+    atomically (:func:`write_csv_atomically`; the header is the union of the columns in order of
+    appearance, or sorted with ``sort_columns``). Every other write appends its rows with one ``write`` call, so the cost of a
+    write does not grow with the history (rewriting it whole every epoch took 11 ms per file
+    after 50 epochs of the default run's ``gaps.csv``) and a kill leaves whole rows behind.
+    """
+
+    def __init__(self, path: str | Path, key: str, sort_columns: bool = False) -> None:
+        self.path = Path(path)
+        self.key = key
+        self.sort_columns = sort_columns
+        self.columns: list[str] | None = None  # the header as this object last wrote it
+
+    def read(self) -> list[dict[str, str]]:
+        """The file's rows, empty cells dropped (an absent file has none)."""
+        if not self.path.is_file():
+            return []
+        with self.path.open(newline="") as f:
+            return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        rows = list(rows)
+        if not rows:
+            return
+        new_columns = list(dict.fromkeys(k for row in rows for k in row))
+        if self.columns is not None and set(new_columns) <= set(self.columns):
+            text = io.StringIO()
+            csv.DictWriter(text, fieldnames=self.columns).writerows(rows)
+            with self.path.open("a", newline="") as f:
+                f.write(text.getvalue())
+            return
+        if self.columns is None:
+            start = float(rows[0][self.key])
+            kept = [row for row in self.read() if float(row[self.key]) < start]
+        else:
+            kept = self.read()
+        columns = list(dict.fromkeys([*(k for row in kept for k in row), *new_columns]))
+        columns = sorted(columns) if self.sort_columns else columns
+        write_csv_atomically(self.path, columns, kept + rows)
+        self.columns = columns
 
 
 def is_local_path(path: Any) -> bool:

@@ -1,16 +1,14 @@
 """EntropyProbe: a Lightning callback that measures the scaling law every epoch (DESIGN section 2)."""
 from __future__ import annotations
 
-import csv
 import time
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import lightning as L
+import torch
 
 from convac.entropy import DEFAULT_NUM_SAMPLES, probe
-from convac.training.atomic import write_csv_atomically
+from convac.training.atomic import CsvHistory
 from convac.validation import check_positive_float, check_positive_int
 
 
@@ -18,13 +16,17 @@ class EntropyProbe(L.Callback):
     """Run :func:`convac.entropy.probe` on ``pl_module.model`` at the end of training epochs.
 
     Logs every metric of :meth:`EntropyReport.metrics` (``entropy/H{l}``, ``scaling/C{l}``, ...)
-    and ``entropy/probe_share`` (the probe's share of the epoch's wall time, training and
-    validation included) to every logger (TensorBoard: scalars), and writes two histories into
+    and ``entropy/probe_share`` to every logger (TensorBoard: scalars), and writes two histories into
     the run folder: ``entropy.csv``, one row per probed epoch, and ``gaps.csv``, the gap of every
     mapping per probed epoch in long format (``epoch, level, row, column, gap, se``; see
     :meth:`EntropyReport.gap_rows`: level ``l`` holds the sum nodes of fusion layer ``l`` on grid
     ``l - 1``, level ``L + 1`` the root at ``(0, 0)``, and an epoch's gaps add up to
-    ``entropy/H_X_tele - entropy/H0``). The sampling seed is fixed, so the curves show the model
+    ``entropy/H_X_tele - entropy/H0``). ``entropy/probe_share`` is the callback's share of the
+    wall time of an epoch, everything counted: its cost (the probe and its metrics now, plus the
+    writing and logging it did at its previous run) over that cost plus the epoch's own time
+    (all the trainer did since the callback last finished, Lightning's epoch-end work and the
+    other callbacks included, per epoch when it probes every ``n``; the first epoch of a process
+    counts from its start). The sampling seed is fixed, so the curves show the model
     changing rather than Monte Carlo noise. Every rank computes the same values (same weights, same
     seed); only global rank 0 writes the files and draws figures.
     On a resume, rows of epochs at or after the one being written are replaced, so the files
@@ -67,7 +69,10 @@ class EntropyProbe(L.Callback):
         self.dirpath = dirpath
         self.plot = plot
         self.figure_every_n_epochs = figure_every_n_epochs
-        self._epoch_start = time.perf_counter()
+        self._last_finish: float | None = None  # when this callback last finished (perf_counter)
+        self._last_epoch = -1  # the epoch it last probed
+        self._bookkeeping_seconds = 0.0  # the writing and logging of its last probe
+        self._files: tuple[CsvHistory, CsvHistory] | None = None
 
     def csv_path(self, trainer: L.Trainer) -> Path:
         """``entropy.csv`` in the run folder."""
@@ -82,27 +87,55 @@ class EntropyProbe(L.Callback):
             return getattr(trainer.datamodule, "bin_width", None) if trainer.datamodule is not None else None
         return self.bin_width
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_finish, self._bookkeeping_seconds = None, 0.0
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start = time.perf_counter()
+        if self._last_finish is None:  # the first epoch of this process
+            self._last_finish, self._last_epoch = time.perf_counter(), trainer.current_epoch - 1
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch_seconds = time.perf_counter() - self._epoch_start  # training and validation
+        started = time.perf_counter()
         epoch = trainer.current_epoch
         last = trainer.max_epochs not in (None, -1) and epoch + 1 >= trainer.max_epochs
         if (epoch + 1) % self.every_n_epochs and not last:
             return
+        epoch_seconds = (started - self._last_finish) / max(1, epoch - self._last_epoch)
         report = probe(pl_module.model, num_samples=self.num_samples, seed=self.seed,
                        bin_width=self._resolve_bin_width(trainer), bounds=False)  # no metric uses the bounds
         metrics = report.metrics()
-        metrics["entropy/probe_share"] = report.seconds / (epoch_seconds + report.seconds)
-        # every rank holds the same values: their mean is that value (and Lightning wants DDP epoch logs synced)
-        pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True)
+        cost = time.perf_counter() - started + self._bookkeeping_seconds
+        metrics["entropy/probe_share"] = cost / (epoch_seconds + cost)
+        bookkeeping_start = time.perf_counter()
+        self._log(trainer, metrics)
         if trainer.is_global_zero:
-            write_epoch_rows(self.csv_path(trainer), epoch, [{"epoch": epoch, "step": trainer.global_step, **metrics}])
-            write_epoch_rows(self.gaps_path(trainer), epoch, ({"epoch": epoch, **r} for r in report.gap_rows()))
+            histories = self._histories(trainer)
+            histories[0].write([{"epoch": epoch, "step": trainer.global_step, **metrics}])
+            histories[1].write({"epoch": epoch, **r} for r in report.gap_rows())
             every = self.figure_every_n_epochs
             if every and ((epoch + 1) % every == 0 or last):
                 self._log_figures(trainer)
+        self._last_finish, self._last_epoch = time.perf_counter(), epoch
+        self._bookkeeping_seconds = self._last_finish - bookkeeping_start
+
+    @staticmethod
+    def _log(trainer: L.Trainer, metrics: dict[str, float]) -> None:
+        """Hand ``metrics`` to every logger at the global step (as Lightning's own
+        ``LearningRateMonitor`` does) and to ``trainer.callback_metrics``, where monitors such as
+        ``EarlyStopping`` and the CLI's summary read them. ``LightningModule.log_dict`` would
+        take about 10 ms for the default model's 40-odd metrics, twice the probe itself; every
+        rank holds the same values, so there is nothing to reduce across processes."""
+        trainer.callback_metrics.update(zip(metrics, torch.tensor(list(metrics.values())).unbind()))
+        for logger in trainer.loggers:
+            logger.log_metrics({**metrics, "epoch": trainer.current_epoch}, step=trainer.global_step)
+
+    def _histories(self, trainer: L.Trainer) -> tuple[CsvHistory, CsvHistory]:
+        """``entropy.csv`` and ``gaps.csv`` (:class:`CsvHistory` keyed by epoch: the first write of
+        this process drops the rows a killed run wrote at or after the epoch it resumes at)."""
+        paths = (self.csv_path(trainer), self.gaps_path(trainer))
+        if self._files is None or tuple(h.path for h in self._files) != paths:
+            self._files = tuple(CsvHistory(path, "epoch") for path in paths)
+        return self._files
 
     def _log_figures(self, trainer: L.Trainer) -> None:
         """Hand ``entropy`` and ``gaps`` figures of the histories so far to every logger whose
@@ -129,15 +162,3 @@ class EntropyProbe(L.Callback):
         if gaps.exists():  # a run resumed from a version that wrote no gaps.csv has none
             plot_gaps(gaps, gaps.with_suffix(".png"))
 
-
-def write_epoch_rows(path: Path, epoch: int, rows: Iterable[dict[str, Any]]) -> None:
-    """Rewrite the history ``path`` (a CSV with an ``epoch`` column) with its rows of the epochs
-    before ``epoch`` followed by ``rows``, atomically: a resumed run replaces the rows a killed run
-    wrote after its last checkpoint instead of duplicating them. The header is the union of the
-    columns, in order of appearance."""
-    kept = []
-    if path.exists():
-        with path.open(newline="") as f:
-            kept = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
-    rows = kept + list(rows)
-    write_csv_atomically(path, list(dict.fromkeys(k for r in rows for k in r)), rows)

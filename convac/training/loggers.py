@@ -1,7 +1,6 @@
 """A CSV logger that keeps the rows of the run it resumes, on Lightning's public ``Logger`` API."""
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from convac.training.atomic import write_csv_atomically
+from convac.training.atomic import CsvHistory
 from convac.validation import check_positive_int
 
 
@@ -44,7 +43,7 @@ class CSVLogger(Logger):
         self.flush_logs_every_n_steps = check_positive_int("flush_logs_every_n_steps", flush_logs_every_n_steps)
         self._rows: list[dict[str, float]] = []  # logged, not yet written
         self._num_logged = 0
-        self._columns: list[str] | None = None  # the header of the file as written by this logger
+        self._history = CsvHistory(self.metrics_path, "step", sort_columns=True)
 
     @property
     def name(self) -> str:
@@ -86,30 +85,9 @@ class CSVLogger(Logger):
 
     @rank_zero_only
     def save(self) -> None:
-        """Write the rows logged since the last save."""
-        if not self._rows:
-            return
+        """Write the rows logged since the last save (:class:`CsvHistory` keyed by ``step``)."""
         rows, self._rows = self._rows, []
-        new_columns = {k for row in rows for k in row}
-        if self._columns is not None and new_columns <= set(self._columns):
-            with self.metrics_path.open("a", newline="") as f:
-                csv.DictWriter(f, fieldnames=self._columns).writerows(rows)
-            return
-        kept = self._read_rows() if self._columns is not None else self._rows_of_earlier_run(rows[0]["step"])
-        columns = sorted({k for row in kept for k in row} | new_columns)
-        write_csv_atomically(self.metrics_path, columns, kept + rows)
-        self._columns = columns
-
-    def _read_rows(self) -> list[dict[str, str]]:
-        """The file's rows, empty cells dropped (an absent file has none)."""
-        if not self.metrics_path.is_file():
-            return []
-        with self.metrics_path.open(newline="") as f:
-            return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-
-    def _rows_of_earlier_run(self, first_step: int) -> list[dict[str, str]]:
-        """The rows a previous run left in the file before step ``first_step``."""
-        return [row for row in self._read_rows() if int(row["step"]) < first_step]
+        self._history.write(rows)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
