@@ -25,8 +25,8 @@ class EntropyProbe(L.Callback):
     wall time of an epoch, everything counted: its cost (the probe and its metrics now, plus the
     writing and logging it did at its previous run) over that cost plus the epoch's own time
     (all the trainer did since the callback last finished, Lightning's epoch-end work and the
-    other callbacks included, per epoch when it probes every ``n``; the first epoch of a process
-    counts from its start). The sampling seed is fixed, so the curves show the model
+    other callbacks included, per epoch when it probes every ``n``; the first epoch of a fit
+    counts from the start of training, or of a resume). The sampling seed is fixed, so the curves show the model
     changing rather than Monte Carlo noise. Every rank computes the same values (same weights, same
     seed); only global rank 0 writes the files and draws figures.
     On a resume, rows of epochs at or after the one being written are replaced, so the files
@@ -69,7 +69,7 @@ class EntropyProbe(L.Callback):
         self.dirpath = dirpath
         self.plot = plot
         self.figure_every_n_epochs = figure_every_n_epochs
-        self._last_finish: float | None = None  # when this callback last finished (perf_counter)
+        self._last_finish = time.perf_counter()  # when this callback last finished (or training started)
         self._last_epoch = -1  # the epoch it last probed
         self._bookkeeping_seconds = 0.0  # the writing and logging of its last probe
         self._files: tuple[CsvHistory, CsvHistory] | None = None
@@ -87,12 +87,10 @@ class EntropyProbe(L.Callback):
             return getattr(trainer.datamodule, "bin_width", None) if trainer.datamodule is not None else None
         return self.bin_width
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._last_finish, self._bookkeeping_seconds = None, 0.0
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._last_finish is None:  # the first epoch of this process
-            self._last_finish, self._last_epoch = time.perf_counter(), trainer.current_epoch - 1
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the first epoch of this fit counts from here (a mid-epoch resume: from the resume)
+        self._last_finish, self._last_epoch = time.perf_counter(), trainer.current_epoch - 1
+        self._bookkeeping_seconds = 0.0
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         started = time.perf_counter()
