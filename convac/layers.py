@@ -308,11 +308,14 @@ class SumLayer(nn.Module):
             self._normalized = previous
 
     def _normalize(self, kind: str, normalize) -> torch.Tensor:
-        if self._normalized is None:
-            return normalize(self.logits, dim=-1).reshape(-1, self.out_channels, self.in_channels)
-        if kind not in self._normalized:
-            self._normalized[kind] = normalize(self.logits, dim=-1).reshape(-1, self.out_channels, self.in_channels)
-        return self._normalized[kind]
+        """``normalize(logits)`` over the input channels as (P or 1, K_out, K_in), kept for the
+        block while the weights are fixed."""
+        if self._normalized is not None and kind in self._normalized:
+            return self._normalized[kind]
+        weights = normalize(self.logits, dim=-1).reshape(-1, self.out_channels, self.in_channels)
+        if self._normalized is not None:
+            self._normalized[kind] = weights
+        return weights
 
     def log_weights(self) -> torch.Tensor:
         """(P or 1, K_out, K_in): ``log w[p, j, a]``, each row normalized over ``a``."""

@@ -91,6 +91,7 @@ class EntropyProbe(L.Callback):
         # the first epoch of this fit counts from here (a mid-epoch resume: from the resume)
         self._last_finish, self._last_epoch = time.perf_counter(), trainer.current_epoch - 1
         self._bookkeeping_seconds = 0.0
+        self._files = None  # this fit's first write drops the rows of a killed run after its checkpoint
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         started = time.perf_counter()
@@ -129,10 +130,9 @@ class EntropyProbe(L.Callback):
 
     def _histories(self, trainer: L.Trainer) -> tuple[CsvHistory, CsvHistory]:
         """``entropy.csv`` and ``gaps.csv`` (:class:`CsvHistory` keyed by epoch: the first write of
-        this process drops the rows a killed run wrote at or after the epoch it resumes at)."""
-        paths = (self.csv_path(trainer), self.gaps_path(trainer))
-        if self._files is None or tuple(h.path for h in self._files) != paths:
-            self._files = tuple(CsvHistory(path, "epoch") for path in paths)
+        a fit drops the rows a killed run wrote at or after the epoch it resumes at)."""
+        if self._files is None:
+            self._files = (CsvHistory(self.csv_path(trainer), "epoch"), CsvHistory(self.gaps_path(trainer), "epoch"))
         return self._files
 
     def _log_figures(self, trainer: L.Trainer) -> None:
