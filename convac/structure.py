@@ -2,24 +2,33 @@
 
 A ConvAC with ``structure="learned"`` is an HT over a *sequence* of positions whose order is
 learned from the training split: the regular 1x2 product pooling of that sequence is a balanced
-binary tree, and the order decides which positions share a region at every level. The order is
-built bottom-up by *balanced hierarchical matching* on pairwise mutual information (the
-agglomerative clustering of hidden Chow-Liu trees, Liu & Van den Broeck, NeurIPS 2021, and of
-the variable splits of LearnSPN, Gens & Domingos, ICML 2013, made balanced):
+binary tree, and the order decides which positions share a region at every level. Both builders
+start from ``MI[i, j]``, the empirical mutual information of every pair of positions (values
+quantized to at most ``bins`` levels; a position with several variables takes the mean over its
+variable pairs), and put strongly dependent positions in the same regions low in the tree:
 
-1. ``MI[i, j]``, the empirical mutual information of every pair of positions, normalized by
-   ``sqrt(H[i] H[j])`` (values quantized to at most ``bins`` levels; a position with several
-   variables takes the mean over its variable pairs);
-2. level by level, the regions are paired by a greedy maximum-weight matching on the mean MI
-   between their positions (average linkage), so strongly dependent regions merge first;
-3. the order is the left-to-right leaf order of the final tree.
+* ``"matching"``, *balanced hierarchical matching* (the agglomerative clustering of hidden
+  Chow-Liu trees, Liu & Van den Broeck, NeurIPS 2021, and of the variable splits of LearnSPN,
+  Gens & Domingos, ICML 2013, made balanced): level by level, the regions are paired by a greedy
+  maximum-weight matching on the mean MI between their positions (average linkage; by default
+  the MI normalized by ``sqrt(H[i] H[j])``), and the order is the left-to-right leaf order of the
+  final tree. The pooling schedule fixes the tree's shape: at level ``l`` every region holds
+  ``2^l`` positions except possibly the last one. The matching keeps that invariant: when the
+  number of regions is odd, the partial region (or, when all are full, the least connected one)
+  stays unpaired, and a merged region that holds the partial one is placed last.
+* ``"chow_liu"``: the Chow-Liu tree (the maximum spanning tree of the MI in nats, the best tree
+  of pairwise dependencies in likelihood; Chow & Liu, IEEE Trans. Inf. Theory 1968), read in
+  depth-first preorder from its most connected position, the strongest edge first. Every subtree
+  of the Chow-Liu tree is then a contiguous run of the order, so the balanced pooling merges the
+  neighbours of the Chow-Liu tree first, and the chains of dependencies that matching on pairs
+  cuts between regions stay together.
 
-The pooling schedule fixes the tree's shape: at level ``l`` every region holds ``2^l``
-positions except possibly the last one. The matching keeps that invariant: when the number of
-regions is odd, the partial region (or, when all are full, the least connected one) stays
-unpaired, and a merged region that holds the partial one is placed last.
+A mixture (``num_repetitions = R``) takes its trees' kinds from a list, cycled; the first tree of
+a kind is deterministic, the later ones of the same kind randomized (``noise``).
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -48,13 +57,14 @@ def quantize(values: torch.Tensor, discrete: bool, bins: int) -> tuple[torch.Ten
 
 
 def pairwise_mutual_information(
-    codes: torch.Tensor, levels: int, pseudocount: float = 0.1, normalized: bool = False
-) -> torch.Tensor:
+    codes: torch.Tensor, levels: int, pseudocount: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``MI[i, j]`` in nats of every pair of columns of ``codes`` (N, D) long in ``[-1, levels)``
-    (``-1`` missing: a pair counts the rows where both are observed) -> (D, D) float64, diagonal 0.
-    With ``normalized``, ``MI[i, j] / sqrt(H[i] H[j])`` in ``[0, 1]`` (the geometric normalized
-    MI, Strehl & Ghosh, JMLR 2002): a near-deterministic relation between two low-entropy
-    variables (rare values of one-hot codes) then weighs as much as one between high-entropy ones.
+    (``-1`` missing: a pair counts the rows where both are observed) and the normalized
+    ``MI[i, j] / sqrt(H[i] H[j])`` in ``[0, 1]`` (the geometric normalized MI, Strehl & Ghosh,
+    JMLR 2002: a near-deterministic relation between two low-entropy variables, such as rare
+    values of one-hot codes, then weighs as much as one between high-entropy ones) -> two
+    (D, D) float64, diagonal 0.
 
     Joint counts of all pairs at once: ``O^T O`` with ``O`` the (N, D * levels) one-hot matrix;
     ``pseudocount`` is added to every joint cell (Laplace smoothing)."""
@@ -65,26 +75,23 @@ def pairwise_mutual_information(
     joint = (flat.t() @ flat).double().view(d, levels, d, levels).permute(0, 2, 1, 3) + pseudocount  # (D, D, v, v)
     joint = joint / joint.sum((2, 3), keepdim=True)
     left, right = joint.sum(3, keepdim=True), joint.sum(2, keepdim=True)
-    mi = (joint * (joint.log() - left.log() - right.log())).sum((2, 3))
-    if normalized:
-        h_left, h_right = -(left * left.log()).sum((2, 3)), -(right * right.log()).sum((2, 3))
-        mi = mi / (h_left * h_right).sqrt().clamp_min(1e-12)
-    mi.fill_diagonal_(0.0)
-    return mi.clamp_min_(0.0)
+    mi = (joint * (joint.log() - left.log() - right.log())).sum((2, 3)).fill_diagonal_(0.0).clamp_min_(0.0)
+    h_left, h_right = -(left * left.log()).sum((2, 3)), -(right * right.log()).sum((2, 3))
+    return mi, mi / (h_left * h_right).sqrt().clamp_min(1e-12)
 
 
 def position_mutual_information(
-    patches: torch.Tensor, discrete: bool, bins: int = 8, max_rows: int = 10_000, seed: int = 0,
-    normalized: bool = True,
-) -> torch.Tensor:
-    """Mean pairwise (normalized) MI between positions: ``patches`` (N, P, V) float, the ``V``
-    variables of every position (NaN = missing or padding) -> (P, P) float64. At most
-    ``max_rows`` rows are used (a subset drawn with ``seed``)."""
+    patches: torch.Tensor, discrete: bool, bins: int = 8, max_rows: int = 10_000, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean pairwise MI (nats) and normalized MI between positions: ``patches`` (N, P, V) float,
+    the ``V`` variables of every position (NaN = missing or padding) -> two (P, P) float64. At
+    most ``max_rows`` rows are used (a subset drawn with ``seed``)."""
     n, p, v = patches.shape
     if n > max_rows:
         patches = patches[torch.from_numpy(np.random.default_rng(seed).choice(n, max_rows, replace=False))]
     codes, levels = quantize(patches.reshape(len(patches), p * v).double(), discrete, bins)
-    return pairwise_mutual_information(codes, levels, normalized=normalized).view(p, v, p, v).mean((1, 3))
+    mi, nmi = pairwise_mutual_information(codes, levels)
+    return mi.view(p, v, p, v).mean((1, 3)), nmi.view(p, v, p, v).mean((1, 3))
 
 
 def balanced_tree_order(similarity: torch.Tensor, noise: float = 0.0, seed: int = 0) -> torch.Tensor:
@@ -127,6 +134,49 @@ def balanced_tree_order(similarity: torch.Tensor, noise: float = 0.0, seed: int 
     return torch.tensor(regions[0], dtype=torch.long)
 
 
+def chow_liu_order(mutual_information: torch.Tensor, noise: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """The leaf order (P,) long of the Chow-Liu tree of ``mutual_information`` (P, P), symmetric,
+    in nats (module docstring): its maximum spanning tree (Prim's algorithm), read depth-first
+    from the position with the largest total MI, children by decreasing MI to their parent.
+
+    ``noise > 0`` multiplies every MI by ``exp(noise * g)``, ``g`` standard Gumbel noise drawn
+    with ``seed``, and starts from a random position: a randomized tree (for the other
+    repetitions of a mixture)."""
+    weights = mutual_information.double().numpy().copy()
+    count = len(weights)
+    if weights.shape != (count, count):
+        raise ValueError(f"mutual_information must be a square (P, P) matrix, got {tuple(mutual_information.shape)}")
+    rng = np.random.default_rng(seed)
+    if noise > 0:
+        gumbel = rng.gumbel(size=(count, count))
+        weights = weights * np.exp(noise * (gumbel + gumbel.T) / 2)
+    root = int(rng.integers(count)) if noise > 0 else int(np.argmax(weights.sum(1)))
+    children = _maximum_spanning_tree(weights, root)
+    order, stack = [], [root]
+    while stack:  # depth-first preorder: every subtree is a contiguous run
+        node = stack.pop()
+        order.append(node)
+        stack.extend(sorted(children[node], key=lambda child: weights[node, child]))  # strongest popped first
+    return torch.tensor(order, dtype=torch.long)
+
+
+def _maximum_spanning_tree(weights: np.ndarray, root: int) -> list[list[int]]:
+    """Prim's algorithm on the dense (P, P) ``weights`` from ``root``: the children of every
+    position in the maximum spanning tree hung from ``root``."""
+    count = len(weights)
+    in_tree = np.zeros(count, dtype=bool)
+    in_tree[root] = True
+    best, parent = weights[root].copy(), np.full(count, root)  # the strongest edge into the tree so far
+    children: list[list[int]] = [[] for _ in range(count)]
+    for _ in range(count - 1):
+        node = int(np.argmax(np.where(in_tree, -np.inf, best)))
+        in_tree[node] = True
+        children[parent[node]].append(node)
+        closer = ~in_tree & (weights[node] > best)
+        best[closer], parent[closer] = weights[node, closer], node
+    return children
+
+
 def _assignment(members: list[list[int]], n: int) -> torch.Tensor:
     """(len(members), n) float64: 1 where region ``g`` of the old level is part of new region ``i``."""
     assign = torch.zeros(len(members), n, dtype=torch.float64)
@@ -161,6 +211,18 @@ def _average_linkage(sim: torch.Tensor, members: list[list[int]], sizes: list[in
     return new.fill_diagonal_(0.0)
 
 
+#: The tree builders of :func:`learn_structure`, by name (module docstring).
+TREES = ("matching", "chow_liu")
+
+
+def check_trees(trees: Sequence[str]) -> list[str]:
+    """``trees`` as a list, or a ValueError if it is empty or names a builder not in :data:`TREES`."""
+    trees = [trees] if isinstance(trees, str) else list(trees)
+    if not trees or any(kind not in TREES for kind in trees):
+        raise ValueError(f"structure_learning.trees must be a non-empty list of {' / '.join(TREES)}, got {trees}")
+    return trees
+
+
 def learn_structure(
     model,
     x: torch.Tensor,
@@ -169,21 +231,33 @@ def learn_structure(
     max_rows: int = 10_000,
     noise: float = 1.0,
     normalized: bool = True,
+    trees: Sequence[str] = ("matching",),
 ) -> torch.Tensor:
     """Learn the order of every repetition of a ``structure="learned"`` ConvAC from data ``x``
     (N, C, H, W) (the training split; NaN marks missing values of float data) and set it
-    (:meth:`ConvAC.set_order`). Repetition 0 is the matching tree of the MI of the patch
-    positions; repetition ``r >= 1`` a randomized one (``noise``, seeded by ``seed`` and ``r``).
-    ``normalized`` matches on the normalized MI (the default), else on the MI in nats.
-    Returns the order (R, P_img). Deterministic for a seed and the data."""
+    (:meth:`ConvAC.set_order`). Repetition ``r`` is a tree of kind ``trees[r % len(trees)]``
+    (:data:`TREES`) over the MI of the patch positions: the first tree of each kind as built, the
+    later ones randomized (``noise``, seeded by ``seed`` and ``r``). ``normalized`` matches on
+    the normalized MI (the default), else on the MI in nats; the Chow-Liu tree is always the MI's.
+    Returns the order (R, P_img). Deterministic for a seed and the data.
+
+    Raises ValueError for a model of another structure, data of another shape, or an unknown tree."""
     if model.structure != "learned":
         raise ValueError(f"learn_structure needs a model with structure='learned', got structure={model.structure!r}")
     if x.dim() != 4 or tuple(x.shape[1:]) != tuple(model.in_shape):
         raise ValueError(f"expected training data of shape (N, {', '.join(map(str, model.in_shape))}), got {tuple(x.shape)}")
+    trees = check_trees(trees)
     patches = model._to_patches(x.double(), float("nan")).transpose(0, 1)  # (N, P_img, V), padding NaN
-    mi = position_mutual_information(patches, model.leaf_spec.is_discrete, bins, max_rows, seed, normalized)
-    order = torch.stack([
-        balanced_tree_order(mi, noise=noise if r else 0.0, seed=seed * 1000 + r) for r in range(model.num_repetitions)
-    ])
+    mi, nmi = position_mutual_information(patches, model.leaf_spec.is_discrete, bins, max_rows, seed)
+    order, built = [], set()
+    for r in range(model.num_repetitions):
+        kind = trees[r % len(trees)]
+        tree_noise = noise if kind in built else 0.0  # a kind built before: randomized
+        built.add(kind)
+        if kind == "matching":
+            order.append(balanced_tree_order(nmi if normalized else mi, noise=tree_noise, seed=seed * 1000 + r))
+        else:
+            order.append(chow_liu_order(mi, noise=tree_noise, seed=seed * 1000 + r))
+    order = torch.stack(order)
     model.set_order(order)
     return order

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from convac import Bernoulli, Categorical, Gaussian, HTConvAC, create_model
-from convac.structure import balanced_tree_order, learn_structure, pairwise_mutual_information, quantize
+from convac.structure import balanced_tree_order, chow_liu_order, learn_structure, pairwise_mutual_information, quantize
 from convac.zoo.pretrained import load_into, read_weights, save_weights
 
 
@@ -27,7 +27,7 @@ def copies_data(n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
 def test_mutual_information_matches_its_definition():
     x, pairs = copies_data(4000, 6)
     codes, levels = quantize(x.view(4000, 6).double(), discrete=True, bins=8)
-    mi = pairwise_mutual_information(codes, levels, pseudocount=0.0)
+    mi, _ = pairwise_mutual_information(codes, levels, pseudocount=0.0)
     # a binary symmetric channel with flip rate 0.05 on a fair bit: I = log 2 - H(0.05)
     h = -(0.05 * torch.log(torch.tensor(0.05)) + 0.95 * torch.log(torch.tensor(0.95)))
     a, b = pairs[0].tolist()
@@ -74,6 +74,83 @@ def test_balanced_tree_keeps_blocks_aligned_with_the_pooling():
             for start in range(0, d - size + 1, size):
                 block = planted[start:start + size]
                 assert (block // size).unique().numel() == 1, (d, size, planted.tolist())
+
+
+def planted_tree(d: int, seed: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """A random tree over ``d`` positions (each position hangs from an earlier one of a random
+    order) and a similarity that decreases with the distance in it: its maximum spanning tree is
+    the planted tree. Returns (similarity (d, d), edges)."""
+    g = torch.Generator().manual_seed(seed)
+    nodes = torch.randperm(d, generator=g).tolist()
+    edges = [(nodes[torch.randint(0, i, (1,), generator=g).item()], nodes[i]) for i in range(1, d)]
+    distance = torch.full((d, d), float(d))
+    distance.fill_diagonal_(0.0)
+    for a, b in edges:
+        distance[a, b] = distance[b, a] = 1.0
+    for k in range(d):  # Floyd-Warshall
+        distance = torch.minimum(distance, distance[:, k:k + 1] + distance[k:k + 1, :])
+    return (1.0 / (1.0 + distance)).fill_diagonal_(0.0).double(), edges
+
+
+@pytest.mark.parametrize("d", [2, 7, 16, 30])
+def test_chow_liu_order_reads_the_maximum_spanning_tree_depth_first(d):
+    """Every subtree of the planted tree (hung from the order's first position, the most
+    connected one) is one contiguous run of the order, and each run starts at its subtree's root."""
+    similarity, edges = planted_tree(d, seed=d)
+    order = chow_liu_order(similarity)
+    assert sorted(order.tolist()) == list(range(d))
+    root = order[0].item()
+    assert root == similarity.sum(1).argmax().item()
+    neighbours = {i: set() for i in range(d)}
+    for a, b in edges:
+        neighbours[a].add(b)
+        neighbours[b].add(a)
+
+    def subtree(node: int, parent: int) -> set[int]:
+        return {node}.union(*(subtree(child, node) for child in neighbours[node] - {parent}))
+
+    position = {node: i for i, node in enumerate(order.tolist())}
+    stack = [(root, -1)]
+    while stack:
+        node, parent = stack.pop()
+        spots = sorted(position[n] for n in subtree(node, parent))
+        assert spots == list(range(spots[0], spots[0] + len(spots))) and spots[0] == position[node]
+        stack.extend((child, node) for child in neighbours[node] - {parent})
+    randomized = [chow_liu_order(similarity, noise=1.0, seed=s) for s in range(3)]
+    assert all(sorted(o.tolist()) == list(range(d)) for o in randomized)
+    if d > 2:
+        assert len({tuple(o.tolist()) for o in randomized}) > 1
+
+
+def test_chow_liu_tree_follows_a_markov_chain():
+    """Binary data from a Markov chain over shuffled columns: the Chow-Liu order walks the chain,
+    so the order's neighbours are neighbours in the chain, except at the one turn back to the
+    other side of the root."""
+    g = torch.Generator().manual_seed(0)
+    n, d = 4000, 12
+    chain = torch.zeros(n, d, dtype=torch.long)
+    chain[:, 0] = torch.randint(0, 2, (n,), generator=g)
+    for i in range(1, d):
+        flip = (torch.rand(n, generator=g) < 0.1).long()
+        chain[:, i] = chain[:, i - 1] ^ flip
+    columns = torch.randperm(d, generator=g)  # chain link i sits in column columns[i]
+    x = torch.empty_like(chain)
+    x[:, columns] = chain
+    model = HTConvAC((1, 1, d), Bernoulli(), 2, 2, structure="learned")
+    order = learn_structure(model, x.view(n, 1, 1, d), trees=["chow_liu"])[0]
+    link = torch.argsort(columns)[order]  # the chain link of every position of the order
+    steps = (link[1:] - link[:-1]).abs()
+    assert (steps == 1).sum().item() >= d - 2, link.tolist()
+
+
+def test_trees_of_several_kinds_in_one_mixture():
+    x, _ = copies_data(500, 16)
+    model = HTConvAC((1, 1, 16), Bernoulli(), 2, 2, structure="learned", num_repetitions=3)
+    order = learn_structure(model, x, trees=["chow_liu", "matching"])
+    assert torch.equal(order[1], learn_structure(model, x)[0])  # the matching tree, not randomized
+    assert not torch.equal(order[0], order[2])  # the second Chow-Liu tree is randomized
+    with pytest.raises(ValueError, match="trees must be a non-empty list of matching / chow_liu"):
+        learn_structure(model, x, trees=["chow-liu"])
 
 
 def test_same_seed_and_data_give_the_same_structure_and_noise_varies_repetitions():
@@ -147,3 +224,5 @@ def test_training_learns_the_structure_from_the_training_split():
     trainer.fit(module, datamodule=datamodule)
     expected = learn_structure(create_model("ht", **kwargs), datamodule.split("train")[0], seed=3)
     assert torch.equal(module.model.order, expected) and module.structure_seconds > 0
+    with pytest.raises(ValueError, match="structure_learning.trees"):
+        ConvACModule("ht", kwargs, structure_learning={"trees": ["matching", "random"]})

@@ -215,6 +215,7 @@ class StructureLearningConfig:
     max_rows: int = 10_000
     noise: float = 1.0
     normalized: bool = True
+    trees: List[str] = field(default_factory=lambda: ["matching"])
 
 
 @dataclass

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from convac.model import marginalize_classes
-from convac.structure import learn_structure
+from convac.structure import check_trees, learn_structure
 from convac.training.em import EM, check_settings as check_em_settings
 from convac.zoo import create_model
 
@@ -66,7 +66,8 @@ class ConvACModule(L.LightningModule):
         scheduler_kwargs: its arguments; ``CosineAnnealingLR`` takes ``T_max`` from the
             trainer's ``max_epochs`` when not given.
         structure_learning: :func:`convac.structure.learn_structure` arguments (``seed``,
-            ``bins``, ``max_rows``, ``noise``).
+            ``bins``, ``max_rows``, ``noise``, ``normalized``, ``trees``; an unknown tree kind
+            raises a ValueError here, before anything is fitted).
         init_std: when set, the new model's logits are drawn again from ``N(0, init_std^2)``
             (:meth:`ConvAC.reset_logits`; the model's own draw has std 1).
         compile: compile the model with ``torch.compile`` (``model.compile()``: its forward, which
@@ -109,6 +110,7 @@ class ConvACModule(L.LightningModule):
         if unknown:
             raise ValueError(f"unknown EM settings {sorted(unknown)}; expected {sorted(EM_DEFAULTS)}")
         self.em_settings = {**EM_DEFAULTS, **(em or {})}
+        check_trees((structure_learning or {}).get("trees", ["matching"]))
         if self.use_em:
             if objective != "generative":
                 raise ValueError(f"optimizer=em maximizes a likelihood: it needs objective=generative, got {objective!r}")
