@@ -4,7 +4,8 @@ For every dataset whose files are present (digits is bundled; the others are rea
 ``../shared/data`` beside the repository, or ``--data-root``), side by side in one run:
 
 * convac: the dataset's recipe (its experiment config) on the grid structure and on the learned
-  one, with Adam and with EM; each row is ``convac-train experiment=... <overrides>`` with one
+  one, with Adam and with EM (on tables also the learned recipe with matching trees only, the
+  recipe before Chow-Liu trees); each row is ``convac-train experiment=... <overrides>`` with one
   thread and the probe off, and reads the test NLL of the best checkpoint from its metrics.csv,
   with the wall time and the structure-learning time the run logged (``structure/seconds``);
 * libcirkit 0.3.1 with its recipe for that kind of data (``cirkit_recipes.py``);
@@ -58,6 +59,7 @@ ADAM_DEBD = ("module.optimizer=Adam", "module.lr=0.03", "module.init_std=null")
 VARIANTS = {
     "tabular": [
         ("learned, EM (the recipe)", ()),
+        ("learned (matching trees only), EM", ("module.structure_learning.trees=[matching]",)),
         ("grid, EM", ("model.structure=grid", "model.num_repetitions=1")),
         ("learned, Adam", ADAM_DEBD),
         ("grid, Adam", ("model.structure=grid", "model.num_repetitions=1", *ADAM_DEBD)),
