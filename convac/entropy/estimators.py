@@ -170,7 +170,7 @@ def analytic_bounds(
     applied node by node (products add their children's entropies); ``rows`` are
     :func:`row_entropies` (computed when None)."""
     rows = row_entropies(model) if rows is None else rows
-    bounds = model.leaf_entropy().unsqueeze(1).expand(-1, 2, -1)  # (P_0, 2, M): low and high
+    bounds = model.leaf_entropy().unsqueeze(1).repeat(1, 2, 1)  # (P_0, 2, M): low and high (contiguous for bmm)
     weighted = [_weighted(flows[0], bounds)]
     for layer, pool, flow, row_entropy in zip(model.sums, model.pools, flows[1:], rows):
         mixed = torch.bmm(bounds, layer.position_weights().transpose(1, 2))  # (P, 2, K_l): sum_a w_a H(child_a)
