@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from convac.model import ConvAC
@@ -24,7 +25,8 @@ def categorical_entropy(log_p: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 @dataclass
 class SampleStatistics:
-    """Per-sample integrands of the Monte Carlo estimators, each a (n,) tensor (or (n, P))."""
+    """Per-sample integrands of the Monte Carlo estimators, each a (n,) tensor (or (n, P)); after
+    :meth:`to_host`, float64 NumPy arrays."""
 
     levels: list[torch.Tensor]  # -sum_i log node_{l,i,Z_{l,i}}(x_S), l = 0..L: E = H^l
     log_px: torch.Tensor  # -log P(x): E = H(X)
@@ -46,6 +48,16 @@ class SampleStatistics:
             root_gap=torch.cat([c.root_gap for c in chunks]),
             latent=torch.cat([c.latent for c in chunks]),
         )
+
+    def to_host(self) -> "SampleStatistics":
+        """The same integrands as float64 NumPy arrays, read back in one transfer: the columns of
+        one ``(n, L + 5 + sum_l P_{l-1})`` table."""
+        columns = torch.stack([*self.levels, self.log_px, self.log_px_given_y, self.root_gap, self.latent], 1)
+        table = torch.cat([columns, *self.gaps], 1).to("cpu", torch.float64).numpy()
+        widths = [len(self.levels), 1, 1, 1, 1, *(g.shape[1] for g in self.gaps)]
+        levels, log_px, log_px_given_y, root_gap, latent, *gaps = np.split(table, np.cumsum(widths)[:-1], axis=1)
+        return SampleStatistics(levels=list(levels.T), log_px=log_px[:, 0], log_px_given_y=log_px_given_y[:, 0],
+                                gaps=gaps, root_gap=root_gap[:, 0], latent=latent[:, 0])
 
 
 @torch.no_grad()
