@@ -87,17 +87,20 @@ def one_pass_statistics(
     # exact samples need no value checks
     with model.validation(False):
         levels = [v.permute(2, 3, 0, 1).reshape(-1, n, v.shape[1]) for v in model.level_log_probs(x)]
-    # (P_l, n): Z_{l,i} of every sample; -1 at the positions of the repetitions not chosen,
-    # whose terms are left out (their nodes are not on the sample's path)
+    # (P_l, n): Z_{l,i} of every sample; -1 at the positions of the repetitions not chosen, whose
+    # terms are left out (their nodes are not on the sample's path); (P_l, n, 1) its gather index
     chosen = [z.flatten(1).t() for z in latents]
+    on_path = [z >= 0 for z in chosen]
+    chosen_index = [z.clamp_min(0).unsqueeze(2) for z in chosen]
 
-    level_terms = [-(v.gather(2, z.clamp_min(0).unsqueeze(2)).squeeze(2) * (z >= 0)).sum(0) for v, z in zip(levels, chosen)]
+    level_terms = [-(v.gather(2, i).squeeze(2) * a).sum(0) for v, i, a in zip(levels, chosen_index, on_path)]
 
     gaps = []
     latent = torch.zeros(n, dtype=torch.float64, device=x.device)
     for level in range(1, model.num_levels + 1):
         layer, pool = model.sums[level - 1], model.pools[level - 1]
-        parent = pool.expand(latents[level]).flatten(1).t()  # (P, n) channel j of each sum node's parent
+        parent = chosen[level].index_select(0, pool.parents)  # (P, n) channel j of each sum node's parent
+        active = on_path[level - 1]  # (P, n) the sum node is on the path (exactly where its parent is)
         log_w = layer.log_weights()  # (P or 1, K_l, K_{l-1})
         k_parent, k_child = log_w.shape[1:]
         index = parent.clamp_min(0)  # row (position, j) of the flat (P * K_l, K_{l-1}) table
@@ -106,10 +109,10 @@ def one_pass_statistics(
         index = index.flatten()
         prior = log_w.reshape(-1, k_child).index_select(0, index).view(*parent.shape, k_child)  # (P, n, K_{l-1}): log w_c[j, :]
         prior_entropy = rows[level - 1].flatten().index_select(0, index).view(parent.shape)  # (P, n): H(w_c[j, :])
-        chosen_log_w = prior.gather(2, chosen[level - 1].clamp_min(0).unsqueeze(2)).squeeze(2)  # (P, n): log w_c[j, Z_{l-1,c}]
-        latent -= (chosen_log_w * (parent >= 0)).sum(0).double()
+        chosen_log_w = prior.gather(2, chosen_index[level - 1]).squeeze(2)  # (P, n): log w_c[j, Z_{l-1,c}]
+        latent -= (chosen_log_w * active).sum(0).double()
         posterior = torch.log_softmax(prior.add_(levels[level - 1]), dim=-1)
-        gaps.append(((prior_entropy - categorical_entropy(posterior)) * (parent >= 0)).t())  # (n, P)
+        gaps.append(((prior_entropy - categorical_entropy(posterior)) * active).t())  # (n, P)
 
     root_log_w = model.root.log_weights()[0]  # (classes, R * K_L)
     # the root's input channel r * K_L + k is channel k of repetition r (grid (R, 1) on top)
@@ -168,7 +171,7 @@ def mapping_caps(
     rows = row_entropies(model) if rows is None else rows
     caps = []
     for layer, pool, flow, row_entropy in zip(model.sums, model.pools, flows[1:], rows):
-        parent = pool.expand(flow).flatten(1).t()  # (P, K_l)
+        parent = flow.flatten(1).t().index_select(0, pool.parents)  # (P, K_l): pi of each sum node's parent
         caps.append((parent * row_entropy).sum(1).view(layer.grid))
     return caps, float(categorical_entropy(flows[-1].flatten().log()))
 
