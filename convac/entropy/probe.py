@@ -75,6 +75,7 @@ def probe(
             caps, root_cap = mapping_caps(model, flows, rows)
             level_bounds, h_x_bounds = analytic_bounds(model, flows, rows) if bounds else ([], (math.nan, math.nan))
             h0 = exact_leaf_entropy(model, flows)
+            h_yz = latent_entropy(model, caps)  # H(Y, Z), the mean of the latent control variate
             nodes = node_entropies(model, max(2, num_samples // 4), generator) if per_node else None
     finally:
         model.train(was_training)
@@ -98,7 +99,7 @@ def probe(
     # (exact mean H(Y, Z)) and, where there is one, the one-pass integrand minus the telescoped one
     # (mean H^0): the regression then weighs the two unbiased estimators optimally.
     controls = np.stack([stats.levels[0], stats.latent], 1)
-    control_means = [h0, latent_entropy(model, caps)]
+    control_means = [h0, h_yz]
 
     def one_pass(term: np.ndarray, tele_term: np.ndarray | None = None) -> Estimate:
         if tele_term is None:
