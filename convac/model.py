@@ -421,7 +421,7 @@ class ConvAC(nn.Module):
         """
         n = top.shape[0]
         latents = [top]
-        for layer, pool in zip(reversed(self.sums[:level]), reversed(self.pools[:level])):
+        for layer, pool in reversed(list(zip(self.sums, self.pools))[:level]):  # a ModuleList slice builds a module
             level -= 1
             parent = pool.expand(latents[0])  # (n, H_{l-1}, W_{l-1})
             h, w = parent.shape[1:]

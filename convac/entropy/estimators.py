@@ -97,8 +97,7 @@ def one_pass_statistics(
 
     gaps = []
     latent = torch.zeros(n, dtype=torch.float64, device=x.device)
-    for level in range(1, model.num_levels + 1):
-        layer, pool = model.sums[level - 1], model.pools[level - 1]
+    for level, (layer, pool) in enumerate(zip(model.sums, model.pools), start=1):
         parent = chosen[level].index_select(0, pool.parents)  # (P, n) channel j of each sum node's parent
         active = on_path[level - 1]  # (P, n) the sum node is on the path (exactly where its parent is)
         log_w = layer.log_weights()  # (P or 1, K_l, K_{l-1})

@@ -55,9 +55,10 @@ class Estimate:
         n = t.shape[0]
         c = _float64(controls).reshape(n, -1)
         means = np.asarray(control_means, dtype=np.float64).reshape(-1)
-        dt, dc = t - t.mean(), c - c.mean(0)
+        t_mean, c_mean = t.mean(), c.mean(0)
+        dt, dc = t - t_mean, c - c_mean
         beta, _, rank, _ = np.linalg.lstsq(dc, dt, rcond=None)
-        value = float(t.mean() - (c.mean(0) - means) @ beta)
+        value = float(t_mean - (c_mean - means) @ beta)
         if n < rank + 2:
             return Estimate(value + offset, math.nan)
         residual = dt - dc @ beta
