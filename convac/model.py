@@ -301,7 +301,7 @@ class ConvAC(nn.Module):
         else:
             h = self.leaves(patches, leaf_missing)
         levels = [h]
-        for sum_layer, pool in zip(self.sums[first:], self.pools[first:]):
+        for sum_layer, pool in list(zip(self.sums, self.pools))[first:]:  # a ModuleList slice builds a module
             h = pool(sum_layer.max_product(h) if max_product else sum_layer(h))
             levels.append(h)
         return levels[-1:] if top_only else levels
