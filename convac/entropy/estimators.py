@@ -17,10 +17,14 @@ import torch
 from convac.model import ConvAC
 
 
-def categorical_entropy(log_p: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """``H(p) = -sum p log p`` over ``dim`` of normalized log-probabilities (``0 log 0 = 0``)."""
+def categorical_entropy(log_p: torch.Tensor, dim: int = -1, p: torch.Tensor | None = None) -> torch.Tensor:
+    """``H(p) = -sum p log p`` over ``dim`` of normalized log-probabilities (``0 log 0 = 0``);
+    ``p``: the probabilities themselves where they are at hand (a sum layer's weights beside its
+    log-weights), which saves the exponential."""
     log_p = log_p.clamp_min(torch.finfo(log_p.dtype).min)  # -inf -> a finite value of weight 0
-    return -log_p.exp().mul_(log_p).sum(dim)
+    if p is None:
+        return -log_p.exp().mul_(log_p).sum(dim)
+    return -(p * log_p).sum(dim)
 
 
 @dataclass
@@ -118,8 +122,9 @@ def one_pass_statistics(
     top = levels[-1].transpose(0, 1).reshape(n, -1)  # (n, R * K_L)
     log_px_given_class = torch.logsumexp(root_log_w.unsqueeze(0) + top.unsqueeze(1), dim=-1)  # (n, classes)
     log_px = torch.logsumexp(log_px_given_class + log_prior, dim=1)
-    log_pi_top = flows[-1].flatten(1).t().flatten().log()  # (R * K_L,) in the root's channel order
-    root_gap = categorical_entropy(log_pi_top) - categorical_entropy(torch.log_softmax(log_pi_top + top, dim=1))
+    pi_top = flows[-1].flatten(1).t().flatten()  # (R * K_L,) in the root's channel order
+    log_pi_top = pi_top.log()
+    root_gap = categorical_entropy(log_pi_top, p=pi_top) - categorical_entropy(torch.log_softmax(log_pi_top + top, dim=1))
     k_top = model.channels[-1]
     top_choice = latents[-1].flatten(1)  # (n, R): Z_L of the chosen repetition, -1 in the others
     offsets = torch.arange(0, top_choice.shape[1] * k_top, k_top, device=x.device)
@@ -141,8 +146,9 @@ def latent_entropy(model: ConvAC, caps: list[torch.Tensor]) -> float:
     of :attr:`SampleStatistics.latent`): ``H(Y) + sum_y P(y) H(w_root[y, :]) + sum`` of every
     mapping's cap (``cap_R = E[-log w_R[Z_parent, Z_R]]``, :func:`mapping_caps`)."""
     log_prior = model.log_class_prior()
-    root = (log_prior.exp() * categorical_entropy(model.root.log_weights()[0])).sum()
-    return float(categorical_entropy(log_prior)) + float(root) + sum(float(c.sum()) for c in caps)
+    prior = log_prior.exp()
+    root = (prior * categorical_entropy(model.root.log_weights()[0], p=model.root.weights()[0])).sum()
+    return float(categorical_entropy(log_prior, p=prior)) + float(root) + sum(float(c.sum()) for c in caps)
 
 
 @torch.no_grad()
@@ -155,7 +161,7 @@ def exact_leaf_entropy(model: ConvAC, flows: list[torch.Tensor]) -> float:
 @torch.no_grad()
 def row_entropies(model: ConvAC) -> list[torch.Tensor]:
     """``H(w_c[j, :])`` of every sum node of fusion layers ``l = 1..L``: ``[(P or 1, K_l)]``."""
-    return [categorical_entropy(layer.log_weights()) for layer in model.sums]
+    return [categorical_entropy(layer.log_weights(), p=layer.weights()) for layer in model.sums]
 
 
 @torch.no_grad()
@@ -172,7 +178,8 @@ def mapping_caps(
     for layer, pool, flow, row_entropy in zip(model.sums, model.pools, flows[1:], rows):
         parent = flow.flatten(1).t().index_select(0, pool.parents)  # (P, K_l): pi of each sum node's parent
         caps.append((parent * row_entropy).sum(1).view(layer.grid))
-    return caps, float(categorical_entropy(flows[-1].flatten().log()))
+    pi_top = flows[-1].flatten()
+    return caps, float(categorical_entropy(pi_top.log(), p=pi_top))
 
 
 @torch.no_grad()
@@ -193,7 +200,7 @@ def analytic_bounds(
         weighted.append(_weighted(flow, bounds))
     pi_top = flows[-1].flatten(1).t()  # (R, K_L): P(repetition r, Z_L = k)
     top = (pi_top.unsqueeze(1) * bounds).sum((0, 2))  # (2,)
-    top[1] += categorical_entropy(pi_top.flatten().log())
+    top[1] += categorical_entropy(pi_top.flatten().log(), p=pi_top.flatten())
     values = torch.stack(weighted + [top]).tolist()  # one host read
     levels = [tuple(v) for v in values[:-1]]
     return levels, (max(values[-1][0], levels[-1][0]), values[-1][1])
