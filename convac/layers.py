@@ -402,6 +402,10 @@ class ProductPool(nn.Module):
         self.in_grid = check_grid("in_grid", in_grid)
         self.window = check_grid("window", window)
         self.out_grid = tuple(math.ceil(n / w) for n, w in zip(self.in_grid, self.window))
+        rows = torch.arange(self.in_grid[0]) // self.window[0]
+        columns = torch.arange(self.in_grid[1]) // self.window[1]
+        # (H * W,) long: the output position (row-major on the output grid) of every input position
+        self.register_buffer("parents", (rows.unsqueeze(1) * self.out_grid[1] + columns).flatten(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(H * W, B, K) -> (H' * W', B, K), ``H' = ceil(H / ph)``, ``W' = ceil(W / pw)``."""
@@ -415,7 +419,8 @@ class ProductPool(nn.Module):
         return windows.sum(dim=3).sum(dim=1).view(oh * ow, *x.shape[1:])
 
     def expand(self, parent: torch.Tensor) -> torch.Tensor:
-        """Top-down: copy each parent value to its window. (..., H', W') -> (..., H, W)."""
+        """Top-down: copy each parent value to its window. (..., H', W') -> (..., H, W); in the
+        position-major layout, ``parent.index_select(0, self.parents)`` (H' * W', ...) -> (H * W, ...)."""
         (h, w), (ph, pw), (oh, ow) = self.in_grid, self.window, self.out_grid
         lead = parent.shape[:-2]
         children = parent[..., :, None, :, None].expand(*lead, oh, ph, ow, pw).reshape(*lead, oh * ph, ow * pw)

@@ -301,7 +301,7 @@ class ConvAC(nn.Module):
         else:
             h = self.leaves(patches, leaf_missing)
         levels = [h]
-        for sum_layer, pool in zip(self.sums[first:], self.pools[first:]):
+        for sum_layer, pool in list(zip(self.sums, self.pools))[first:]:  # a ModuleList slice builds a module
             h = pool(sum_layer.max_product(h) if max_product else sum_layer(h))
             levels.append(h)
         return levels[-1:] if top_only else levels
@@ -375,14 +375,13 @@ class ConvAC(nn.Module):
         ``P(r)``, the root's probability of choosing that repetition.
         """
         top = (self.log_class_prior().exp().unsqueeze(1) * self.root.weights()[0]).sum(0)  # (R * K_L,)
-        flows = [top.view(self.num_repetitions, -1).t().unsqueeze(-1)]  # (K_L, R, 1)
-        for level in range(self.num_levels, 0, -1):
-            parent = self.pools[level - 1].expand(flows[0])  # (K_l, H_{l-1}, W_{l-1})
-            k_l, h, w = parent.shape
-            weights = self.sums[level - 1].position_weights()  # (P, K_l, K_{l-1})
-            child = torch.bmm(parent.reshape(k_l, h * w).t().unsqueeze(1), weights)[:, 0].t()  # (K_{l-1}, P)
-            flows.insert(0, child.reshape(-1, h, w))
-        return flows
+        flow = top.view(self.num_repetitions, -1)  # (P_L, K_L) position-major: repetition r is position r
+        flows = [flow]
+        for layer, pool in zip(reversed(self.sums), reversed(self.pools)):
+            parent = flow.index_select(0, pool.parents)  # (P, K_l): the flow of every sum node's parent
+            flow = torch.bmm(parent.unsqueeze(1), layer.position_weights())[:, 0]  # (P, K_{l-1})
+            flows.insert(0, flow)
+        return [flow.t().reshape(-1, *grid) for flow, grid in zip(flows, self.grids)]
 
     def _choose_root(
         self, y: torch.Tensor, evidence: list[torch.Tensor] | None, mode: str, generator: torch.Generator | None
@@ -422,21 +421,23 @@ class ConvAC(nn.Module):
         """
         n = top.shape[0]
         latents = [top]
-        for layer, pool in zip(reversed(self.sums[:level]), reversed(self.pools[:level])):
+        for layer, pool in reversed(list(zip(self.sums, self.pools))[:level]):  # a ModuleList slice builds a module
             level -= 1
             parent = pool.expand(latents[0])  # (n, H_{l-1}, W_{l-1})
             h, w = parent.shape[1:]
-            active = parent >= 0
-            rows = (torch.arange(h * w, device=top.device) * (not layer.shared)).unsqueeze(0), parent.clamp_min(0).reshape(n, h * w)
-            if evidence is None and mode == "sample":  # prior draws: the CDF table of w, row (position, parent channel)
-                cdf = cdf_rows(layer.weights())  # (P or 1, K_l, K_{l-1})
-                choice = sample_table_rows(cdf.reshape(-1, cdf.shape[-1]), rows[0] * cdf.shape[1] + rows[1], generator)
+            # (n, P): the row (position, parent channel) of every sum node's weights in the flat
+            # (P * K_l or K_l, K_{l-1}) table
+            rows = parent.clamp_min(0).reshape(n, h * w)
+            if not layer.shared:
+                rows = rows + torch.arange(0, h * w * layer.out_channels, layer.out_channels, device=top.device)
+            if evidence is None and mode == "sample":  # prior draws: the CDF table of w
+                choice = sample_table_rows(cdf_rows(layer.weights()).view(-1, layer.in_channels), rows, generator)
             else:
-                logits = layer.log_weights()[rows]  # (n, P, K_in)
+                logits = layer.log_weights().view(-1, layer.in_channels)[rows]  # (n, P, K_in)
                 if evidence is not None:
                     logits = logits + evidence[level].transpose(0, 1)
                 choice = sample_indices(logits, mode, generator)
-            latents.insert(0, choice.view(n, h, w).masked_fill_(~active, -1))
+            latents.insert(0, choice.view(n, h, w).masked_fill_(parent < 0, -1))
         values = self.leaves.sample(latents[0].clamp_min(0).reshape(n, -1).t(), mode, generator)  # (P_0, n, V)
         return self._from_patches(self._image_patches(values, repetition)), latents
 

@@ -1,6 +1,7 @@
 """Entropy probe estimates against exact enumeration on tiny discrete models (DESIGN section 2)."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -152,6 +153,20 @@ def test_metrics_names_and_beta_consistency():
     assert metrics["scaling/beta_max"] == max(betas)
     assert metrics["scaling/ratio_slack"] == pytest.approx(max(betas) ** (levels + 1) - chain[-1] / chain[0])
     assert metrics["scaling/C_max"] <= metrics["scaling/cap_max"] + 4 * max(e.se for e in report.levels)
+
+
+def test_layer_gaps_and_min_gap_z_from_the_gaps_of_a_report():
+    """``C_l`` sums a layer's gaps, its SE is the root of the summed variances; ``min_gap_z`` is the
+    smallest finite ``gap / SE`` (a zero SE gives none), NaN when no SE is positive."""
+    report = probe(build(1, 0), num_samples=16)
+    gaps = [torch.tensor([[1.0, 2.0], [0.0, -3.0]], dtype=torch.float64), torch.tensor([[4.0]], dtype=torch.float64)]
+    ses = [torch.tensor([[0.5, 0.0], [0.0, 1.0]], dtype=torch.float64), torch.tensor([[8.0]], dtype=torch.float64)]
+    report = dataclasses.replace(report, gaps=gaps, gap_se=ses, root_gap=Estimate(1.0, 0.0))
+    assert [(e.value, e.se) for e in report.layer_gaps] == [(0.0, pytest.approx(math.sqrt(1.25))), (4.0, 8.0)]
+    assert report.min_gap_z == -3.0  # 2 / 0, 0 / 0 and the root's 1 / 0 are left out
+    assert dataclasses.replace(report, root_gap=Estimate(-1.0, 0.25)).min_gap_z == -4.0
+    no_se = dataclasses.replace(report, gap_se=[torch.zeros_like(g) for g in gaps])
+    assert math.isnan(no_se.min_gap_z)
 
 
 def test_gaussian_leaves_give_nan_beta_unless_binned():

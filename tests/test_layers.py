@@ -54,6 +54,7 @@ def test_product_pool_sums_windows_and_pads_with_zero():
     parents = torch.arange(6).view(1, 2, 3)
     children = pool.expand(parents)
     assert children.shape == (1, 3, 5) and children[0, 2, 4] == 5 and children[0, 1, 1] == 0
+    assert torch.equal(pool.parents, children.flatten())  # the same map in the position-major layout
 
 
 def test_deep_ht_gradients_are_finite_on_32x32():

@@ -11,20 +11,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from convac.model import ConvAC
 
 
-def categorical_entropy(log_p: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """``H(p) = -sum p log p`` over ``dim`` of normalized log-probabilities (``0 log 0 = 0``)."""
+def categorical_entropy(log_p: torch.Tensor, dim: int = -1, p: torch.Tensor | None = None) -> torch.Tensor:
+    """``H(p) = -sum p log p`` over ``dim`` of normalized log-probabilities (``0 log 0 = 0``);
+    ``p``: the probabilities themselves where they are at hand (a sum layer's weights beside its
+    log-weights), which saves the exponential."""
     log_p = log_p.clamp_min(torch.finfo(log_p.dtype).min)  # -inf -> a finite value of weight 0
-    return -log_p.exp().mul_(log_p).sum(dim)
+    if p is None:
+        return -log_p.exp().mul_(log_p).sum(dim)
+    return -(p * log_p).sum(dim)
 
 
 @dataclass
 class SampleStatistics:
-    """Per-sample integrands of the Monte Carlo estimators, each a (n,) tensor (or (n, P))."""
+    """Per-sample integrands of the Monte Carlo estimators, each a (n,) tensor (or (n, P)); after
+    :meth:`to_host`, float64 NumPy arrays."""
 
     levels: list[torch.Tensor]  # -sum_i log node_{l,i,Z_{l,i}}(x_S), l = 0..L: E = H^l
     log_px: torch.Tensor  # -log P(x): E = H(X)
@@ -46,6 +52,16 @@ class SampleStatistics:
             root_gap=torch.cat([c.root_gap for c in chunks]),
             latent=torch.cat([c.latent for c in chunks]),
         )
+
+    def to_host(self) -> "SampleStatistics":
+        """The same integrands as float64 NumPy arrays, read back in one transfer: the columns of
+        one ``(n, L + 5 + sum_l P_{l-1})`` table."""
+        columns = torch.stack([*self.levels, self.log_px, self.log_px_given_y, self.root_gap, self.latent], 1)
+        table = torch.cat([columns, *self.gaps], 1).to("cpu", torch.float64).numpy()
+        widths = [len(self.levels), 1, 1, 1, 1, *(g.shape[1] for g in self.gaps)]
+        levels, log_px, log_px_given_y, root_gap, latent, *gaps = np.split(table, np.cumsum(widths)[:-1], axis=1)
+        return SampleStatistics(levels=list(levels.T), log_px=log_px[:, 0], log_px_given_y=log_px_given_y[:, 0],
+                                gaps=gaps, root_gap=root_gap[:, 0], latent=latent[:, 0])
 
 
 @torch.no_grad()
@@ -75,17 +91,19 @@ def one_pass_statistics(
     # exact samples need no value checks
     with model.validation(False):
         levels = [v.permute(2, 3, 0, 1).reshape(-1, n, v.shape[1]) for v in model.level_log_probs(x)]
-    # (P_l, n): Z_{l,i} of every sample; -1 at the positions of the repetitions not chosen,
-    # whose terms are left out (their nodes are not on the sample's path)
+    # (P_l, n): Z_{l,i} of every sample; -1 at the positions of the repetitions not chosen, whose
+    # terms are left out (their nodes are not on the sample's path); (P_l, n, 1) its gather index
     chosen = [z.flatten(1).t() for z in latents]
+    on_path = [z >= 0 for z in chosen]
+    chosen_index = [z.clamp_min(0).unsqueeze(2) for z in chosen]
 
-    level_terms = [-(v.gather(2, z.clamp_min(0).unsqueeze(2)).squeeze(2) * (z >= 0)).sum(0) for v, z in zip(levels, chosen)]
+    level_terms = [-(v.gather(2, i).squeeze(2) * a).sum(0) for v, i, a in zip(levels, chosen_index, on_path)]
 
     gaps = []
     latent = torch.zeros(n, dtype=torch.float64, device=x.device)
-    for level in range(1, model.num_levels + 1):
-        layer, pool = model.sums[level - 1], model.pools[level - 1]
-        parent = pool.expand(latents[level]).flatten(1).t()  # (P, n) channel j of each sum node's parent
+    for level, (layer, pool) in enumerate(zip(model.sums, model.pools), start=1):
+        parent = chosen[level].index_select(0, pool.parents)  # (P, n) channel j of each sum node's parent
+        active = on_path[level - 1]  # (P, n) the sum node is on the path (exactly where its parent is)
         log_w = layer.log_weights()  # (P or 1, K_l, K_{l-1})
         k_parent, k_child = log_w.shape[1:]
         index = parent.clamp_min(0)  # row (position, j) of the flat (P * K_l, K_{l-1}) table
@@ -94,18 +112,19 @@ def one_pass_statistics(
         index = index.flatten()
         prior = log_w.reshape(-1, k_child).index_select(0, index).view(*parent.shape, k_child)  # (P, n, K_{l-1}): log w_c[j, :]
         prior_entropy = rows[level - 1].flatten().index_select(0, index).view(parent.shape)  # (P, n): H(w_c[j, :])
-        chosen_log_w = prior.gather(2, chosen[level - 1].clamp_min(0).unsqueeze(2)).squeeze(2)  # (P, n): log w_c[j, Z_{l-1,c}]
-        latent -= (chosen_log_w * (parent >= 0)).sum(0).double()
+        chosen_log_w = prior.gather(2, chosen_index[level - 1]).squeeze(2)  # (P, n): log w_c[j, Z_{l-1,c}]
+        latent -= (chosen_log_w * active).sum(0).double()
         posterior = torch.log_softmax(prior.add_(levels[level - 1]), dim=-1)
-        gaps.append(((prior_entropy - categorical_entropy(posterior)) * (parent >= 0)).t())  # (n, P)
+        gaps.append(((prior_entropy - categorical_entropy(posterior)) * active).t())  # (n, P)
 
     root_log_w = model.root.log_weights()[0]  # (classes, R * K_L)
     # the root's input channel r * K_L + k is channel k of repetition r (grid (R, 1) on top)
     top = levels[-1].transpose(0, 1).reshape(n, -1)  # (n, R * K_L)
     log_px_given_class = torch.logsumexp(root_log_w.unsqueeze(0) + top.unsqueeze(1), dim=-1)  # (n, classes)
     log_px = torch.logsumexp(log_px_given_class + log_prior, dim=1)
-    log_pi_top = flows[-1].flatten(1).t().flatten().log()  # (R * K_L,) in the root's channel order
-    root_gap = categorical_entropy(log_pi_top) - categorical_entropy(torch.log_softmax(log_pi_top + top, dim=1))
+    pi_top = flows[-1].flatten(1).t().flatten()  # (R * K_L,) in the root's channel order
+    log_pi_top = pi_top.log()
+    root_gap = categorical_entropy(log_pi_top, p=pi_top) - categorical_entropy(torch.log_softmax(log_pi_top + top, dim=1))
     k_top = model.channels[-1]
     top_choice = latents[-1].flatten(1)  # (n, R): Z_L of the chosen repetition, -1 in the others
     offsets = torch.arange(0, top_choice.shape[1] * k_top, k_top, device=x.device)
@@ -127,8 +146,9 @@ def latent_entropy(model: ConvAC, caps: list[torch.Tensor]) -> float:
     of :attr:`SampleStatistics.latent`): ``H(Y) + sum_y P(y) H(w_root[y, :]) + sum`` of every
     mapping's cap (``cap_R = E[-log w_R[Z_parent, Z_R]]``, :func:`mapping_caps`)."""
     log_prior = model.log_class_prior()
-    root = (log_prior.exp() * categorical_entropy(model.root.log_weights()[0])).sum()
-    return float(categorical_entropy(log_prior)) + float(root) + sum(float(c.sum()) for c in caps)
+    prior = log_prior.exp()
+    root = (prior * categorical_entropy(model.root.log_weights()[0], p=model.root.weights()[0])).sum()
+    return float(categorical_entropy(log_prior, p=prior)) + float(root) + sum(float(c.sum()) for c in caps)
 
 
 @torch.no_grad()
@@ -141,7 +161,7 @@ def exact_leaf_entropy(model: ConvAC, flows: list[torch.Tensor]) -> float:
 @torch.no_grad()
 def row_entropies(model: ConvAC) -> list[torch.Tensor]:
     """``H(w_c[j, :])`` of every sum node of fusion layers ``l = 1..L``: ``[(P or 1, K_l)]``."""
-    return [categorical_entropy(layer.log_weights()) for layer in model.sums]
+    return [categorical_entropy(layer.log_weights(), p=layer.weights()) for layer in model.sums]
 
 
 @torch.no_grad()
@@ -156,9 +176,10 @@ def mapping_caps(
     rows = row_entropies(model) if rows is None else rows
     caps = []
     for layer, pool, flow, row_entropy in zip(model.sums, model.pools, flows[1:], rows):
-        parent = pool.expand(flow).flatten(1).t()  # (P, K_l)
+        parent = flow.flatten(1).t().index_select(0, pool.parents)  # (P, K_l): pi of each sum node's parent
         caps.append((parent * row_entropy).sum(1).view(layer.grid))
-    return caps, float(categorical_entropy(flows[-1].flatten().log()))
+    pi_top = flows[-1].flatten()
+    return caps, float(categorical_entropy(pi_top.log(), p=pi_top))
 
 
 @torch.no_grad()
@@ -170,7 +191,7 @@ def analytic_bounds(
     applied node by node (products add their children's entropies); ``rows`` are
     :func:`row_entropies` (computed when None)."""
     rows = row_entropies(model) if rows is None else rows
-    bounds = model.leaf_entropy().unsqueeze(1).expand(-1, 2, -1)  # (P_0, 2, M): low and high
+    bounds = model.leaf_entropy().unsqueeze(1).repeat(1, 2, 1)  # (P_0, 2, M): low and high (contiguous for bmm)
     weighted = [_weighted(flows[0], bounds)]
     for layer, pool, flow, row_entropy in zip(model.sums, model.pools, flows[1:], rows):
         mixed = torch.bmm(bounds, layer.position_weights().transpose(1, 2))  # (P, 2, K_l): sum_a w_a H(child_a)
@@ -179,7 +200,7 @@ def analytic_bounds(
         weighted.append(_weighted(flow, bounds))
     pi_top = flows[-1].flatten(1).t()  # (R, K_L): P(repetition r, Z_L = k)
     top = (pi_top.unsqueeze(1) * bounds).sum((0, 2))  # (2,)
-    top[1] += categorical_entropy(pi_top.flatten().log())
+    top[1] += categorical_entropy(pi_top.flatten().log(), p=pi_top.flatten())
     values = torch.stack(weighted + [top]).tolist()  # one host read
     levels = [tuple(v) for v in values[:-1]]
     return levels, (max(values[-1][0], levels[-1][0]), values[-1][1])

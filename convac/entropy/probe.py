@@ -70,10 +70,12 @@ def probe(
                 one_pass_statistics(model, flows, min(batch_size, num_samples - done), generator, rows)
                 for done in range(0, num_samples, batch_size)
             ]
-            stats = SampleStatistics.concatenate(chunks)
+            # every estimate is a small float64 computation on the host, from (n,) integrands
+            stats = SampleStatistics.concatenate(chunks).to_host()
             caps, root_cap = mapping_caps(model, flows, rows)
             level_bounds, h_x_bounds = analytic_bounds(model, flows, rows) if bounds else ([], (math.nan, math.nan))
             h0 = exact_leaf_entropy(model, flows)
+            h_yz = latent_entropy(model, caps)  # H(Y, Z), the mean of the latent control variate
             nodes = node_entropies(model, max(2, num_samples // 4), generator) if per_node else None
     finally:
         model.train(was_training)
@@ -85,24 +87,21 @@ def probe(
     if not model.leaf_spec.is_discrete and bin_width is not None:
         offset = model.num_variables * math.log(1.0 / bin_width)
 
-    # Every estimate is a small float64 computation on the host, from (n,) integrands.
-    host = lambda t: t.detach().to("cpu", torch.float64).numpy()  # noqa: E731
-    gaps = [host(g) for g in stats.gaps]  # (n, P_{l-1})
-    n = len(gaps[0]) if gaps else stats.log_px.shape[0]
+    gaps = stats.gaps  # (n, P_{l-1})
+    n = len(stats.log_px)
     # Telescoped integrands: the Rao-Blackwellized gaps of the layers <= l summed (mean H^l - H^0),
     # with the root's for H(X).
     tele_terms = list(itertools.accumulate(g.sum(1) for g in gaps))
-    h_x_tele_term = (tele_terms[-1] if tele_terms else 0.0) + host(stats.root_gap)
+    h_x_tele_term = (tele_terms[-1] if tele_terms else 0.0) + stats.root_gap
 
     # Control variates of every one-pass estimate, with estimated variance-minimizing coefficients:
     # the leaf term -sum_i log node_{0,i,Z_0}(x) (exact mean H^0), the latent term -log P(y, z)
     # (exact mean H(Y, Z)) and, where there is one, the one-pass integrand minus the telescoped one
     # (mean H^0): the regression then weighs the two unbiased estimators optimally.
-    controls = np.stack([host(stats.levels[0]), host(stats.latent)], 1)
-    control_means = [h0, latent_entropy(model, caps)]
+    controls = np.stack([stats.levels[0], stats.latent], 1)
+    control_means = [h0, h_yz]
 
-    def one_pass(term: torch.Tensor, tele_term: np.ndarray | None = None) -> Estimate:
-        term = host(term)
+    def one_pass(term: np.ndarray, tele_term: np.ndarray | None = None) -> Estimate:
         if tele_term is None:
             return Estimate.controlled(term, controls, control_means, offset)
         return Estimate.controlled(term, np.column_stack([controls, term - tele_term]), control_means + [h0], offset)

@@ -55,9 +55,10 @@ class Estimate:
         n = t.shape[0]
         c = _float64(controls).reshape(n, -1)
         means = np.asarray(control_means, dtype=np.float64).reshape(-1)
-        dt, dc = t - t.mean(), c - c.mean(0)
+        t_mean, c_mean = t.mean(), c.mean(0)
+        dt, dc = t - t_mean, c - c_mean
         beta, _, rank, _ = np.linalg.lstsq(dc, dt, rcond=None)
-        value = float(t.mean() - (c.mean(0) - means) @ beta)
+        value = float(t_mean - (c_mean - means) @ beta)
         if n < rank + 2:
             return Estimate(value + offset, math.nan)
         residual = dt - dc @ beta
@@ -112,7 +113,8 @@ class EntropyReport:
     @property
     def layer_gaps(self) -> list[Estimate]:
         """``C_l``, ``l = 1..L``: the sum of the layer's Rao-Blackwellized gaps."""
-        return [Estimate(float(g.sum()), float(se.pow(2).sum().sqrt())) for g, se in zip(self.gaps, self.gap_se)]
+        # the standard error of a sum of independent estimates: the root of their summed variances
+        return [Estimate(float(g.sum()), float(torch.linalg.vector_norm(se))) for g, se in zip(self.gaps, self.gap_se)]
 
     @property
     def c_max(self) -> float:
@@ -134,10 +136,10 @@ class EntropyReport:
     @property
     def min_gap_z(self) -> float:
         """The smallest ``Delta_R / SE_R`` (NaN where every standard error is 0)."""
-        z = [g / se for g, se in zip(self.gaps, self.gap_se)]
-        values = torch.cat([t.flatten() for t in z] + [torch.tensor([_ratio(self.root_gap.value, self.root_gap.se)])])
-        values = values[torch.isfinite(values)]
-        return float(values.min()) if values.numel() else math.nan
+        z = torch.cat([(g / se).flatten() for g, se in zip(self.gaps, self.gap_se)])
+        smallest = [float(z.where(z.isfinite(), math.inf).min())] if z.numel() else []  # no 0 / 0 or gap / 0
+        finite = [v for v in smallest + [_ratio(self.root_gap.value, self.root_gap.se)] if math.isfinite(v)]
+        return min(finite, default=math.nan)
 
     def checks(self) -> dict[str, float]:
         """Slack of the scaling-law inequalities (Thm 4 / Thm 5, rigorous form; >= 0 when they hold).

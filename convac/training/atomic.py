@@ -82,8 +82,8 @@ class CsvHistory:
             return
         new_columns = list(dict.fromkeys(k for row in rows for k in row))
         if self.columns is not None and set(new_columns) <= set(self.columns):
-            text = io.StringIO()
-            csv.DictWriter(text, fieldnames=self.columns).writerows(rows)
+            text = io.StringIO()  # the rows hold no other columns: a plain writer (DictWriter checks every row)
+            csv.writer(text).writerows([[row.get(column, "") for column in self.columns] for row in rows])
             with self.path.open("a", newline="") as f:
                 f.write(text.getvalue())
             return
