@@ -188,6 +188,11 @@ def test_probe_is_reproducible_and_leaves_training_mode():
     model.train()
     first, second = probe(model, num_samples=300, seed=5), probe(model, num_samples=300, seed=5)
     assert first.h_x.value == second.h_x.value and model.training
+    # the probe does not switch the mode: no ConvAC layer depends on it (no dropout, no batch norm)
+    model.eval()
+    evaluated = probe(model, num_samples=300, seed=5)
+    assert not model.training
+    assert {**evaluated.metrics(), "entropy/probe_seconds": 0} == {**first.metrics(), "entropy/probe_seconds": 0}
     assert probe(model, num_samples=300, seed=6).h_x.value != first.h_x.value
     with pytest.raises(ValueError, match="num_samples"):
         probe(model, num_samples=1)
