@@ -153,6 +153,10 @@ def test_metrics_names_and_beta_consistency():
     assert metrics["scaling/beta_max"] == max(betas)
     assert metrics["scaling/ratio_slack"] == pytest.approx(max(betas) ** (levels + 1) - chain[-1] / chain[0])
     assert metrics["scaling/C_max"] <= metrics["scaling/cap_max"] + 4 * max(e.se for e in report.levels)
+    # the slacks are those of checks(), from the same C_max and betas
+    assert {k: metrics[f"scaling/{k}"] for k in report.checks()} == report.checks()
+    assert metrics["scaling/additive_slack"] == pytest.approx(
+        report.num_mappings * metrics["scaling/C_max"] - (chain[-1] - chain[0]))
 
 
 def test_layer_gaps_and_min_gap_z_from_the_gaps_of_a_report():

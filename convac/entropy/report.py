@@ -147,13 +147,16 @@ class EntropyReport:
         * additive: ``H(X) - H^0 <= n_mappings * C_max`` and ``<= sum_R cap_R``;
         * ratio: ``H(X) / H^0 <= beta_max^(L+1)`` (NaN for differential entropies).
         """
+        return self._checks(self.c_max, self.betas)
+
+    def _checks(self, c_max: float, betas: list[float]) -> dict[str, float]:
+        """:meth:`checks` given :attr:`c_max` and :attr:`betas` (which :meth:`metrics` computes once for both)."""
         growth = self.h_x.value - self.levels[0].value
         total_cap = sum(float(c.sum()) for c in self.caps) + self.root_cap
-        betas = self.betas
         beta_max = max(betas) if self.discrete else math.nan
         ratio = _ratio(self.h_x.value, self.levels[0].value)
         return {
-            "additive_slack": self.num_mappings * self.c_max - growth,
+            "additive_slack": self.num_mappings * c_max - growth,
             "cap_slack": total_cap - growth,
             "ratio_slack": beta_max ** (self.num_levels + 1) - ratio if self.discrete else math.nan,
         }
@@ -175,14 +178,14 @@ class EntropyReport:
             out[f"scaling/C{level}"] = gap.value
             out[f"scaling/n_mappings{level}"] = float(positions.numel())
         out["scaling/C_top"] = self.root_gap.value
-        out["scaling/C_max"] = self.c_max
+        out["scaling/C_max"] = c_max = self.c_max
         out["scaling/cap_max"] = self.cap_max
         betas = self.betas
         for level, beta in enumerate(betas[:-1], start=1):
             out[f"scaling/beta{level}"] = beta
         out["scaling/beta_top"] = betas[-1]
         out["scaling/beta_max"] = max(betas) if self.discrete else math.nan
-        checks = self.checks()
+        checks = self._checks(c_max, betas)
         out["scaling/additive_slack"] = checks["additive_slack"]
         out["scaling/cap_slack"] = checks["cap_slack"]
         out["scaling/ratio_slack"] = checks["ratio_slack"]
