@@ -5,11 +5,13 @@ import dataclasses
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from convac import Bernoulli, Categorical, CPConvAC, Gaussian, HTConvAC
 from convac.entropy import Estimate, estimators, probe
+from convac.entropy import report as report_module
 from tests.conftest import all_inputs, latent_log_joint, shuffle_order
 from tests.test_model import scope_sizes
 
@@ -297,6 +299,40 @@ def test_controlled_estimate_is_the_regression_estimator():
     assert Estimate.controlled(t, c, 0.0).se / Estimate.of(t).se == pytest.approx(math.sqrt(1 - 0.7**2), rel=0.01)
     constant = Estimate.controlled(t, torch.ones_like(t), 1.0)  # a control without variance changes nothing
     assert constant.value == pytest.approx(Estimate.of(t).value) and constant.se == pytest.approx(Estimate.of(t).se, rel=1e-4)
+
+
+@pytest.mark.parametrize("design", ["independent", "one", "two", "constant", "collinear", "none"])
+def test_controlled_least_squares_is_numpys(design):
+    """The normal equations of ``Estimate.controlled`` give NumPy's SVD least squares: the same
+    coefficients on independent controls (1 to 3 of them), and on degenerate ones (a constant
+    control, one the others determine, none with variance) the same rank, residuals and
+    estimate, since the known means obey the same linear relation as the controls."""
+    g = np.random.default_rng(0)
+    n = 64
+    c = g.normal(size=(n, 3)) * [1.0, 10.0, 0.1]
+    means = np.array([0.1, -0.2, 0.3])
+    if design == "one":
+        c, means = c[:, :1], means[:1]
+    elif design == "two":
+        c, means = c[:, :2], means[:2]
+    elif design == "constant":
+        c[:, 1] = means[1] = 2.5
+    elif design == "collinear":
+        c[:, 2], means[2] = c[:, 0] - 3 * c[:, 1], means[0] - 3 * means[1]
+    elif design == "none":
+        c[:], means[:] = 1.0, 1.0
+    t = 1.0 + c.sum(1) * 0.4 + g.normal(size=n)
+    dc, dt = c - c.mean(0), t - t.mean()
+    beta, rank = report_module._least_squares(dc, dt)
+    expected, _, expected_rank, _ = np.linalg.lstsq(dc, dt, rcond=None)
+    assert rank == expected_rank
+    np.testing.assert_allclose(dc @ beta, dc @ expected, atol=1e-12)  # the same fit
+    if design in ("independent", "one", "two"):
+        np.testing.assert_allclose(beta, expected, rtol=1e-12)
+    est = Estimate.controlled(t, c, means)
+    residual = dt - dc @ expected
+    assert est.value == pytest.approx(t.mean() - (c.mean(0) - means) @ expected, rel=1e-12)
+    assert est.se == pytest.approx(math.sqrt(residual @ residual / (n - 1 - expected_rank) / n), rel=1e-12)
 
 
 def test_probe_leaves_no_inference_tensors_behind():
