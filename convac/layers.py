@@ -7,7 +7,6 @@ matmul over positions with no copies, and pooling is a reduction over each windo
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Iterable
 
@@ -17,6 +16,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from convac.fixed import FixedParameters
 from convac.validation import Grid, check_flag, check_grid, check_positive_int
 
 
@@ -267,7 +267,7 @@ def refresh_exact_positions(layers: Iterable["SumLayer"]) -> None:
         layer._set_plan(small)
 
 
-class SumLayer(nn.Module):
+class SumLayer(FixedParameters, nn.Module):
     """Sum nodes on a grid: ``K_in -> K_out`` channels, weights ``softmax(logits)`` over ``K_in``.
 
     Logits have shape ``(H, W, K_out, K_in)`` per position, or ``(K_out, K_in)`` when shared
@@ -277,7 +277,8 @@ class SumLayer(nn.Module):
     finite logits and inputs: positions whose log-weights are certainly all at least
     :func:`min_log_weight` (a bound from the logits, at most ``log K_in`` conservative) take the
     fast shifted matmul (:func:`log_einsum_exp`); the others take :func:`log_sum_exact`. The
-    split is cached until the logits change (:meth:`exact_positions`).
+    split is cached until the logits change (:meth:`exact_positions`). In a
+    :meth:`~convac.fixed.FixedParameters.fixed_weights` block the weights are normalized once.
     """
 
     def __init__(self, grid: Grid, in_channels: int, out_channels: int, shared: bool):
@@ -290,40 +291,24 @@ class SumLayer(nn.Module):
         self.logits = nn.Parameter(torch.randn(shape))
         self._plan_key: tuple | None = None
         self._plan: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._normalized: dict[str, torch.Tensor] | None = None  # while the weights are fixed
 
     @property
     def num_positions(self) -> int:
         return self.grid[0] * self.grid[1]
 
-    @contextlib.contextmanager
-    def fixed_weights(self):
-        """Within the block the logits do not change (a read-only query such as the entropy
-        probe, under ``torch.no_grad``): :meth:`weights` and :meth:`log_weights` normalize them
-        once and return the same tensors on every call."""
-        previous, self._normalized = self._normalized, {}
-        try:
-            yield self
-        finally:
-            self._normalized = previous
-
-    def _normalize(self, kind: str, normalize) -> torch.Tensor:
-        """``normalize(logits)`` over the input channels as (P or 1, K_out, K_in), kept for the
-        block while the weights are fixed."""
-        if self._normalized is not None and kind in self._normalized:
-            return self._normalized[kind]
-        weights = normalize(self.logits, dim=-1).reshape(-1, self.out_channels, self.in_channels)
-        if self._normalized is not None:
-            self._normalized[kind] = weights
-        return weights
+    def _over_inputs(self, normalize) -> torch.Tensor:
+        """``normalize(logits)`` over the input channels, as (P or 1, K_out, K_in)."""
+        return normalize(self.logits, dim=-1).reshape(-1, self.out_channels, self.in_channels)
 
     def log_weights(self) -> torch.Tensor:
-        """(P or 1, K_out, K_in): ``log w[p, j, a]``, each row normalized over ``a``."""
-        return self._normalize("log", F.log_softmax)
+        """(P or 1, K_out, K_in): ``log w[p, j, a]``, each row normalized over ``a`` (once in a
+        :meth:`fixed_weights` block)."""
+        return self._normalize("log", lambda: self._over_inputs(F.log_softmax))
 
     def weights(self) -> torch.Tensor:
-        """(P or 1, K_out, K_in): the simplex weights ``w[p, j, a]``."""
-        return self._normalize("linear", F.softmax)
+        """(P or 1, K_out, K_in): the simplex weights ``w[p, j, a]`` (once in a
+        :meth:`fixed_weights` block)."""
+        return self._normalize("linear", lambda: self._over_inputs(F.softmax))
 
     def position_weights(self) -> torch.Tensor:
         """(P, K_out, K_in): the weights of every position (shared weights broadcast)."""

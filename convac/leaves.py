@@ -20,6 +20,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from convac.fixed import FixedParameters
 from convac.validation import check_flag, check_positive_float, check_positive_int
 
 
@@ -229,8 +230,10 @@ def make_leaf(leaf: LeafSpec | Mapping | str) -> LeafSpec:
 # --------------------------------------------------------------------------------------------
 # Layers
 # --------------------------------------------------------------------------------------------
-class LeafLayer(nn.Module):
-    """Per-position leaf parameters; shared parameters have a position axis of size 1."""
+class LeafLayer(FixedParameters, nn.Module):
+    """Per-position leaf parameters; shared parameters have a position axis of size 1. In a
+    :meth:`~convac.fixed.FixedParameters.fixed_weights` block a family's normalized parameters
+    (the categorical log-probability table) are computed once."""
 
     def __init__(self, num_positions: int, num_vars: int, num_components: int, shared: bool):
         super().__init__()
@@ -288,8 +291,9 @@ class CategoricalLayer(LeafLayer):
         self.logits = nn.Parameter(torch.randn(self._param_positions, num_vars, num_values, num_components))
 
     def log_probabilities(self) -> torch.Tensor:
-        """(P or 1, V, num_values, M): ``log softmax(theta)`` over the values."""
-        return F.log_softmax(self.logits, dim=2)
+        """(P or 1, V, num_values, M): ``log softmax(theta)`` over the values (once in a
+        :meth:`fixed_weights` block)."""
+        return self._normalize("log", lambda: F.log_softmax(self.logits, dim=2))
 
     def check_values(self, x: torch.Tensor, observed: torch.Tensor | None) -> None:
         """Raise a one-line ValueError unless the ``observed`` entries of ``x`` (all when None)
@@ -317,12 +321,17 @@ class CategoricalLayer(LeafLayer):
         A row look-up in the ``(P * V * num_values, M)`` log-probability table at the flat index
         ``(i * V + v) * num_values + x_v`` (:class:`_LogSoftmaxRows`): its backward is a sparse
         ``index_add`` of rows, never a ``(B, M, V, P)`` dense tensor (DESIGN section 6), and it
-        is cheaper than indexing the 4-d table with three index tensors.
+        is cheaper than indexing the 4-d table with three index tensors. In a
+        :meth:`fixed_weights` block the rows are read from the table normalized once
+        (:meth:`log_probabilities`).
         """
         v = x.shape[-1]
         var_idx = torch.arange(v, device=x.device).view(1, 1, -1)
         rows = (self._position_index(x.device).unsqueeze(-1) * v + var_idx) * self.num_values + self.prepare(x, missing)
-        return _LogSoftmaxRows.apply(self.logits, rows)
+        if self._normalized is None:
+            return _LogSoftmaxRows.apply(self.logits, rows)
+        table = self.log_probabilities().view(-1, self.num_components)
+        return table.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)
 
     def entropy_per_variable(self) -> torch.Tensor:
         """(P or 1, V, M): ``-sum_x f(x) log f(x)``."""

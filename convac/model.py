@@ -202,10 +202,11 @@ class ConvAC(nn.Module):
     @contextlib.contextmanager
     def fixed_weights(self):
         """Within the block the parameters do not change (read-only queries under
-        ``torch.no_grad``): every sum layer normalizes its weights once
-        (:meth:`SumLayer.fixed_weights`). The entropy probe runs in one."""
+        ``torch.no_grad``): every sum layer normalizes its weights once, and categorical leaves
+        their log-probability table (:class:`convac.fixed.FixedParameters`). The entropy probe
+        runs in one."""
         with contextlib.ExitStack() as stack:
-            for layer in [*self.sums, self.root]:
+            for layer in [self.leaves, *self.sums, self.root]:
                 stack.enter_context(layer.fixed_weights())
             yield self
 

@@ -128,3 +128,46 @@ def test_both_ways_of_drawing_table_rows_draw_the_same_values(monkeypatch):
     counts = torch.bincount(gathered[rows == 0], minlength=9).double()
     expected = p[0].double() / p[0].sum() * counts.sum()  # cdf_rows normalizes the rows
     assert ((counts - expected).abs() <= 4 * expected.sqrt() + 1).all()
+
+
+def test_fixed_weights_normalize_the_categorical_table_once(monkeypatch):
+    """In a ``fixed_weights`` block the leaf layer's log-probability table is normalized once for
+    every query (likelihoods, entropies, modes) and gives the values of the queries outside it;
+    after the block each query normalizes the logits as they are then."""
+    from convac import HTConvAC
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
+    model = HTConvAC((1, 4, 4), Categorical(5), 3, 2)
+    layer = model.leaves
+    x = model.sample(8, generator=torch.Generator().manual_seed(0))
+    normalizations = []  # for every log_softmax: whether it normalized the leaf logits
+    log_softmax = F.log_softmax
+
+    def counted(t, *args, **kwargs):
+        normalizations.append(t is layer.logits)
+        return log_softmax(t, *args, **kwargs)
+
+    monkeypatch.setattr(F, "log_softmax", counted)
+
+    def queries():
+        return [*model.level_log_probs(x), model.leaf_entropy(), layer.mode_log_prob_per_variable(), model.log_prob(x)]
+
+    with torch.no_grad():
+        outside = queries()
+        assert normalizations.count(True) == 4  # two likelihood passes, the entropy, the mode
+        normalizations.clear()
+        with model.fixed_weights():
+            inside = queries()
+            assert layer.log_probabilities() is layer.log_probabilities()
+        assert normalizations.count(True) == 1 and layer._normalized is None
+        for a, b in zip(inside, outside):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        layer.logits.add_(torch.randn_like(layer.logits))
+        torch.testing.assert_close(layer.log_probabilities(), torch.log_softmax(layer.logits, 2))  # fresh after the block
+    gaussian = HTConvAC((1, 4, 4), Gaussian(), 3, 2)
+    xg = torch.randn(4, 1, 4, 4)
+    with torch.no_grad():
+        outside = gaussian.log_prob(xg)
+        with gaussian.fixed_weights():  # nothing to keep: the same values
+            torch.testing.assert_close(gaussian.log_prob(xg), outside, rtol=0, atol=0)
