@@ -133,8 +133,10 @@ def test_csv_history_appends_and_a_resume_replaces_the_rows_after_its_start(tmp_
     monkeypatch.setattr(atomic, "write_csv_atomically", lambda *args: rewrites.append(args))
     history.write([{"epoch": 3, "h": 1.5}])  # same columns: appended, not rewritten
     assert rewrites == [] and path.read_text().splitlines()[-1] == "3,1.5"
+    history.write([{"epoch": 4}, {"h": 2.5, "epoch": 5}])  # fewer columns, another order: appended
+    assert rewrites == [] and path.read_text().splitlines()[-2:] == ["4,", "5,2.5"]
     monkeypatch.undo()
-    resumed = CsvHistory(path, "epoch")  # a new process resuming at epoch 2: rows 2 and 3 go
+    resumed = CsvHistory(path, "epoch")  # a new process resuming at epoch 2: rows 2 to 5 go
     resumed.write([{"epoch": 2, "h": 9.0, "new": 1}])
     assert path.read_text().splitlines() == ["epoch,h,new", "0,0.0,", "1,0.5,", "2,9.0,1"]
     resumed.write([{"epoch": 3, "other": 4}])  # a new column rewrites the file with the union

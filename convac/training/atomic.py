@@ -68,6 +68,7 @@ class CsvHistory:
         self.key = key
         self.sort_columns = sort_columns
         self.columns: list[str] | None = None  # the header as this object last wrote it
+        self._known: frozenset[str] = frozenset()  # the same columns, for the check of every write
 
     def read(self) -> list[dict[str, str]]:
         """The file's rows, empty cells dropped (an absent file has none)."""
@@ -80,13 +81,13 @@ class CsvHistory:
         rows = list(rows)
         if not rows:
             return
-        new_columns = list(dict.fromkeys(k for row in rows for k in row))
-        if self.columns is not None and set(new_columns) <= set(self.columns):
+        if self.columns is not None and all(row.keys() <= self._known for row in rows):
             text = io.StringIO()  # the rows hold no other columns: a plain writer (DictWriter checks every row)
             csv.writer(text).writerows([[row.get(column, "") for column in self.columns] for row in rows])
             with self.path.open("a", newline="") as f:
                 f.write(text.getvalue())
             return
+        new_columns = list(dict.fromkeys(k for row in rows for k in row))
         if self.columns is None:
             start = float(rows[0][self.key])
             kept = [row for row in self.read() if float(row[self.key]) < start]
@@ -95,7 +96,7 @@ class CsvHistory:
         columns = list(dict.fromkeys([*(k for row in kept for k in row), *new_columns]))
         columns = sorted(columns) if self.sort_columns else columns
         write_csv_atomically(self.path, columns, kept + rows)
-        self.columns = columns
+        self.columns, self._known = columns, frozenset(columns)
 
 
 def is_local_path(path: Any) -> bool:

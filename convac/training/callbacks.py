@@ -125,8 +125,9 @@ class EntropyProbe(L.Callback):
         take about 10 ms for the default model's 40-odd metrics, twice the probe itself; every
         rank holds the same values, so there is nothing to reduce across processes."""
         trainer.callback_metrics.update(zip(metrics, torch.tensor(list(metrics.values())).unbind()))
+        row, step = {**metrics, "epoch": trainer.current_epoch}, trainer.global_step  # one row for all, as Lightning does
         for logger in trainer.loggers:
-            logger.log_metrics({**metrics, "epoch": trainer.current_epoch}, step=trainer.global_step)
+            logger.log_metrics(row, step=step)
 
     def _histories(self, trainer: L.Trainer) -> tuple[CsvHistory, CsvHistory]:
         """``entropy.csv`` and ``gaps.csv`` (:class:`CsvHistory` keyed by epoch: the first write of
