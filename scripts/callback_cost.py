@@ -2,6 +2,7 @@
 
     python scripts/callback_cost.py [--epochs 50] [--threads 1]
     python scripts/callback_cost.py --count-ops
+    python scripts/callback_cost.py --paired /path/to/other/checkout [--pairs 300]
 
 Runs ``convac-train`` (the default digits run, threads=1, in a temporary folder) with timers
 around ``EntropyProbe.on_train_epoch_end`` (everything the callback does at an epoch: the probe,
@@ -17,6 +18,14 @@ functions of the library it was made in: the entry point (``probe``, ``EntropyRe
 (``.shape``, ``.device``) are counted apart. The probe's fixed cost on a small model is about
 this count times the dispatcher's overhead per operation (a few microseconds), so the count is a
 measure that another job on the machine does not disturb.
+
+``--paired PATH`` compares the callback of another checkout of convac (e.g. ``main``) with this
+one's in one process: both packages are imported side by side (each with its own modules), each
+callback probes the same weights of the default run's model and logs to its own CSV logger
+(a row written at every call, as ``logger=csv``) and histories, and the two are called in
+alternation, many pairs, with the same epoch and step. It prints the median of the per-pair
+ratios of ``on_train_epoch_end``'s time (this / other), which another job on the machine slows
+alike, and the largest relative difference between the files the two wrote (timing columns aside).
 """
 from __future__ import annotations
 
@@ -141,14 +150,98 @@ def _print_tree(tree: dict, depth: int = 0) -> None:
             _print_tree(node, depth + 1)
 
 
+def _import_convac(root: str) -> dict:
+    """The modules of the convac package at ``root``, imported beside the ones already loaded
+    (which are put back): ``{module name: module}``."""
+    def package() -> dict:
+        return {name: module for name, module in sys.modules.items() if name.split(".")[0] == "convac"}
+
+    loaded = package()
+    for name in loaded:
+        del sys.modules[name]
+    sys.path.insert(0, root)
+    try:
+        import convac.training.callbacks  # noqa: F401  (and, through it, the rest of the package)
+        import convac.zoo  # noqa: F401
+
+        other = package()
+    finally:
+        sys.path.remove(root)
+        for name in package():
+            del sys.modules[name]
+        sys.modules.update(loaded)
+    if not other["convac"].__file__.startswith(str(Path(root).resolve())):
+        raise SystemExit(f"--paired: no convac package under {root} (imported {other['convac'].__file__})")
+    return other
+
+
+def paired(root: str, pairs: int) -> None:
+    """Print the median ratio of the callback's time, this checkout over the one at ``root``."""
+    import csv
+    import types
+
+    from convac.cli.common import setup_data
+    from convac.configs import schema
+    from convac.training.loggers import CSVLogger
+    from convac.zoo import create_model
+    from convac.zoo.entries import compose_train_config
+
+    torch.set_num_threads(1)
+    cfg = compose_train_config([])
+    setup_data(cfg)
+    kwargs = schema.to_kwargs(cfg.model)
+    name = kwargs.pop("name")
+    other = _import_convac(root)
+    versions = {"other": (other["convac.zoo"].create_model, other["convac.training.loggers"].CSVLogger,
+                          other["convac.training.callbacks"].EntropyProbe),
+                "this": (create_model, CSVLogger, callbacks.EntropyProbe)}
+    weights = None
+    runs, seconds = {}, {key: [] for key in versions}
+    with tempfile.TemporaryDirectory() as folder:
+        for key, (make_model, make_logger, make_callback) in versions.items():
+            model = make_model(name, **kwargs)
+            weights = weights or model.state_dict()
+            model.load_state_dict(weights)
+            logger = make_logger(Path(folder, key), flush_logs_every_n_steps=1)
+            logger.log_metrics({"train/loss": 1.0, "val/nll": 1.0, "epoch": 0}, step=0)  # metrics.csv's other columns
+            trainer = types.SimpleNamespace(current_epoch=0, max_epochs=None, global_step=0, callback_metrics={},
+                                            loggers=[logger], is_global_zero=True, datamodule=None)
+            callback = make_callback(dirpath=str(Path(folder, key)), plot=False, figure_every_n_epochs=0)
+            runs[key] = (callback, trainer, types.SimpleNamespace(model=model.train()))
+        warm_up = 5
+        for epoch in range(warm_up + pairs):
+            for key in ("other", "this") if epoch % 2 else ("this", "other"):
+                callback, trainer, module = runs[key]
+                trainer.current_epoch, trainer.global_step = epoch, 20 * (epoch + 1)
+                start = time.perf_counter()
+                callback.on_train_epoch_end(trainer, module)
+                if epoch >= warm_up:
+                    seconds[key].append(time.perf_counter() - start)
+        ratios = [a / b for a, b in zip(seconds["this"], seconds["other"])]
+        quartiles = statistics.quantiles(ratios, n=4)
+        print(f"{pairs} pairs, one thread: median callback {1e3 * statistics.median(seconds['other']):.2f} ms at {root}, "
+              f"{1e3 * statistics.median(seconds['this']):.2f} ms here; median ratio here / there "
+              f"{statistics.median(ratios):.3f} (quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f})")
+        for file in ("entropy.csv", "gaps.csv", "metrics.csv"):
+            tables = [list(csv.DictReader(Path(folder, key, file).open(newline=""))) for key in ("other", "this")]
+            worst = max((abs(float(a[k]) - float(b[k])) / abs(float(a[k]))
+                         for a, b in zip(*tables) for k in a if a[k] != b[k] and "probe_s" not in k), default=0.0)
+            print(f"{file}: {len(tables[0])} and {len(tables[1])} rows, largest relative difference {worst:.2g}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--threads", default="1")
     parser.add_argument("--count-ops", action="store_true", help="count the torch calls of one probe instead")
+    parser.add_argument("--paired", metavar="PATH", help="time the callback against the checkout at PATH instead")
+    parser.add_argument("--pairs", type=int, default=300, help="alternated calls of each (--paired)")
     args = parser.parse_args()
     if args.count_ops:
         count_ops()
+        return
+    if args.paired:
+        paired(args.paired, args.pairs)
         return
     r = measure(args.epochs, args.threads)
     print(f"median per epoch: callback {r['callback_ms']:.1f} ms (probe {r['probe_ms']:.1f} ms), "
