@@ -310,6 +310,19 @@ class SumLayer(FixedParameters, nn.Module):
         :meth:`fixed_weights` block)."""
         return self._normalize("linear", lambda: self._over_inputs(F.softmax))
 
+    def weight_rows(self, parent: torch.Tensor, position_dim: int) -> torch.Tensor:
+        """Row indices into the flat ``(P * K_out or K_out, K_in)`` weight table (of
+        :meth:`weights`, :meth:`log_weights`, viewed as rows): ``parent`` long holds the output
+        channel ``j`` of every sum node, with the ``P`` positions along ``position_dim``; ``-1``
+        (no parent on the path) reads channel 0's row. Same shape as ``parent``."""
+        rows = parent.clamp_min(0)
+        if self.shared:
+            return rows
+        shape = [1] * rows.dim()
+        shape[position_dim] = -1
+        offsets = torch.arange(0, self.num_positions * self.out_channels, self.out_channels, device=rows.device)
+        return rows + offsets.view(shape)
+
     def position_weights(self) -> torch.Tensor:
         """(P, K_out, K_in): the weights of every position (shared weights broadcast)."""
         return self.weights().expand(self.num_positions, -1, -1)

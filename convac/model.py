@@ -426,11 +426,7 @@ class ConvAC(nn.Module):
             level -= 1
             parent = pool.expand(latents[0])  # (n, H_{l-1}, W_{l-1})
             h, w = parent.shape[1:]
-            # (n, P): the row (position, parent channel) of every sum node's weights in the flat
-            # (P * K_l or K_l, K_{l-1}) table
-            rows = parent.clamp_min(0).reshape(n, h * w)
-            if not layer.shared:
-                rows = rows + torch.arange(0, h * w * layer.out_channels, layer.out_channels, device=top.device)
+            rows = layer.weight_rows(parent.reshape(n, h * w), position_dim=1)  # (n, P): each sum node's row of w
             if evidence is None and mode == "sample":  # prior draws: the CDF table of w
                 choice = sample_table_rows(cdf_rows(layer.weights()).view(-1, layer.in_channels), rows, generator)
             else:

@@ -105,11 +105,8 @@ def one_pass_statistics(
         parent = chosen[level].index_select(0, pool.parents)  # (P, n) channel j of each sum node's parent
         active = on_path[level - 1]  # (P, n) the sum node is on the path (exactly where its parent is)
         log_w = layer.log_weights()  # (P or 1, K_l, K_{l-1})
-        k_parent, k_child = log_w.shape[1:]
-        index = parent.clamp_min(0)  # row (position, j) of the flat (P * K_l, K_{l-1}) table
-        if not layer.shared:
-            index = index + torch.arange(0, layer.num_positions * k_parent, k_parent, device=x.device).unsqueeze(1)
-        index = index.flatten()
+        k_child = log_w.shape[2]
+        index = layer.weight_rows(parent, position_dim=0).flatten()  # row (position, j) of the flat weight table
         prior = log_w.reshape(-1, k_child).index_select(0, index).view(*parent.shape, k_child)  # (P, n, K_{l-1}): log w_c[j, :]
         prior_entropy = rows[level - 1].flatten().index_select(0, index).view(parent.shape)  # (P, n): H(w_c[j, :])
         chosen_log_w = prior.gather(2, chosen_index[level - 1]).squeeze(2)  # (P, n): log w_c[j, Z_{l-1,c}]
