@@ -20,40 +20,12 @@ def _float64(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-# a control whose part orthogonal to the controls before it has at most this fraction of the
-# largest control's squared spread counts for nothing (see _least_squares)
-RANK_TOLERANCE = 1e-10
-
-
 def _least_squares(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, int]:
-    """The coefficients ``beta`` (k,) minimizing ``|y - x beta|`` for a few columns ``x`` (n, k)
-    and ``y`` (n,), and how many columns they use (the rank).
-
-    The normal equations ``x^T x beta = x^T y`` solved by Gaussian elimination in column order (a
-    Cholesky factorization; ``k <= 3`` here, a few microseconds where ``np.linalg.lstsq`` took
-    about 40 us in the probe). A column whose pivot, the squared norm of its part orthogonal to
-    the columns kept before it, is at most ``RANK_TOLERANCE`` times the largest squared column
-    norm is left out with coefficient 0: a centred control without variance, or one that the
-    others determine. The coefficients carry a relative error of about ``cond(x)^2`` ulps (the
-    probe's controls: ``cond(x)`` about 2); the residuals ``y - x beta`` feel it only to second
-    order (``beta`` minimizes their norm).
-    """
-    k = x.shape[1]
-    gram = x.T @ x
-    rows = np.column_stack([gram, x.T @ y]).tolist()  # the augmented system [x^T x | x^T y], row by row
-    smallest_pivot = RANK_TOLERANCE * gram.diagonal().max()
-    kept = []
-    for j in range(k):
-        if rows[j][j] <= smallest_pivot:
-            continue  # column j adds nothing to the columns kept before it
-        for i in range(j + 1, k):  # eliminate column j from the rows below
-            factor = rows[i][j] / rows[j][j]
-            rows[i] = [a - factor * b for a, b in zip(rows[i], rows[j])]
-        kept.append(j)
-    beta = [0.0] * k
-    for j in reversed(kept):  # back substitution over the kept columns
-        beta[j] = (rows[j][k] - sum(rows[j][i] * beta[i] for i in kept if i > j)) / rows[j][j]
-    return np.array(beta), len(kept)
+    """The coefficients ``beta`` (k,) minimizing ``|y - x beta|`` for the columns ``x`` (n, k)
+    and ``y`` (n,), and the rank of ``x`` (``np.linalg.lstsq``: a column without variance, or one
+    the others determine, counts for nothing)."""
+    beta, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)
+    return beta, int(rank)
 
 
 @dataclass
