@@ -110,7 +110,8 @@ class ConvACModule(L.LightningModule):
         if unknown:
             raise ValueError(f"unknown EM settings {sorted(unknown)}; expected {sorted(EM_DEFAULTS)}")
         self.em_settings = {**EM_DEFAULTS, **(em or {})}
-        check_trees((structure_learning or {}).get("trees", ["matching"]))
+        if "trees" in (structure_learning or {}):  # an unknown tree kind fails now, not when fitting starts
+            check_trees(structure_learning["trees"])
         if self.use_em:
             if objective != "generative":
                 raise ValueError(f"optimizer=em maximizes a likelihood: it needs objective=generative, got {objective!r}")
