@@ -355,6 +355,19 @@ class ConvAC(nn.Module):
         """(B, C, H, W) -> (B,): ``log P(x) = logsumexp_y log P(x, y)``."""
         return marginalize_classes(self.log_joint(x, missing))
 
+    def repetition_log_probs(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) -> (B, num_classes, R): ``log P(x, r | y)``, the root's sum restricted to
+        the top channels of repetition ``r`` (the repetition is the root's latent), so that
+        ``logsumexp`` over ``r`` gives :meth:`forward`. The root runs once per repetition, on its
+        input with the other repetitions' channels at ``-inf``: EM's flows and the gradients are
+        those of this quantity."""
+        top = self._upward(*self._check_input(x, missing), top_only=True)[-1]  # (R, B, K_L)
+        r, b = top.shape[:2]
+        keep = torch.eye(r, dtype=torch.bool, device=top.device).view(r, r, 1, 1)
+        copies = top.unsqueeze(0).masked_fill(~keep, float("-inf"))  # (R, R, B, K_L): copy c keeps repetition c
+        root_input = copies.transpose(1, 2).reshape(1, r * b, -1)  # rows (copy, example), channels r * K_L + k
+        return self.root(root_input)[0].view(r, b, -1).permute(1, 2, 0)
+
     def log_posterior(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, num_classes): ``log P(y | x)`` by Bayes' rule."""
         return F.log_softmax(self.log_joint(x, missing), dim=1)

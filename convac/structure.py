@@ -24,7 +24,11 @@ variable pairs), and put strongly dependent positions in the same regions low in
   cuts between regions stay together.
 
 A mixture (``num_repetitions = R``) takes its trees' kinds from a list, cycled; the first tree of
-a kind is deterministic, the later ones of the same kind randomized (``noise``).
+a kind is deterministic, the later ones of the same kind randomized (``noise``). A mixture fitted
+as an ensemble of ``G`` members (:mod:`convac.training.ensemble`) learns every member's trees
+from a data set of its own: member 0 from the training split, member ``g >= 1`` from a bootstrap
+sample of it (its rows drawn with replacement; the structures of bagging, Breiman 1996), each
+member's kinds cycled from the start of the list.
 """
 from __future__ import annotations
 
@@ -232,6 +236,7 @@ def learn_structure(
     noise: float = 1.0,
     normalized: bool = True,
     trees: Sequence[str] = ("matching",),
+    members: int = 1,
 ) -> torch.Tensor:
     """Learn the order of every repetition of a ``structure="learned"`` ConvAC from data ``x``
     (N, C, H, W) (the training split; NaN marks missing values of float data) and set it
@@ -239,25 +244,38 @@ def learn_structure(
     (:data:`TREES`) over the MI of the patch positions: the first tree of each kind as built, the
     later ones randomized (``noise``, seeded by ``seed`` and ``r``). ``normalized`` matches on
     the normalized MI (the default), else on the MI in nats; the Chow-Liu tree is always the MI's.
+    ``members``: the repetitions form that many ensemble members (groups of ``R / members``
+    consecutive ones), member ``g >= 1`` learned from a bootstrap sample of ``x`` seeded by
+    ``seed`` and ``g``, the kinds cycled within each member (module docstring).
     Returns the order (R, P_img). Deterministic for a seed and the data.
 
-    Raises ValueError for a model of another structure, data of another shape, or an unknown tree."""
+    Raises ValueError for a model of another structure, data of another shape, an unknown tree,
+    or ``members`` that does not divide ``R``."""
     if model.structure != "learned":
         raise ValueError(f"learn_structure needs a model with structure='learned', got structure={model.structure!r}")
     if x.dim() != 4 or tuple(x.shape[1:]) != tuple(model.in_shape):
         raise ValueError(f"expected training data of shape (N, {', '.join(map(str, model.in_shape))}), got {tuple(x.shape)}")
     trees = check_trees(trees)
+    if members < 1 or model.num_repetitions % members:
+        raise ValueError(f"members must divide num_repetitions (equal groups of repetitions), "
+                         f"got {members} members for {model.num_repetitions} repetitions")
     patches = model._to_patches(x.double(), float("nan")).transpose(0, 1)  # (N, P_img, V), padding NaN
-    mi, nmi = position_mutual_information(patches, model.leaf_spec.is_discrete, bins, max_rows, seed)
-    order, built = [], set()
-    for r in range(model.num_repetitions):
-        kind = trees[r % len(trees)]
-        tree_noise = noise if kind in built else 0.0  # a kind built before: randomized
-        built.add(kind)
-        if kind == "matching":
-            order.append(balanced_tree_order(nmi if normalized else mi, noise=tree_noise, seed=seed * 1000 + r))
-        else:
-            order.append(chow_liu_order(mi, noise=tree_noise, seed=seed * 1000 + r))
+    size = model.num_repetitions // members
+    order = []
+    for member in range(members):
+        rows = patches
+        if member > 0:  # a bootstrap sample of the training split
+            rows = patches[torch.from_numpy(np.random.default_rng([seed, member]).integers(len(patches), size=len(patches)))]
+        mi, nmi = position_mutual_information(rows, model.leaf_spec.is_discrete, bins, max_rows, seed)
+        built: set[str] = set()
+        for i in range(size):
+            r, kind = member * size + i, trees[i % len(trees)]
+            tree_noise = noise if kind in built else 0.0  # a kind built before: randomized
+            built.add(kind)
+            if kind == "matching":
+                order.append(balanced_tree_order(nmi if normalized else mi, noise=tree_noise, seed=seed * 1000 + r))
+            else:
+                order.append(chow_liu_order(mi, noise=tree_noise, seed=seed * 1000 + r))
     order = torch.stack(order)
     model.set_order(order)
     return order

@@ -2,6 +2,7 @@
 and its storage with the model (the exact queries of such models are in test_model / test_entropy)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -151,6 +152,22 @@ def test_trees_of_several_kinds_in_one_mixture():
     assert not torch.equal(order[0], order[2])  # the second Chow-Liu tree is randomized
     with pytest.raises(ValueError, match="trees must be a non-empty list of matching / chow_liu"):
         learn_structure(model, x, trees=["chow-liu"])
+
+
+def test_ensemble_members_learn_their_trees_from_bootstrap_samples():
+    x, _ = copies_data(300, 16, seed=3)
+    x = x ^ (torch.rand(x.shape, generator=torch.Generator().manual_seed(4)) < 0.3).long()  # weaker pairs: samples differ
+    mixture = HTConvAC((1, 1, 16), Bernoulli(), 2, 2, structure="learned", num_repetitions=4)
+    single = HTConvAC((1, 1, 16), Bernoulli(), 2, 2, structure="learned", num_repetitions=2)
+    order = learn_structure(mixture, x, seed=5, trees=["chow_liu", "matching"], members=2).clone()
+    # member 0 is the mixture learned alone; member 1 starts the kinds again, on its own bootstrap sample
+    assert torch.equal(order[:2], learn_structure(single, x, seed=5, trees=["chow_liu", "matching"]))
+    sample = x[torch.from_numpy(np.random.default_rng([5, 1]).integers(len(x), size=len(x)))]
+    assert torch.equal(order[2:], learn_structure(single, sample, seed=5, trees=["chow_liu", "matching"]))
+    assert not torch.equal(order[0], order[2])
+    assert torch.equal(order, learn_structure(mixture, x, seed=5, trees=["chow_liu", "matching"], members=2))
+    with pytest.raises(ValueError, match="members must divide num_repetitions.*3 members for 4"):
+        learn_structure(mixture, x, members=3)
 
 
 def test_same_seed_and_data_give_the_same_structure_and_noise_varies_repetitions():

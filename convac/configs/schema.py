@@ -231,6 +231,7 @@ class ModuleConfig:
     scheduler: Optional[str] = None
     scheduler_kwargs: Dict[str, Any] = field(default_factory=dict)
     structure_learning: StructureLearningConfig = field(default_factory=StructureLearningConfig)
+    ensemble_members: int = 1
     init_std: Optional[float] = None
     compile: bool = False
 

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from convac.model import marginalize_classes
 from convac.structure import check_trees, learn_structure
 from convac.training.em import EM, check_settings as check_em_settings
+from convac.training.ensemble import check_members, ensemble_log_joint
 from convac.zoo import create_model
 
 OBJECTIVES = ("generative", "discriminative", "hybrid")
@@ -68,6 +69,10 @@ class ConvACModule(L.LightningModule):
         structure_learning: :func:`convac.structure.learn_structure` arguments (``seed``,
             ``bins``, ``max_rows``, ``noise``, ``normalized``, ``trees``; an unknown tree kind
             raises a ValueError here, before anything is fitted).
+        ensemble_members: ``G``: fit the model's repetitions as ``G`` ensemble members, groups of
+            ``R / G`` consecutive repetitions each fitted to all of the data on its own (generative
+            objective only; :mod:`convac.training.ensemble`); the loss is then the members' mean
+            NLL and ``nll`` the ensemble's. 1 (the default): one mixture, fitted jointly.
         init_std: when set, the new model's logits are drawn again from ``N(0, init_std^2)``
             (:meth:`ConvAC.reset_logits`; the model's own draw has std 1).
         compile: compile the model with ``torch.compile`` (``model.compile()``: its forward, which
@@ -90,6 +95,7 @@ class ConvACModule(L.LightningModule):
         scheduler: str | None = None,
         scheduler_kwargs: dict[str, Any] | None = None,
         structure_learning: dict[str, Any] | None = None,
+        ensemble_members: int = 1,
         init_std: float | None = None,
         compile: bool = False,
     ) -> None:
@@ -118,6 +124,10 @@ class ConvACModule(L.LightningModule):
             check_em_settings(lr, self.em_settings["pseudocount"])
             self.automatic_optimization = False  # EM's statistics and M-step: see training_step
         self.model = create_model(model_name, **(model_kwargs or {}))
+        check_members(ensemble_members, getattr(self.model, "num_repetitions", 1))
+        if ensemble_members > 1 and objective != "generative":
+            raise ValueError(f"ensemble_members > 1 fits each member's likelihood: it needs objective=generative, "
+                             f"got {objective!r}")
         if init_std is not None:
             self.model.reset_logits(init_std)
         if objective != "generative" and self.model.num_classes < 2:
@@ -155,7 +165,8 @@ class ConvACModule(L.LightningModule):
                            "order (call convac.structure.learn_structure(model, x) before fitting)")
             return
         start = time.perf_counter()
-        learn_structure(self.model, datamodule.split("train")[0], **(self.hparams.structure_learning or {}))
+        learn_structure(self.model, datamodule.split("train")[0], members=self.hparams.ensemble_members,
+                        **(self.hparams.structure_learning or {}))
         self.structure_seconds = time.perf_counter() - start
 
     def on_train_start(self) -> None:
@@ -165,15 +176,19 @@ class ConvACModule(L.LightningModule):
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         """Compute the objective of ``batch = (x (B, C, H, W), y (B,))`` and log its metrics."""
         x, y = batch
+        members = self.hparams.ensemble_members
         with self.model.validation(not self.data_checked):
-            log_joint = self.model.log_joint(x)  # (B, K): log P(x, y)
+            if members == 1:
+                log_joint = fitted = self.model.log_joint(x)  # (B, K): log P(x, y)
+            else:  # the ensemble's log P(x, y) and the members' mean (the objective)
+                log_joint, fitted = ensemble_log_joint(self.model, x, members)
         log_px = marginalize_classes(log_joint)  # (B,)
         nll = -log_px.mean()
         metrics = {"nll": nll}
         if self.model.num_classes > 1:
             log_post = log_joint - log_px[:, None]  # (B, K): log P(y | x)
             ce = F.nll_loss(log_post, y)
-            joint_nll = -log_joint.gather(1, y[:, None]).mean()
+            joint_nll = -fitted.gather(1, y[:, None]).mean()
             metrics["acc"] = (log_post.argmax(1) == y).float().mean()
             loss = {
                 "generative": joint_nll,
@@ -181,7 +196,7 @@ class ConvACModule(L.LightningModule):
                 "hybrid": (1 - self.hparams.hybrid_alpha) * ce + self.hparams.hybrid_alpha * joint_nll,
             }[self.hparams.objective]
         else:
-            loss = nll
+            loss = -fitted[:, 0].mean()
         if stage == "train":
             self.log("train/loss", loss, prog_bar=True, batch_size=len(x))
         else:
