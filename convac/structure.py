@@ -27,8 +27,8 @@ A mixture (``num_repetitions = R``) takes its trees' kinds from a list, cycled; 
 a kind is deterministic, the later ones of the same kind randomized (``noise``). A mixture fitted
 as an ensemble of ``G`` members (:mod:`convac.training.ensemble`) learns every member's trees
 from a data set of its own: member 0 from the training split, member ``g >= 1`` from a bootstrap
-sample of it (its rows drawn with replacement; the structures of bagging, Breiman 1996), each
-member's kinds cycled from the start of the list.
+sample of it (its rows drawn with replacement; the structures of bagging, Breiman 1996); a kind
+is randomized only when built before for the same member.
 """
 from __future__ import annotations
 
@@ -246,7 +246,7 @@ def learn_structure(
     the normalized MI (the default), else on the MI in nats; the Chow-Liu tree is always the MI's.
     ``members``: the repetitions form that many ensemble members (groups of ``R / members``
     consecutive ones), member ``g >= 1`` learned from a bootstrap sample of ``x`` seeded by
-    ``seed`` and ``g``, the kinds cycled within each member (module docstring).
+    ``seed`` and ``g``, a kind randomized only when built before for the same member.
     Returns the order (R, P_img). Deterministic for a seed and the data.
 
     Raises ValueError for a model of another structure, data of another shape, an unknown tree,
@@ -268,8 +268,8 @@ def learn_structure(
             rows = patches[torch.from_numpy(np.random.default_rng([seed, member]).integers(len(patches), size=len(patches)))]
         mi, nmi = position_mutual_information(rows, model.leaf_spec.is_discrete, bins, max_rows, seed)
         built: set[str] = set()
-        for i in range(size):
-            r, kind = member * size + i, trees[i % len(trees)]
+        for r in range(member * size, (member + 1) * size):
+            kind = trees[r % len(trees)]
             tree_noise = noise if kind in built else 0.0  # a kind built before: randomized
             built.add(kind)
             if kind == "matching":

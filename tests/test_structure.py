@@ -166,6 +166,11 @@ def test_ensemble_members_learn_their_trees_from_bootstrap_samples():
     assert torch.equal(order[2:], learn_structure(single, sample, seed=5, trees=["chow_liu", "matching"]))
     assert not torch.equal(order[0], order[2])
     assert torch.equal(order, learn_structure(mixture, x, seed=5, trees=["chow_liu", "matching"], members=2))
+    # one tree per member: the kinds still alternate over the repetitions, none randomized
+    alone = learn_structure(mixture, x, seed=5, trees=["chow_liu", "matching"], members=4)
+    tree = HTConvAC((1, 1, 16), Bernoulli(), 2, 2, structure="learned")
+    assert torch.equal(alone[0], order[0])
+    assert torch.equal(alone[1], learn_structure(tree, sample, seed=5, trees=["matching"])[0])
     with pytest.raises(ValueError, match="members must divide num_repetitions.*3 members for 4"):
         learn_structure(mixture, x, members=3)
 
