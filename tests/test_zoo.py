@@ -82,7 +82,8 @@ def test_entry_architecture_is_its_experiment_config(name):
 def test_entry_loads_verified_and_matches_its_check_batch(name):
     card = CARDS[name]
     assert sha256_file(card.weights_path) == card.sha256
-    assert card.size_bytes == card.weights_path.stat().st_size <= 5_000_000
+    # a package-size budget per shipped entry (the largest, ht_pumsb_star's 4-tree ensemble, is 5.9 MB)
+    assert card.size_bytes == card.weights_path.stat().st_size <= 8_000_000
     model = convac.create_model(name, pretrained=True).eval()
     x = torch.tensor(card.check["x"])
     with torch.no_grad():
