@@ -37,6 +37,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from convac.validation import check_positive_int
+
 
 def quantize(values: torch.Tensor, discrete: bool, bins: int) -> tuple[torch.Tensor, int]:
     """Codes in ``[0, levels)`` for MI estimation: ``values`` (N, D) float, NaN = missing ->
@@ -256,7 +258,7 @@ def learn_structure(
     if x.dim() != 4 or tuple(x.shape[1:]) != tuple(model.in_shape):
         raise ValueError(f"expected training data of shape (N, {', '.join(map(str, model.in_shape))}), got {tuple(x.shape)}")
     trees = check_trees(trees)
-    if members < 1 or model.num_repetitions % members:
+    if check_positive_int("members", members) and model.num_repetitions % members:
         raise ValueError(f"members must divide num_repetitions (equal groups of repetitions), "
                          f"got {members} members for {model.num_repetitions} repetitions")
     patches = model._to_patches(x.double(), float("nan")).transpose(0, 1)  # (N, P_img, V), padding NaN

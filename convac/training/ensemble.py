@@ -9,17 +9,22 @@ repetitions ``g R/G .. (g+1) R/G - 1``) and fits every member to all of the data
     maximize  (1/G) sum_g log P_g(x, y),   P_g(x, y) = P(y) * G * sum_{r in g} P(x, r | y).
 
 ``G * sum_{r in g} P(x, r | y)`` is member ``g``'s own normalized model exactly when the members'
-root weights are equal (``1/G`` each), and ``sum_g log`` of those weights is largest there, so
-EM sets them to ``1/G`` with its first M-step (every member's root counts add up to the same
-total) and the objective is then the members' mean log-likelihood. The trained model is the
-uniform mixture ``(1/G) sum_g P_g``: an ensemble of density estimators (Smyth & Wolpert,
-"Linearly combining density estimators via stacking", Machine Learning 36, 1999; bagging without
-resampling, Breiman, Machine Learning 24, 1996). By Jensen's inequality its log-likelihood of any
-data is at least the members' mean; members with other trees and initial weights err
-differently, and the ensemble gains on held-out data (measured in the README's density table).
+root weights are equal (``1/G`` each), and ``sum_g log`` of those weights is largest there: EM
+sets them to ``1/G`` with its first M-step (every member's root counts add up to the same total),
+a gradient optimizer approaches it as it converges; the objective is then the members' mean
+log-likelihood. The trained model is the uniform mixture ``(1/G) sum_g P_g``: an ensemble of
+density estimators (Smyth & Wolpert, "Linearly combining density estimators via stacking",
+Machine Learning 36, 1999; bagging, Breiman, Machine Learning 24, 1996, here with every member's
+parameters fitted to all of the data and its trees learned from a bootstrap sample,
+:func:`convac.structure.learn_structure`). By Jensen's inequality its log-likelihood of any data
+is at least the members' mean; members with other trees and initial weights err differently, and
+the ensemble gains on held-out data (measured in the README's density table).
 
 EM needs nothing new: the gradient and flows of this objective are each member's own expected
-counts (``convac.training.em``), up to the factor ``1/G`` that the count scale removes.
+counts (``convac.training.em``) divided by ``G``; an EM whose ``dataset_size`` is ``G * N``
+(``ConvACModule`` sets it) scales them back, so that every member, pseudocount included, takes
+the step it would take alone (and the root gives each member's block the counts of ``N``
+examples, with ``pseudocount / G`` of the root's shared by that block's entries).
 """
 from __future__ import annotations
 
@@ -37,8 +42,8 @@ def check_members(members: int, num_repetitions: int) -> int:
     divides ``num_repetitions``."""
     members = check_positive_int("ensemble_members", members)
     if num_repetitions % members:
-        raise ValueError(f"ensemble_members must divide num_repetitions (equal groups of repetitions), "
-                         f"got {members} members for {num_repetitions} repetitions")
+        raise ValueError(f"ensemble_members must divide num_repetitions (equal groups of repetitions; 1 for one "
+                         f"mixture fitted jointly), got {members} members for {num_repetitions} repetitions")
     return members
 
 

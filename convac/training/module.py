@@ -281,8 +281,11 @@ class ConvACModule(L.LightningModule):
         """The optimizer (or EM) and, when ``scheduler`` is set, its per-epoch schedule."""
         hp = self.hparams
         if self.use_em:
-            optimizer = EM(self.model, lr=hp.lr, pseudocount=self.em_settings["pseudocount"],
-                           dataset_size=self._training_set_size())
+            size = self._training_set_size()
+            # an ensemble's objective is the members' mean: each member's counts arrive divided by
+            # G, and counting the training set G times gives every member its own counts back
+            size = None if size is None else size * hp.ensemble_members
+            optimizer = EM(self.model, lr=hp.lr, pseudocount=self.em_settings["pseudocount"], dataset_size=size)
         else:
             kwargs = {"lr": hp.lr, "weight_decay": hp.weight_decay}
             if hp.optimizer in FUSED_OPTIMIZERS and all(p.device.type in ("cpu", "cuda") for p in self.parameters()):
