@@ -60,7 +60,8 @@ GRID_DEBD = ("model.structure=grid", "model.num_repetitions=1", "module.ensemble
 VARIANTS = {
     "tabular": [
         ("learned, EM (the recipe)", ()),
-        ("learned, one joint mixture (no ensemble), EM", ("model.num_repetitions=2", "module.ensemble_members=1")),
+        ("learned, one joint mixture (no ensemble), EM", ("model.num_repetitions=2", "module.ensemble_members=1",
+                                                          "module.em.pseudocount=0.1")),  # the previous recipe
         ("learned (matching trees only), EM", ("module.structure_learning.trees=[matching]",)),
         ("grid, EM", GRID_DEBD),
         ("learned, Adam", ADAM_DEBD),
