@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from convac.validation import check_positive_int
+from convac.validation import check_members
 
 
 def quantize(values: torch.Tensor, discrete: bool, bins: int) -> tuple[torch.Tensor, int]:
@@ -258,9 +258,7 @@ def learn_structure(
     if x.dim() != 4 or tuple(x.shape[1:]) != tuple(model.in_shape):
         raise ValueError(f"expected training data of shape (N, {', '.join(map(str, model.in_shape))}), got {tuple(x.shape)}")
     trees = check_trees(trees)
-    if check_positive_int("members", members) and model.num_repetitions % members:
-        raise ValueError(f"members must divide num_repetitions (equal groups of repetitions), "
-                         f"got {members} members for {model.num_repetitions} repetitions")
+    check_members(members, model.num_repetitions, name="members")
     patches = model._to_patches(x.double(), float("nan")).transpose(0, 1)  # (N, P_img, V), padding NaN
     size = model.num_repetitions // members
     order = []

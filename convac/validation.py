@@ -25,6 +25,16 @@ def check_positive_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_members(members, num_repetitions: int, name: str = "ensemble_members") -> int:
+    """``members`` as an int, if it is a positive integer dividing ``num_repetitions`` (the
+    repetitions split into equal groups of ensemble members; :mod:`convac.training.ensemble`)."""
+    members = check_positive_int(name, members)
+    if num_repetitions % members:
+        raise ValueError(f"{name} must divide num_repetitions (equal groups of repetitions; 1 for one mixture "
+                         f"fitted jointly), got {members} members for {num_repetitions} repetitions")
+    return members
+
+
 def check_positive_ints(name: str, values, length: int | None = None) -> list[int]:
     """``values`` as a list of ints, if it is a sequence (of ``length`` entries, when given) of
     positive integers."""

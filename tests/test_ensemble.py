@@ -12,7 +12,8 @@ import torch
 from convac import Bernoulli, ConvACModule, HTConvAC
 from convac.data import create_datamodule
 from convac.training.em import EM
-from convac.training.ensemble import check_members, ensemble_log_joint
+from convac.training.ensemble import ensemble_log_joint
+from convac.validation import check_members
 
 D, R = 6, 4
 

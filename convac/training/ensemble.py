@@ -34,17 +34,6 @@ import torch
 from torch import Tensor
 
 from convac.model import ConvAC
-from convac.validation import check_positive_int
-
-
-def check_members(members: int, num_repetitions: int) -> int:
-    """Return ``members``, or raise a one-line ValueError unless it is a positive integer that
-    divides ``num_repetitions``."""
-    members = check_positive_int("ensemble_members", members)
-    if num_repetitions % members:
-        raise ValueError(f"ensemble_members must divide num_repetitions (equal groups of repetitions; 1 for one "
-                         f"mixture fitted jointly), got {members} members for {num_repetitions} repetitions")
-    return members
 
 
 def ensemble_log_joint(model: ConvAC, x: Tensor, members: int) -> tuple[Tensor, Tensor]:

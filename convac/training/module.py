@@ -19,7 +19,8 @@ from torch.nn import functional as F
 from convac.model import marginalize_classes
 from convac.structure import check_trees, learn_structure
 from convac.training.em import EM, check_settings as check_em_settings
-from convac.training.ensemble import check_members, ensemble_log_joint
+from convac.training.ensemble import ensemble_log_joint
+from convac.validation import check_members
 from convac.zoo import create_model
 
 OBJECTIVES = ("generative", "discriminative", "hybrid")
