@@ -3,12 +3,15 @@
     python scripts/results.py missing [--dataset digits | mnist-t10k] [--model NAME] [--out results/missing.json]
     python scripts/results.py density [--datasets digits nltcs] [--out results/density.json]   (scripts/density.py)
     python scripts/results.py default-run [--threads null 1] [--out results/default.json]
+    python scripts/results.py recipe-time [--rows 15000] [--variables 100] [--out results/recipe_time.json]
 
 ``missing`` follows the protocol of Sharir et al.'s tensorial mixture models (:mod:`convac.missing`):
 test images with pixels missing i.i.d. at several rates, or inside 1 to 3 random squares,
 classified by exact marginalization (``argmax_y log P(y | x_obs)``), beside scikit-learn
 classifiers trained on complete images and fed mean-, zero- or KNN-imputed ones; it prints the
 table and writes a figure (accuracy against the share missing, one line per method).
+``recipe-time`` times the DEBD recipe on a set it has never seen, of the size the recipe is
+budgeted for (issue 10: at most 10 minutes on one thread for 15,000 rows of 100 variables).
 """
 from __future__ import annotations
 
@@ -76,6 +79,41 @@ def run_default(run_dir: Path, threads: str) -> dict:
             "h_x_se_rel_max": max(se_rel)}
 
 
+def write_sampled_debd(folder: Path, name: str, rows: int, variables: int, seed: int) -> None:
+    """A binary DEBD-format set ``folder/name.{train,valid,test}.data`` of ``rows`` training rows
+    (and a tenth, a fifth of that for validation and test) over ``variables`` columns: exact
+    samples of the zoo's ``ht_pumsb_star`` (163 variables), its first ``variables`` columns, so
+    that the columns depend on each other as in real tables."""
+    model = load_pretrained("ht_pumsb_star").eval()
+    if not 0 < variables <= model.in_shape[-1]:
+        raise ValueError(f"variables must be in 1..{model.in_shape[-1]} (ht_pumsb_star's), got {variables}")
+    generator = torch.Generator().manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", rows), ("valid", rows // 10), ("test", rows // 5)):
+        with torch.no_grad():
+            x = model.sample(n, generator=generator).reshape(n, -1)[:, :variables].long()
+        (folder / f"{name}.{split}.data").write_text("\n".join(",".join(map(str, r)) for r in x.tolist()) + "\n")
+
+
+def run_recipe_time(run_dir: Path, rows: int, variables: int, seed: int) -> dict:
+    """The DEBD recipe as a user runs it on a new set (``convac-train experiment=debd_ht
+    data.root=DIR data.dataset=NAME threads=1``, probe on) on a sampled set of ``rows`` x
+    ``variables`` (:func:`write_sampled_debd`): wall time, epochs, test NLL."""
+    name = f"sampled{variables}"
+    write_sampled_debd(run_dir / "data", name, rows, variables, seed)
+    command = ["experiment=debd_ht", f"data.root={run_dir / 'data'}", f"data.dataset={name}", "threads=1"]
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "convac.cli.train", *command, f"hydra.run.dir={run_dir / 'run'}",
+                    "trainer.enable_progress_bar=false"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    with (run_dir / "run" / "metrics.csv").open(newline="") as f:
+        metrics = list(csv.DictReader(f))
+    return {"rows": rows, "variables": variables, "wall_s": seconds,
+            "epochs": max(int(r["epoch"]) for r in metrics if r.get("val/nll")) + 1,
+            "test_nll": float([r for r in metrics if r.get("test/nll")][-1]["test/nll"]),
+            "command": " ".join(["convac-train", *command])}
+
+
 def markdown_default(rows: list[dict]) -> str:
     lines = ["| threads | wall (s) | epochs | val NLL | val bits/dim | test NLL | test bits/dim | probe share of an epoch (median / mean) | probe s | max SE(H(X))/H(X) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -107,6 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     default.add_argument("--threads", nargs="*", default=["null", "1"], help="values of the threads option")
     default.add_argument("--runs", type=Path, default=Path("results"), help="folder for the training runs")
     default.add_argument("--out", type=Path)
+    recipe = sub.add_parser("recipe-time", help="the DEBD recipe's wall time on a sampled rows x variables set")
+    recipe.add_argument("--rows", type=int, default=15000)
+    recipe.add_argument("--variables", type=int, default=100, help="at most 163 (ht_pumsb_star's variables)")
+    recipe.add_argument("--seed", type=int, default=0)
+    recipe.add_argument("--runs", type=Path, default=Path("results"), help="folder for the data and the run")
+    recipe.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.table == "missing":
@@ -120,6 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.table == "default-run":
         result = {"rows": [run_default(args.runs / "runs" / f"default_threads_{t}", t) for t in args.threads]}
         print(markdown_default(result["rows"]))
+    elif args.table == "recipe-time":
+        result = run_recipe_time(args.runs / "runs" / "recipe_time", args.rows, args.variables, args.seed)
+        print(f"{result['command']}: {result['rows']:,} rows x {result['variables']} variables, "
+              f"{result['wall_s']:.0f} s, {result['epochs']} epochs, test NLL {result['test_nll']:.3f}")
     else:
         result = run_density(args.runs, args.data_root, set(args.datasets) if args.datasets else None)
         print(markdown_density(result))

@@ -1,0 +1,45 @@
+"""scripts/results.py's sampled DEBD set (the data of ``recipe-time``): the format our DEBD
+reader takes, the requested size, binary values, and the same files for the same seed."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from convac.data import create_datamodule
+
+RESULTS_PATH = Path(__file__).resolve().parents[1] / "scripts" / "results.py"
+
+
+@pytest.fixture(scope="module")
+def results():
+    sys.path.insert(0, str(RESULTS_PATH.parent))  # its sibling module density.py imports
+    spec = importlib.util.spec_from_file_location("convac_results_script", RESULTS_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+    sys.path.remove(str(RESULTS_PATH.parent))
+
+
+def test_sampled_debd_set_reads_as_debd(results, tmp_path):
+    results.write_sampled_debd(tmp_path / "a", "sampled", rows=60, variables=12, seed=3)
+    datamodule = create_datamodule("debd", root=str(tmp_path / "a"), dataset="sampled")
+    datamodule.setup()
+    assert tuple(datamodule.in_shape) == (1, 1, 12)
+    sizes = {split: len(datamodule.split(split)[0]) for split in ("train", "val", "test")}
+    assert sizes == {"train": 60, "val": 6, "test": 12}
+    x = datamodule.split("train")[0]
+    assert set(x.unique().tolist()) == {0, 1}  # both values occur: not a constant column block
+
+    results.write_sampled_debd(tmp_path / "b", "sampled", rows=60, variables=12, seed=3)
+    for split in ("train", "valid", "test"):
+        assert (tmp_path / "a" / f"sampled.{split}.data").read_text() == (tmp_path / "b" / f"sampled.{split}.data").read_text()
+
+
+def test_sampled_debd_set_rejects_more_variables_than_the_model(results, tmp_path):
+    with pytest.raises(ValueError, match="variables must be in 1..163"):
+        results.write_sampled_debd(tmp_path, "sampled", rows=10, variables=200, seed=0)
