@@ -59,7 +59,7 @@ ADAM_DEBD = ("module.optimizer=Adam", "module.lr=0.03", "module.init_std=null")
 GRID_DEBD = ("model.structure=grid", "model.num_repetitions=1", "module.ensemble_members=1")  # one tree
 VARIANTS = {
     "tabular": [
-        ("learned, EM (the recipe)", ()),
+        ("learned, EM: the recipe", ()),
         ("learned, one joint mixture (no ensemble), EM", ("model.num_repetitions=2", "module.ensemble_members=1",
                                                           "module.em.pseudocount=0.1")),  # the previous recipe
         ("learned (matching trees only), EM", ("module.structure_learning.trees=[matching]",)),
@@ -68,7 +68,7 @@ VARIANTS = {
         ("grid, Adam", (*GRID_DEBD, *ADAM_DEBD)),
     ],
     "images": [
-        ("grid, EM (the recipe)", ()),
+        ("grid, EM: the recipe", ()),
         ("learned, EM", ("model.structure=learned", "model.pool=4")),
         ("grid, Adam", ("module.optimizer=Adam", "module.lr=0.01", "module.init_std=null")),
     ],
