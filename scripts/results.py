@@ -87,6 +87,8 @@ def write_sampled_debd(folder: Path, name: str, rows: int, variables: int, seed:
     model = load_pretrained("ht_pumsb_star").eval()
     if not 0 < variables <= model.in_shape[-1]:
         raise ValueError(f"variables must be in 1..{model.in_shape[-1]} (ht_pumsb_star's), got {variables}")
+    if rows < 10:
+        raise ValueError(f"rows must be at least 10 (a tenth of them are the validation split), got {rows}")
     generator = torch.Generator().manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", rows), ("valid", rows // 10), ("test", rows // 5)):

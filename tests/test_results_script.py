@@ -40,6 +40,9 @@ def test_sampled_debd_set_reads_as_debd(results, tmp_path):
         assert (tmp_path / "a" / f"sampled.{split}.data").read_text() == (tmp_path / "b" / f"sampled.{split}.data").read_text()
 
 
-def test_sampled_debd_set_rejects_more_variables_than_the_model(results, tmp_path):
+def test_sampled_debd_set_rejects_bad_sizes(results, tmp_path):
     with pytest.raises(ValueError, match="variables must be in 1..163"):
         results.write_sampled_debd(tmp_path, "sampled", rows=10, variables=200, seed=0)
+    with pytest.raises(ValueError, match="rows must be at least 10"):
+        results.write_sampled_debd(tmp_path, "sampled", rows=9, variables=5, seed=0)
+    assert not list(tmp_path.iterdir())  # nothing written
