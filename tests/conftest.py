@@ -1,14 +1,30 @@
 """Shared fixtures and helpers: tiny discrete models and exhaustive enumeration of their inputs."""
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def imported_script(name: str) -> Iterator:
+    """Yield the module of ``scripts/<name>.py``, imported as ``python scripts/<name>.py`` runs
+    it (its sibling modules importable), and undo the import afterwards: the body of a fixture."""
+    sys.path.insert(0, str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location(f"convac_{name}_script", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+    sys.path.remove(str(SCRIPTS))
 
 
 def pytest_collection_modifyitems(config, items):

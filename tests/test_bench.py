@@ -4,27 +4,17 @@ No timing assertions (issue 6): the numbers of a dry run mean nothing.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH_PATH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+from tests.conftest import imported_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH_PATH.parent))  # as `python scripts/bench.py` runs it: its sibling modules import
-    spec = importlib.util.spec_from_file_location("convac_bench_script", BENCH_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
-    sys.path.remove(str(BENCH_PATH.parent))
+    yield from imported_script("bench")
 
 
 def test_sections_at_dry_run_sizes(bench):

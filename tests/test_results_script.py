@@ -2,27 +2,15 @@
 reader takes, the requested size, binary values, and the same files for the same seed."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from convac.data import create_datamodule
-
-RESULTS_PATH = Path(__file__).resolve().parents[1] / "scripts" / "results.py"
+from tests.conftest import imported_script
 
 
 @pytest.fixture(scope="module")
 def results():
-    sys.path.insert(0, str(RESULTS_PATH.parent))  # its sibling module density.py imports
-    spec = importlib.util.spec_from_file_location("convac_results_script", RESULTS_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
-    sys.path.remove(str(RESULTS_PATH.parent))
+    yield from imported_script("results")
 
 
 def test_sampled_debd_set_reads_as_debd(results, tmp_path):
