@@ -2,7 +2,7 @@
 
 A ConvAC with ``structure="learned"`` is an HT over a *sequence* of positions whose order is
 learned from the training split: the regular 1x2 product pooling of that sequence is a balanced
-binary tree, and the order decides which positions share a region at every level. Both builders
+binary tree, and the order decides which positions share a region at every level. The builders
 start from ``MI[i, j]``, the empirical mutual information of every pair of positions (values
 quantized to at most ``bins`` levels; a position with several variables takes the mean over its
 variable pairs), and put strongly dependent positions in the same regions low in the tree:
@@ -22,6 +22,10 @@ variable pairs), and put strongly dependent positions in the same regions low in
   of the Chow-Liu tree is then a contiguous run of the order, so the balanced pooling merges the
   neighbours of the Chow-Liu tree first, and the chains of dependencies that matching on pairs
   cuts between regions stay together.
+* ``"chow_liu_matching"``: the Chow-Liu tree coarsened by the matching: the regions are paired
+  level by level as in ``"matching"``, on the MI of the Chow-Liu edges between them (heavy-edge
+  matching, as multilevel graph partitioning coarsens a graph): the regions that the heaviest
+  edges of the tree join merge first, wherever those edges lie in the depth-first order.
 
 A mixture (``num_repetitions = R``) takes its trees' kinds from a list, cycled; the first tree of
 a kind is deterministic, the later ones of the same kind randomized (``noise``). A mixture fitted
@@ -148,6 +152,39 @@ def chow_liu_order(mutual_information: torch.Tensor, noise: float = 0.0, seed: i
     ``noise > 0`` multiplies every MI by ``exp(noise * g)``, ``g`` standard Gumbel noise drawn
     with ``seed``, and starts from a random position: a randomized tree (for the other
     repetitions of a mixture)."""
+    weights, root, children = _chow_liu_tree(mutual_information, noise, seed)
+    order, stack = [], [root]
+    while stack:  # depth-first preorder: every subtree is a contiguous run
+        node = stack.pop()
+        order.append(node)
+        stack.extend(sorted(children[node], key=lambda child: weights[node, child]))  # strongest popped first
+    return torch.tensor(order, dtype=torch.long)
+
+
+#: The weight of the MI beside the Chow-Liu edges in :func:`chow_liu_matching_order`: small, so it
+#: orders the pairs of regions that no edge of the tree joins and barely moves the others.
+TIE_BREAK = 1e-3
+
+
+def chow_liu_matching_order(mutual_information: torch.Tensor, noise: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """The leaf order (P,) long of the Chow-Liu tree of ``mutual_information`` (P, P), symmetric,
+    in nats, coarsened into a balanced binary tree by :func:`balanced_tree_order` (module
+    docstring): the similarity of two positions is the MI of the tree edge between them (0 when
+    there is none) plus :data:`TIE_BREAK` times their MI, so that level by level the regions
+    joined by the heaviest edges of the tree merge (heavy-edge matching, the coarsening of
+    multilevel graph partitioning; Karypis & Kumar, SIAM J. Sci. Comput. 1998).
+
+    ``noise > 0`` randomizes the tree as in :func:`chow_liu_order`."""
+    weights, _, children = _chow_liu_tree(mutual_information, noise, seed)
+    edges = np.zeros_like(weights)
+    for parent, kids in enumerate(children):
+        edges[parent, kids] = edges[kids, parent] = weights[parent, kids]
+    return balanced_tree_order(torch.from_numpy(edges + TIE_BREAK * weights))
+
+
+def _chow_liu_tree(mutual_information: torch.Tensor, noise: float, seed: int) -> tuple[np.ndarray, int, list[list[int]]]:
+    """The (noisy) weights (P, P), the root and the children of every position of the Chow-Liu
+    tree of ``mutual_information`` (:func:`chow_liu_order`)."""
     weights = mutual_information.double().numpy().copy()
     count = len(weights)
     if weights.shape != (count, count):
@@ -157,13 +194,7 @@ def chow_liu_order(mutual_information: torch.Tensor, noise: float = 0.0, seed: i
         gumbel = rng.gumbel(size=(count, count))
         weights = weights * np.exp(noise * (gumbel + gumbel.T) / 2)
     root = int(rng.integers(count)) if noise > 0 else int(np.argmax(weights.sum(1)))
-    children = _maximum_spanning_tree(weights, root)
-    order, stack = [], [root]
-    while stack:  # depth-first preorder: every subtree is a contiguous run
-        node = stack.pop()
-        order.append(node)
-        stack.extend(sorted(children[node], key=lambda child: weights[node, child]))  # strongest popped first
-    return torch.tensor(order, dtype=torch.long)
+    return weights, root, _maximum_spanning_tree(weights, root)
 
 
 def _maximum_spanning_tree(weights: np.ndarray, root: int) -> list[list[int]]:
@@ -218,7 +249,7 @@ def _average_linkage(sim: torch.Tensor, members: list[list[int]], sizes: list[in
 
 
 #: The tree builders of :func:`learn_structure`, by name (module docstring).
-TREES = ("matching", "chow_liu")
+TREES = ("matching", "chow_liu", "chow_liu_matching")
 
 
 def check_trees(trees: Sequence[str]) -> list[str]:
@@ -275,7 +306,8 @@ def learn_structure(
             if kind == "matching":
                 order.append(balanced_tree_order(nmi if normalized else mi, noise=tree_noise, seed=seed * 1000 + r))
             else:
-                order.append(chow_liu_order(mi, noise=tree_noise, seed=seed * 1000 + r))
+                builder = chow_liu_order if kind == "chow_liu" else chow_liu_matching_order
+                order.append(builder(mi, noise=tree_noise, seed=seed * 1000 + r))
     order = torch.stack(order)
     model.set_order(order)
     return order

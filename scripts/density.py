@@ -4,10 +4,11 @@ For every dataset whose files are present (digits is bundled; the others are rea
 ``../shared/data`` beside the repository, or ``--data-root``), side by side in one run:
 
 * convac: the dataset's recipe (its experiment config) on the grid structure and on the learned
-  one, with Adam and with EM (on tables also the learned recipe with matching trees only, the
-  recipe before Chow-Liu trees); each row is ``convac-train experiment=... <overrides>`` with one
-  thread and the probe off, and reads the test NLL of the best checkpoint from its metrics.csv,
-  with the wall time and the structure-learning time the run logged (``structure/seconds``);
+  one, with Adam and with EM (on tables also the learned recipe as one joint mixture, with
+  matching trees only, and with Chow-Liu trees read depth-first); each row is
+  ``convac-train experiment=... <overrides>`` with one thread and the probe off, and reads the
+  test NLL of the best checkpoint from its metrics.csv, with the wall time and the
+  structure-learning time the run logged (``structure/seconds``);
 * libcirkit 0.3.1 with its recipe for that kind of data (``cirkit_recipes.py``);
 * the independent-variable model (add-one smoothed frequencies).
 
@@ -61,8 +62,9 @@ VARIANTS = {
     "tabular": [
         ("learned, EM: the recipe", ()),
         ("learned, one joint mixture (no ensemble), EM", ("model.num_repetitions=2", "module.ensemble_members=1",
-                                                          "module.em.pseudocount=0.1")),  # the previous recipe
+                                                          "module.em.pseudocount=0.1")),  # the recipe before ensembles
         ("learned (matching trees only), EM", ("module.structure_learning.trees=[matching]",)),
+        ("learned (Chow-Liu trees read depth-first), EM", ("module.structure_learning.trees=[chow_liu,matching]",)),
         ("grid, EM", GRID_DEBD),
         ("learned, Adam", ADAM_DEBD),
         ("grid, Adam", (*GRID_DEBD, *ADAM_DEBD)),

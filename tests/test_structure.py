@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from convac import Bernoulli, Categorical, Gaussian, HTConvAC, create_model
-from convac.structure import balanced_tree_order, chow_liu_order, learn_structure, pairwise_mutual_information, quantize
+from convac.structure import balanced_tree_order, chow_liu_matching_order, chow_liu_order, learn_structure, pairwise_mutual_information, quantize
 from convac.zoo.pretrained import load_into, read_weights, save_weights
 
 
@@ -123,6 +123,33 @@ def test_chow_liu_order_reads_the_maximum_spanning_tree_depth_first(d):
         assert len({tuple(o.tolist()) for o in randomized}) > 1
 
 
+@pytest.mark.parametrize("d", [8, 12, 16])
+def test_chow_liu_matching_coarsens_the_tree_by_its_heaviest_edges(d):
+    """A planted Chow-Liu tree that is a path over shuffled positions, whose link ``(i, i + 1)``
+    weighs ``2^-l`` with ``l`` the highest bit in which ``i`` and ``i + 1`` differ: heavy-edge
+    matching joins the links of weight 1 first, then 1/2, ..., so every level-l block of the order
+    is a run of ``2^l`` consecutive nodes of the path starting at a multiple of ``2^l``."""
+    g = torch.Generator().manual_seed(d)
+    node = torch.randperm(d, generator=g)  # the position that holds node i of the path
+    link = torch.tensor([2.0 ** -((i ^ (i + 1)).bit_length() - 1) for i in range(d - 1)], dtype=torch.float64)
+    path = torch.zeros(d, d, dtype=torch.float64)
+    for i in range(d):  # other pairs: half the weakest link between them, so the path is the maximum spanning tree
+        for j in range(i + 1, d):
+            path[i, j] = path[j, i] = link[i] if j == i + 1 else 0.5 * link[i:j].min()
+    similarity = torch.empty_like(path)
+    similarity[node.view(-1, 1), node.view(1, -1)] = path
+    order = chow_liu_matching_order(similarity)
+    assert sorted(order.tolist()) == list(range(d))
+    along = torch.argsort(node)[order]  # the path node at every place of the order
+    for size in (2, 4, 8):
+        for start in range(0, d - size + 1, size):
+            block = along[start:start + size].sort().values
+            assert block[0] % size == 0 and torch.equal(block, torch.arange(block[0], block[0] + size)), along.tolist()
+    randomized = [chow_liu_matching_order(similarity, noise=1.0, seed=s) for s in range(3)]
+    assert all(sorted(o.tolist()) == list(range(d)) for o in randomized)
+    assert len({tuple(o.tolist()) for o in randomized}) > 1
+
+
 def test_chow_liu_tree_follows_a_markov_chain():
     """Binary data from a Markov chain over shuffled columns: the Chow-Liu order walks the chain,
     so the order's neighbours are neighbours in the chain, except at the one turn back to the
@@ -150,8 +177,12 @@ def test_trees_of_several_kinds_in_one_mixture():
     order = learn_structure(model, x, trees=["chow_liu", "matching"])
     assert torch.equal(order[1], learn_structure(model, x)[0])  # the matching tree, not randomized
     assert not torch.equal(order[0], order[2])  # the second Chow-Liu tree is randomized
-    with pytest.raises(ValueError, match="trees must be a non-empty list of matching / chow_liu"):
+    with pytest.raises(ValueError, match="trees must be a non-empty list of matching / chow_liu / chow_liu_matching"):
         learn_structure(model, x, trees=["chow-liu"])
+    coarsened = learn_structure(model, x, trees=["chow_liu_matching", "matching"])
+    assert torch.equal(coarsened[1], order[1])  # the kinds share the data's MI, built independently
+    level_one = {frozenset(coarsened[0, i:i + 2].tolist()) for i in range(0, 16, 2)}
+    assert {frozenset(p.tolist()) for p in copies_data(500, 16)[1]} <= level_one  # the copies are the tree's edges
 
 
 def test_ensemble_members_learn_their_trees_from_bootstrap_samples():
