@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import subprocess
 import sys
 import time
@@ -167,7 +168,7 @@ def run_density(out_dir: Path, base: Path, only: set[str] | None = None) -> dict
         datamodule = setup_data(cfg)
         dims = math.prod(datamodule.in_shape)
         for label, overrides in VARIANTS["images" if dataset.images else "tabular"]:
-            run_dir = out_dir / "runs" / dataset.name / label.split(" (")[0].replace(", ", "_")
+            run_dir = out_dir / "runs" / dataset.name / re.sub(r"\W+", "_", label).strip("_")  # one folder a row
             rows.append({"dataset": dataset.name, "model": f"convac HT ({label})", "dims": dims,
                          **run_convac(dataset, overrides, root, run_dir)})
             print(rows[-1], file=sys.stderr)
