@@ -150,6 +150,27 @@ def test_every_n_epochs_probes_the_last_epoch_too(tmp_path):
     assert [int(r["epoch"]) for r in read_rows(tmp_path / "entropy.csv")] == [1, 2]
 
 
+class StopAfter(L.Callback):
+    """Stops the fit at the end of validation of ``epoch``, as ``EarlyStopping`` does."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch and not trainer.sanity_checking:
+            trainer.should_stop = True
+
+
+def test_every_n_epochs_probes_an_early_stopped_last_epoch(tmp_path):
+    module = ConvACModule(model_name="ht", model_kwargs=MODEL, lr=0.05)
+    trainer = L.Trainer(max_epochs=10, limit_train_batches=2, limit_val_batches=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        enable_checkpointing=False, callbacks=[EntropyProbe(num_samples=64, every_n_epochs=5), StopAfter(2)])
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
+    assert trainer.current_epoch == 3  # stopped after epoch 2
+    assert [int(r["epoch"]) for r in read_rows(tmp_path / "entropy.csv")] == [2]
+
+
 def test_plot_reports_a_missing_history(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         plot_main([str(tmp_path)])

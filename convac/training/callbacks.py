@@ -35,7 +35,8 @@ class EntropyProbe(L.Callback):
     ``figure_every_n_epochs`` epochs.
 
     Args:
-        every_n_epochs: probe every ``n`` epochs (and always after the last one).
+        every_n_epochs: probe every ``n`` epochs (and always after the last one: ``max_epochs``,
+            or the epoch after which early stopping or another callback stops the fit).
         num_samples: exact samples per probe.
         seed: the sampling seed, the same at every epoch.
         bin_width: quantization step for Gaussian leaves; ``"auto"`` takes the datamodule's
@@ -96,7 +97,8 @@ class EntropyProbe(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         started = time.perf_counter()
         epoch = trainer.current_epoch
-        last = trainer.max_epochs not in (None, -1) and epoch + 1 >= trainer.max_epochs
+        last = trainer.should_stop or (  # should_stop: early stopping set it at this epoch's validation
+            trainer.max_epochs not in (None, -1) and epoch + 1 >= trainer.max_epochs)
         if (epoch + 1) % self.every_n_epochs and not last:
             return
         epoch_seconds = (started - self._last_finish) / max(1, epoch - self._last_epoch)

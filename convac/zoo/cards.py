@@ -54,7 +54,8 @@ class ModelCard:
         data: the data kwargs (``create_datamodule(**data)``); ``root`` is None for data read
             from a local folder (pass it to ``convac-zoo eval --data-root``).
         module: the ``ConvACModule`` training arguments (objective, optimizer, lr, ...).
-        training: ``epochs``, ``best_epoch`` (0-based: the shipped checkpoint, lowest
+        training: ``epochs`` (the configured ``trainer.max_epochs``; early stopping may end
+            the run sooner), ``best_epoch`` (0-based: the shipped checkpoint, lowest
             ``val/loss``), ``seed``, ``seconds``.
         weights / sha256 / size_bytes: the weight file (under ``convac/zoo/weights``), its pin
             and size.
