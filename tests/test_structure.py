@@ -150,6 +150,25 @@ def test_chow_liu_matching_coarsens_the_tree_by_its_heaviest_edges(d):
     assert len({tuple(o.tolist()) for o in randomized}) > 1
 
 
+def test_chow_liu_matching_follows_tree_edges_not_the_mean_mi():
+    """Four tight pairs A, B, C, D. A-B and C-D are joined by one strong link each; A-C and B-D by
+    a moderate MI on every position pair, so their mean MI is the higher one, but the Chow-Liu
+    tree keeps only one of those links. Matching on the mean MI merges A with C; coarsening the
+    Chow-Liu tree merges A with B, the regions its heavier edge joins."""
+    pairs = [(0, 1), (2, 3), (4, 5), (6, 7)]  # A, B, C, D
+    mi = torch.full((8, 8), 0.05, dtype=torch.float64)
+    for a, b in pairs:
+        mi[a, b] = mi[b, a] = 1.0
+    mi[1, 2] = mi[2, 1] = mi[5, 6] = mi[6, 5] = 0.9  # one strong link A-B and C-D
+    for left, right in ((pairs[0], pairs[2]), (pairs[1], pairs[3])):  # every pair of A-C and B-D
+        mi[list(left), [[r] for r in right]] = 0.5
+        mi[list(right), [[l] for l in left]] = 0.5
+    mi.fill_diagonal_(0.0)
+    halves = lambda order: {frozenset(order[:4].tolist()), frozenset(order[4:].tolist())}
+    assert halves(chow_liu_matching_order(mi)) == {frozenset(range(4)), frozenset(range(4, 8))}
+    assert halves(balanced_tree_order(mi)) == {frozenset({0, 1, 4, 5}), frozenset({2, 3, 6, 7})}
+
+
 def test_chow_liu_tree_follows_a_markov_chain():
     """Binary data from a Markov chain over shuffled columns: the Chow-Liu order walks the chain,
     so the order's neighbours are neighbours in the chain, except at the one turn back to the
