@@ -150,25 +150,20 @@ def test_every_n_epochs_probes_the_last_epoch_too(tmp_path):
     assert [int(r["epoch"]) for r in read_rows(tmp_path / "entropy.csv")] == [1, 2]
 
 
-class StopAfter(L.Callback):
-    """Stops the fit at the end of validation of ``epoch``, as ``EarlyStopping`` does."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.epoch and not trainer.sanity_checking:
-            trainer.should_stop = True
-
-
 def test_every_n_epochs_probes_an_early_stopped_last_epoch(tmp_path):
+    """EarlyStopping after the probe in the callbacks (as in callbacks=[default,early_stopping]):
+    it decides at the epoch's end, after the probe skipped the epoch, so the probe catches up at
+    the end of the fit. A min_delta no epoch can beat stops the fit after epoch 1."""
     module = ConvACModule(model_name="ht", model_kwargs=MODEL, lr=0.05)
+    stop = L.pytorch.callbacks.EarlyStopping(monitor="val/loss", patience=1, min_delta=1e9)
     trainer = L.Trainer(max_epochs=10, limit_train_batches=2, limit_val_batches=1, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                        enable_checkpointing=False, callbacks=[EntropyProbe(num_samples=64, every_n_epochs=5), StopAfter(2)])
+                        enable_checkpointing=False, callbacks=[EntropyProbe(num_samples=64, every_n_epochs=5), stop])
     trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
-    assert trainer.current_epoch == 3  # stopped after epoch 2
-    assert [int(r["epoch"]) for r in read_rows(tmp_path / "entropy.csv")] == [2]
+    assert stop.stopped_epoch == 1
+    rows = read_rows(tmp_path / "entropy.csv")
+    assert [int(r["epoch"]) for r in rows] == [1] and int(rows[0]["step"]) == trainer.global_step == 4
+    assert (tmp_path / "entropy.png").exists()
 
 
 def test_plot_reports_a_missing_history(tmp_path, capsys):

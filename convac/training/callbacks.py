@@ -35,8 +35,8 @@ class EntropyProbe(L.Callback):
     ``figure_every_n_epochs`` epochs.
 
     Args:
-        every_n_epochs: probe every ``n`` epochs (and always after the last one: ``max_epochs``,
-            or the epoch after which early stopping or another callback stops the fit).
+        every_n_epochs: probe every ``n`` epochs (and always after the last one: at ``max_epochs``,
+            or at the end of a fit that early stopping or another callback ended sooner).
         num_samples: exact samples per probe.
         seed: the sampling seed, the same at every epoch.
         bin_width: quantization step for Gaussian leaves; ``"auto"`` takes the datamodule's
@@ -95,12 +95,21 @@ class EntropyProbe(L.Callback):
         self._files = None  # this fit's first write drops the rows of a killed run after its checkpoint
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        started = time.perf_counter()
         epoch = trainer.current_epoch
-        last = trainer.should_stop or (  # should_stop: early stopping set it at this epoch's validation
-            trainer.max_epochs not in (None, -1) and epoch + 1 >= trainer.max_epochs)
-        if (epoch + 1) % self.every_n_epochs and not last:
-            return
+        last = trainer.max_epochs not in (None, -1) and epoch + 1 >= trainer.max_epochs
+        if (epoch + 1) % self.every_n_epochs == 0 or last:
+            self._probe(trainer, pl_module, epoch, last)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a fit stopped before max_epochs (EarlyStopping, which may run after this callback at the
+        # epoch's end): probe its last completed epoch if the schedule skipped it
+        epoch = trainer.current_epoch - 1
+        if epoch > self._last_epoch:
+            self._probe(trainer, pl_module, epoch, last=True)
+
+    def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int, last: bool) -> None:
+        """Probe the model after ``epoch``, log the metrics and append them to the histories."""
+        started = time.perf_counter()
         epoch_seconds = (started - self._last_finish) / max(1, epoch - self._last_epoch)
         report = probe(pl_module.model, num_samples=self.num_samples, seed=self.seed,
                        bin_width=self._resolve_bin_width(trainer), bounds=False)  # no metric uses the bounds
@@ -108,7 +117,7 @@ class EntropyProbe(L.Callback):
         cost = time.perf_counter() - started + self._bookkeeping_seconds
         metrics["entropy/probe_share"] = cost / (epoch_seconds + cost)
         bookkeeping_start = time.perf_counter()
-        self._log(trainer, metrics)
+        self._log(trainer, metrics, epoch)
         if trainer.is_global_zero:
             histories = self._histories(trainer)
             histories[0].write([{"epoch": epoch, "step": trainer.global_step, **metrics}])
@@ -120,14 +129,14 @@ class EntropyProbe(L.Callback):
         self._bookkeeping_seconds = self._last_finish - bookkeeping_start
 
     @staticmethod
-    def _log(trainer: L.Trainer, metrics: dict[str, float]) -> None:
+    def _log(trainer: L.Trainer, metrics: dict[str, float], epoch: int) -> None:
         """Hand ``metrics`` to every logger at the global step (as Lightning's own
         ``LearningRateMonitor`` does) and to ``trainer.callback_metrics``, where monitors such as
         ``EarlyStopping`` and the CLI's summary read them. ``LightningModule.log_dict`` would
         take about 10 ms for the default model's 40-odd metrics, twice the probe itself; every
         rank holds the same values, so there is nothing to reduce across processes."""
         trainer.callback_metrics.update(zip(metrics, torch.tensor(list(metrics.values())).unbind()))
-        row, step = {**metrics, "epoch": trainer.current_epoch}, trainer.global_step  # one row for all, as Lightning does
+        row, step = {**metrics, "epoch": epoch}, trainer.global_step  # one row for all, as Lightning does
         for logger in trainer.loggers:
             logger.log_metrics(row, step=step)
 
