@@ -105,24 +105,37 @@ def independent_baseline(datamodule) -> dict:
     return {"params": int(log_f.numel()), "test_nll": float(nll)}
 
 
-def run_convac(dataset: Dataset, overrides: tuple[str, ...], root: str | None, run_dir: Path) -> dict:
-    """``convac-train`` (one thread, probe off) and the test metrics of its best checkpoint."""
-    args = [f"experiment={dataset.experiment}", *dataset.data_overrides, *overrides, f"hydra.run.dir={run_dir}",
-            "threads=1", "~callbacks.entropy_probe", "trainer.enable_progress_bar=false"]
-    args += [f"data.root={root}"] if root else []
+def run_training(args: list[str], run_dir: Path) -> tuple[float, list[dict]]:
+    """``convac-train ARGS`` into ``run_dir`` (its output dropped): the wall time in seconds and
+    the rows of its ``metrics.csv``."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "convac.cli.train", *args], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "convac.cli.train", *args, f"hydra.run.dir={run_dir}",
+                    "trainer.enable_progress_bar=false"], check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     with (run_dir / "metrics.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    test = [r for r in rows if r.get("test/nll")][-1]
+        return seconds, list(csv.DictReader(f))
+
+
+def last_logged(rows: list[dict], key: str) -> float:
+    """The last value of ``key`` in the ``metrics.csv`` rows (``test/nll``: the best checkpoint's)."""
+    return float([r for r in rows if r.get(key)][-1][key])
+
+
+def trained_epochs(rows: list[dict]) -> int:
+    """The epochs a run trained (validated), from its ``metrics.csv`` rows."""
+    return max(int(r["epoch"]) for r in rows if r.get("val/nll")) + 1
+
+
+def run_convac(dataset: Dataset, overrides: tuple[str, ...], root: str | None, run_dir: Path) -> dict:
+    """``convac-train`` (one thread, probe off) and the test metrics of its best checkpoint."""
+    args = [f"experiment={dataset.experiment}", *dataset.data_overrides, *overrides, "threads=1", "~callbacks.entropy_probe"]
+    args += [f"data.root={root}"] if root else []
+    seconds, rows = run_training(args, run_dir)
     structure = [float(r["structure/seconds"]) for r in rows if r.get("structure/seconds")]
-    epochs = max(int(r["epoch"]) for r in rows if r.get("val/nll")) + 1  # trained (validated) epochs
     params = sum(v.numel() for k, v in torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"].items()
                  if not k.endswith(("order", "class_logits")))
-    return {"test_nll": float(test["test/nll"]), "seconds": seconds, "epochs": epochs, "params": params,
-            "structure_seconds": structure[0] if structure else None,
-            "command": " ".join(["convac-train", *[a for a in args if not a.startswith("hydra.run.dir")]])}
+    return {"test_nll": last_logged(rows, "test/nll"), "seconds": seconds, "epochs": trained_epochs(rows), "params": params,
+            "structure_seconds": structure[0] if structure else None, "command": " ".join(["convac-train", *args])}
 
 
 def run_cirkit(dataset: Dataset, cfg, datamodule) -> list[dict]:

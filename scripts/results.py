@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from convac import load_pretrained
 from convac.data import create_datamodule
 from convac.missing import PROTOCOLS, markdown_table, run_protocol
 from convac.plotting import plot_missing
-from density import DATASETS, SHARED_DATA, markdown_density, run_density
+from density import DATASETS, SHARED_DATA, last_logged, markdown_density, run_density, run_training, trained_epochs
 
 # --dataset -> (datamodule kwargs, default model, protocol); data roots below ../shared/data
 MISSING_DATA = {
@@ -59,21 +58,14 @@ def run_missing(dataset: str, model_name: str | None, data_root: str | None, see
 def run_default(run_dir: Path, threads: str) -> dict:
     """The default ``convac-train`` (HT on digits, probe on): wall time, final validation and
     test metrics, and the probe's cost (``entropy/probe_share``) and precision per epoch."""
-    command = [sys.executable, "-m", "convac.cli.train", f"hydra.run.dir={run_dir}", f"threads={threads}",
-               "trainer.enable_progress_bar=false"]
-    start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    seconds = time.perf_counter() - start
-    with (run_dir / "metrics.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    val = [r for r in rows if r.get("val/nll")][-1]
-    test = [r for r in rows if r.get("test/nll")][-1]
+    seconds, rows = run_training([f"threads={threads}"], run_dir)
     with (run_dir / "entropy.csv").open(newline="") as f:
         probes = list(csv.DictReader(f))
     shares = sorted(float(r["entropy/probe_share"]) for r in probes)
     se_rel = [float(r["entropy/H_X_se"]) / float(r["entropy/H_X"]) for r in probes]
-    return {"threads": threads, "wall_s": seconds, "epochs": len(probes), "val_nll": float(val["val/nll"]),
-            "val_bpd": float(val["val/bpd"]), "test_nll": float(test["test/nll"]), "test_bpd": float(test["test/bpd"]),
+    return {"threads": threads, "wall_s": seconds, "epochs": len(probes), "val_nll": last_logged(rows, "val/nll"),
+            "val_bpd": last_logged(rows, "val/bpd"), "test_nll": last_logged(rows, "test/nll"),
+            "test_bpd": last_logged(rows, "test/bpd"),
             "probe_share_median": shares[len(shares) // 2], "probe_share_mean": sum(shares) / len(shares),
             "probe_seconds_median": sorted(float(r["entropy/probe_seconds"]) for r in probes)[len(probes) // 2],
             "h_x_se_rel_max": max(se_rel)}
@@ -104,16 +96,9 @@ def run_recipe_time(run_dir: Path, rows: int, variables: int, seed: int) -> dict
     name = f"sampled{variables}"
     write_sampled_debd(run_dir / "data", name, rows, variables, seed)
     command = ["experiment=debd_ht", f"data.root={run_dir / 'data'}", f"data.dataset={name}", "threads=1"]
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "convac.cli.train", *command, f"hydra.run.dir={run_dir / 'run'}",
-                    "trainer.enable_progress_bar=false"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    seconds = time.perf_counter() - start
-    with (run_dir / "run" / "metrics.csv").open(newline="") as f:
-        metrics = list(csv.DictReader(f))
-    return {"rows": rows, "variables": variables, "wall_s": seconds,
-            "epochs": max(int(r["epoch"]) for r in metrics if r.get("val/nll")) + 1,
-            "test_nll": float([r for r in metrics if r.get("test/nll")][-1]["test/nll"]),
-            "command": " ".join(["convac-train", *command])}
+    seconds, metrics = run_training(command, run_dir / "run")
+    return {"rows": rows, "variables": variables, "wall_s": seconds, "epochs": trained_epochs(metrics),
+            "test_nll": last_logged(metrics, "test/nll"), "command": " ".join(["convac-train", *command])}
 
 
 def markdown_default(rows: list[dict]) -> str:
