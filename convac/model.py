@@ -325,18 +325,25 @@ class ConvAC(nn.Module):
 
         With one variable ``x_i`` per position a sum node over the leaf components is itself a
         categorical distribution, ``log sum_d w[i, j, d] f_{i,d}(x_i) = T[i, x_i, j]``: the table
-        ``T`` is the first sum layer applied to the leaf layer's output for every value
-        (``(P_0, N, M)``, ``N = num_values``), so every row of the batch is a look-up. Costs
-        ``N`` instead of ``B`` rows of sum-layer work; a missing variable gives
-        ``log sum_d w[i, j, d] = 0``. Gradients (and EM's flows, read at the leaf layer's output)
-        are those of the layer-by-layer pass, summed over the rows with equal values."""
+        ``T`` is the first sum layer applied to the leaf layer's output for every value and for
+        a missing variable (``(P_0, N + 1, M)``, ``N = num_values``; row ``N`` is the leaves
+        with the variable marginalized, ``log sum_d w[i, j, d] = 0``), so every row of the batch
+        is a look-up. Costs ``N + 1`` instead of ``B`` rows of sum-layer work. Gradients (and
+        EM's flows, read at the leaf layer's output) are those of the layer-by-layer pass,
+        summed over the rows with equal values; the missing row carries the flow of the missing
+        variables, whose expected counts are ``f * N`` (:mod:`convac.training.em`)."""
         num_positions, num_values = patches.shape[0], self.leaf_spec.num_values
-        values = torch.arange(num_values, device=patches.device).view(1, -1, 1).expand(num_positions, -1, -1)
-        table = self.sums[0](self.leaves(values, None))  # (P_0, N, K_1)
-        offsets = torch.arange(0, num_positions * num_values, num_values, device=patches.device).view(-1, 1)
-        rows = self.leaves.prepare(patches[..., 0], None if missing is None else missing[..., 0]) + offsets  # (P_0, B)
-        h = table.reshape(-1, table.shape[-1]).index_select(0, rows.flatten()).view(*rows.shape, -1)
-        return h if missing is None else h.masked_fill(missing, 0.0)
+        rows_per_position = num_values + 1
+        values = torch.arange(rows_per_position, device=patches.device).clamp_max_(num_values - 1)
+        values = values.view(1, -1, 1).expand(num_positions, -1, -1)
+        marginalized = torch.arange(rows_per_position, device=patches.device) == num_values
+        table = self.sums[0](self.leaves(values, marginalized.view(1, -1, 1).expand_as(values)))  # (P_0, N + 1, K_1)
+        codes = self.leaves.prepare(patches[..., 0], None if missing is None else missing[..., 0])  # (P_0, B)
+        if missing is not None:
+            codes = codes.masked_fill(missing[..., 0], num_values)
+        offsets = torch.arange(0, num_positions * rows_per_position, rows_per_position, device=patches.device)
+        rows = codes + offsets.view(-1, 1)
+        return table.reshape(-1, table.shape[-1]).index_select(0, rows.flatten()).view(*rows.shape, -1)
 
     def _grid_layout(self, level: int, values: torch.Tensor) -> torch.Tensor:
         """(P_l, B, K) -> (B, K, H_l, W_l)."""

@@ -10,9 +10,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from convac import Categorical, ConvACModule, CPConvAC, Gaussian, HTConvAC
+from convac import Bernoulli, Categorical, ConvACModule, CPConvAC, Gaussian, HTConvAC
 from convac.data import create_datamodule
-from convac.training.em import EM
+from convac.training.em import EM, FlowRecorder
 
 
 def build(leaf, seed=0, **kwargs):
@@ -117,21 +117,83 @@ def test_full_batch_em_never_lowers_the_training_likelihood(leaf):
     assert all(b >= a - 1e-9 for a, b in zip(lls, lls[1:])), lls
 
 
-def test_missing_values_are_marginalized_in_the_e_step():
-    """With a variable missing, its leaf counts are the component's flow times f: the EM update of
-    a model on data with a missing column equals the update on the data with that column filled
-    by its conditional expectation, which for one step means: the missing column's distribution
-    is unchanged for a component whose flow is the same."""
-    model = build(Categorical(3), seed=5)
-    x = torch.randint(0, 3, (30, 1, 1, 4), generator=torch.Generator().manual_seed(6))
-    missing = torch.zeros_like(x, dtype=torch.bool)
-    missing[..., 0] = True  # variable 0 never observed
-    before = model.leaves.log_probabilities().exp()[0, 0].detach().clone()  # (values, M) of position 0
+DISCRETE_LEAVES = [Categorical(3), Bernoulli()]
+
+
+def partly_missing(leaf, rows, seed):
+    """``rows`` examples of 4 variables of ``leaf``'s values with about 30% of every column missing."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, leaf.num_values, (rows, 1, 1, 4), generator=g)
+    missing = torch.rand(x.shape, generator=g) < 0.3
+    assert missing.any(0).all() and (~missing).any(0).all()  # every column partly missing
+    return x, missing
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "layer-by-layer"])
+@pytest.mark.parametrize("leaf", DISCRETE_LEAVES, ids=["categorical", "bernoulli"])
+def test_full_batch_step_with_missing_values_equals_the_closed_form(leaf, fold):
+    """A missing variable is marginalized in the E-step: its leaf's expected count of value ``v``
+    is ``f(v) * r`` (``r`` the component's responsibility), beside the observed rows' ``r``."""
+    model = build(leaf, seed=5)
+    model.fold_leaf_sums = fold
+    x, missing = partly_missing(leaf, 40, seed=6)
+    assert model._folds_leaf_sums(len(x)) == fold
+    f = model.leaves.log_probabilities().detach().exp()[:, 0]  # (P, values, M)
+    codes = x.view(40, 4).t()  # (P, B)
+    observed_values = f[torch.arange(4).view(4, 1), codes]  # (P, B, M)
+    leaf_values = torch.where(missing.view(40, 4).t().unsqueeze(-1), torch.ones_like(observed_values), observed_values)
+    r = closed_form_counts(model, x, leaf_values)["leaf"]  # (P, B, M): responsibilities (leaf value 1 when missing)
+    absent = missing.view(40, 4).t()
+    leaf_counts = torch.zeros_like(f)  # (P, values, M)
+    for p in range(4):
+        leaf_counts[p].index_add_(0, codes[p][~absent[p]], r[p][~absent[p]])
+        leaf_counts[p] += f[p] * r[p][absent[p]].sum(0)  # expected counts of the marginalized values
     optimizer = EM(model, lr=1.0, pseudocount=0.0)
     (-model.log_prob(x, missing).sum()).backward()
     optimizer.accumulate()
     optimizer.step()
-    torch.testing.assert_close(model.leaves.log_probabilities().exp()[0, 0], before)
+    optimizer.recorder.remove()
+    torch.testing.assert_close(model.leaves.log_probabilities().exp()[:, 0], leaf_counts / leaf_counts.sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize("leaf", DISCRETE_LEAVES, ids=["categorical", "bernoulli"])
+def test_flows_with_missing_values_are_those_of_the_layer_by_layer_pass(leaf):
+    """The folded likelihood pass gives every level's flows (and every gradient) of the
+    layer-by-layer pass on partly missing columns."""
+    x, missing = partly_missing(leaf, 40, seed=7)
+    flows, grads = {}, {}
+    for fold in (True, False):
+        model = build(leaf, seed=8)
+        model.fold_leaf_sums = fold
+        assert model._folds_leaf_sums(len(x)) == fold
+        recorder = FlowRecorder(model)
+        (-model.log_prob(x, missing).sum()).backward()
+        recorder.accumulate()
+        recorder.remove()
+        flows[fold] = [*recorder.flows, recorder.root]
+        grads[fold] = [p.grad for p in model.parameters()]
+    for level, (a, b) in enumerate(zip(flows[True], flows[False])):
+        torch.testing.assert_close(a, b, msg=f"flows of level {level}")
+    for a, b in zip(grads[True], grads[False]):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("leaf", DISCRETE_LEAVES, ids=["categorical", "bernoulli"])
+def test_full_batch_em_with_missing_values_does_not_depend_on_the_batch_size(leaf):
+    """Full-batch EM adds the counts of all batches: 20 batches of 2 rows (the layer-by-layer
+    pass) and one batch of 40 (the folded pass) give the same M-step."""
+    x, missing = partly_missing(leaf, 40, seed=9)
+    models = {}
+    for batch in (2, 40):
+        model = models[batch] = build(leaf, seed=10)
+        optimizer = EM(model, lr=1.0, pseudocount=0.0, dataset_size=len(x))
+        for start in range(0, len(x), batch):
+            (-model.log_prob(x[start:start + batch], missing[start:start + batch]).sum()).backward()
+            optimizer.accumulate()
+        optimizer.step()
+        optimizer.recorder.remove()
+    for (name, a), b in zip(models[2].state_dict().items(), models[40].state_dict().values()):
+        torch.testing.assert_close(b, a, msg=name)
 
 
 def test_em_rejects_bad_settings():
