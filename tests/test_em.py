@@ -1,6 +1,7 @@
 """EM (convac.training.em) against the closed-form update of an independent probability-space circuit."""
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,7 @@ def em_step(model, x, lr=1.0, pseudocount=0.0):
     optimizer.accumulate()
     optimizer.step()
     optimizer.zero_grad()
-    optimizer.recorder.remove()
+    optimizer.remove_hooks()
 
 
 def full_batch_log_likelihoods(model, x, steps):
@@ -152,7 +153,7 @@ def test_full_batch_step_with_missing_values_equals_the_closed_form(leaf, fold):
     (-model.log_prob(x, missing).sum()).backward()
     optimizer.accumulate()
     optimizer.step()
-    optimizer.recorder.remove()
+    optimizer.remove_hooks()
     torch.testing.assert_close(model.leaves.log_probabilities().exp()[:, 0], leaf_counts / leaf_counts.sum(1, keepdim=True))
 
 
@@ -191,7 +192,7 @@ def test_full_batch_em_with_missing_values_does_not_depend_on_the_batch_size(lea
             (-model.log_prob(x[start:start + batch], missing[start:start + batch]).sum()).backward()
             optimizer.accumulate()
         optimizer.step()
-        optimizer.recorder.remove()
+        optimizer.remove_hooks()
     for (name, a), b in zip(models[2].state_dict().items(), models[40].state_dict().values()):
         torch.testing.assert_close(b, a, msg=name)
 
@@ -265,3 +266,48 @@ def test_a_resumed_em_run_equals_an_uninterrupted_one(tmp_path, full_batch):
     trainer.fit(resumed, datamodule=create_datamodule("digits"), ckpt_path=tmp_path / "resumed" / "last.ckpt")
     for (name, a), b in zip(module.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(b, a, msg=name)
+
+
+def forward_hooks(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def test_fitting_removes_the_em_hooks_and_a_second_fit_equals_a_separate_one(tmp_path):
+    """EM's flow recorder hooks the model only while fitting: afterwards no hook is left (no
+    forward pass retains gradients), and fitting the same module again gives what a new module
+    loaded with its weights gives."""
+    torch.manual_seed(0)
+    module, trainer = em_module_and_trainer(tmp_path / "first", 1, False)
+    trainer.fit(module, datamodule=create_datamodule("digits"))
+    assert forward_hooks(module.model) == 0
+    x = torch.randint(0, 17, (3, 1, 8, 8))
+    with torch.enable_grad():
+        assert not module.model.level_log_probs(x)[0].retains_grad
+    separate = ConvACModule(**module.hparams)
+    separate.model.load_state_dict(module.model.state_dict())
+    for fitted in (module, separate):
+        _, trainer = em_module_and_trainer(tmp_path / "again", 1, False)
+        trainer.fit(fitted, datamodule=create_datamodule("digits"))
+        assert forward_hooks(fitted.model) == 0
+    for (name, a), b in zip(module.model.state_dict().items(), separate.model.state_dict().values()):
+        torch.testing.assert_close(b, a, msg=name)
+
+
+def test_em_as_a_context_manager_removes_its_hooks():
+    model = build(Categorical(3))
+    with EM(model) as optimizer:
+        assert forward_hooks(model) == len(optimizer.recorder._handles) > 0
+    assert forward_hooks(model) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_value_no_example_shows_keeps_a_finite_logit_without_pseudocount(dtype):
+    """With pseudocount 0 a value unseen in the data gets the dtype's smallest normal
+    probability, not ``log 0 = -inf`` (whose entropy term ``0 * -inf`` would be NaN)."""
+    model = build(Categorical(3)).to(dtype)
+    x = torch.randint(0, 2, (40, 1, 1, 4), generator=torch.Generator().manual_seed(11))  # value 2 never occurs
+    em_step(model, x, pseudocount=0.0)
+    log_p = model.leaves.log_probabilities()
+    assert torch.isfinite(log_p).all()
+    assert (log_p[:, :, 2] <= math.log(torch.finfo(dtype).tiny) + 1e-3).all()  # the unseen value: ~ tiny
+    assert torch.isfinite(model.leaf_entropy()).all()

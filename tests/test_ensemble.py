@@ -72,7 +72,7 @@ def em_steps(model, batches, members, lr, pseudocount, dataset_size):
         optimizer.accumulate()
         optimizer.step()
         optimizer.zero_grad()
-    optimizer.recorder.remove()
+    optimizer.remove_hooks()
 
 
 @pytest.mark.parametrize("members, lr, pseudocount, batches", [(4, 1.0, 0.0, 1), (2, 0.4, 0.0, 3), (2, 0.4, 0.3, 1)],

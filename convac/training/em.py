@@ -85,8 +85,12 @@ class FlowRecorder:
             self.root = self.root + sums[-1][0]
 
     def remove(self) -> None:
+        """Remove the forward hooks and let go of the kept outputs (and so of their graph):
+        afterwards the model's forward passes retain no gradients. Safe to call twice."""
         for handle in self._handles:
             handle.remove()
+        self._handles = []
+        self._outputs = [None] * len(self._outputs)
 
 
 def check_settings(lr: float, pseudocount: float) -> None:
@@ -105,7 +109,9 @@ class EM(torch.optim.Optimizer):
 
     Use: the negative log-likelihood *summed* over the batch, ``backward()``, then
     :meth:`accumulate`; call :meth:`step` after one batch (mini-batch EM) or after all of them
-    (full-batch EM), then ``zero_grad()``.
+    (full-batch EM), then ``zero_grad()``. The optimizer puts forward hooks on the model
+    (:class:`FlowRecorder`): call :meth:`remove_hooks` when done (``ConvACModule`` does when
+    fitting ends), or use it as a context manager, ``with EM(model) as optimizer: ...``.
 
     Args:
         model: the ConvAC (normalized leaves and simplex weights).
@@ -130,6 +136,16 @@ class EM(torch.optim.Optimizer):
     def accumulate(self) -> None:
         """Add the last backward pass's flows (see :class:`FlowRecorder`)."""
         self.recorder.accumulate()
+
+    def remove_hooks(self) -> None:
+        """Remove the flow recorder's forward hooks from the model (:meth:`FlowRecorder.remove`)."""
+        self.recorder.remove()
+
+    def __enter__(self) -> "EM":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove_hooks()
 
     @torch.no_grad()
     def step(self, closure=None, all_reduce: AllReduce | None = None, world_size: int = 1):
@@ -208,8 +224,10 @@ class EM(torch.optim.Optimizer):
         alpha = self.param_groups[0]["pseudocount"]
         counts = counts + alpha / logits.shape[dim]
         total = counts.sum(dim, keepdim=True)
-        # rows that no example ever reached (and no pseudocount) keep their weights
-        logits.copy_(torch.where(total > 0, counts.clamp_min(1e-300).log() - total.log(), log_w))
+        # rows that no example ever reached (and no pseudocount) keep their weights; an entry of
+        # count 0 gets the smallest normal probability of the dtype, a finite logit
+        tiny = torch.finfo(counts.dtype).tiny
+        logits.copy_(torch.where(total > 0, counts.clamp_min(tiny).log() - total.log(), log_w))
 
     def _gaussian_step(self, leaves: GaussianLayer, flow: Tensor, grad_mean: Tensor, grad_raw: Tensor) -> None:
         """M-step of Gaussian leaves from the gradients of ``mean`` and ``raw_std`` (P, V, M) and

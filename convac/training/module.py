@@ -238,6 +238,15 @@ class ConvACModule(L.LightningModule):
                        "size, so em.pseudocount weighs against one batch's counts")
         return None
 
+    def teardown(self, stage: str) -> None:
+        """When fitting ends (also by an exception): remove EM's forward hooks from the model
+        (:meth:`EM.remove_hooks`), so that later forward passes keep no outputs or graphs and a
+        later ``fit`` starts from a model without hooks."""
+        if stage == "fit" and self._trainer is not None:
+            for optimizer in self.trainer.optimizers:
+                if isinstance(optimizer, EM):
+                    optimizer.remove_hooks()
+
     def on_train_epoch_end(self) -> None:
         """Step the learning-rate (or EM step-size) schedule under manual optimization."""
         scheduler = self.lr_schedulers() if not self.automatic_optimization else None
