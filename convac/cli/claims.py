@@ -2,6 +2,11 @@
 
 ``ckpt`` is anything :func:`convac.load_pretrained` accepts: a zoo name, a ``.safetensors``
 file, or a ``convac-train`` checkpoint (read with ``weights_only=True``).
+
+Prints the entropy report, then every claim: the measured ones (Def 4, Thm 3, Assumption 1,
+Thms 4 and 5) marked ``holds`` / ``FAILS`` / ``n/a``, Thms 1 and 2 marked ``identity`` (they
+follow from the definitions of sigmoid and ReLU and hold for every input, so they are no
+evidence about the model), and a last line counting the measured claims only.
 """
 from __future__ import annotations
 

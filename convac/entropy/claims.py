@@ -1,8 +1,18 @@
-"""The paper's claims, each in its rigorous form, measured on a model (DESIGN section 2).
+"""The paper's claims, each in its rigorous form, on a model (DESIGN section 2).
 
 Liu, "Information Scaling Law of Deep Neural Networks" (arXiv:1802.04473): Thm 1 (sigmoid),
 Thm 2 (ReLU), Def 4 (layer entropy), Thm 3 (monotone chain), Assumption 1 (bounded gap per
 mapping), Thm 4 (additive law) and Thm 5 (ratio law).
+
+Two kinds of claim (:attr:`Claim.kind`):
+
+* ``MEASURED``: Def 4, Thm 3, Assumption 1, Thm 4 and Thm 5 are tested against the model's
+  entropy report; they can fail, and only they are evidence about the model (:func:`tally`).
+* ``IDENTITY``: Thm 1 (``s'(x) = s(x) (1 - s(x)) <= 1/4`` for every real ``x``) and Thm 2
+  (``ReLU(x) = x`` for every ``x >= 0``) are facts about the activations that follow from their
+  definitions: they hold for every input, so evaluating them on the model's samples cannot fail
+  and says nothing about the model. They are reported as identities; the number printed beside
+  them is an arithmetic sanity check, not a measurement.
 """
 from __future__ import annotations
 
@@ -17,15 +27,23 @@ from convac.model import ConvAC
 
 Z = 4.0  # estimates are compared within Z standard errors
 
+MEASURED = "measured"
+IDENTITY = "identity (holds by definition)"
+
 
 @dataclass
 class Claim:
-    """One claim: its name, rigorous statement, what was measured and whether it holds."""
+    """One claim: its name, rigorous statement, what was computed and whether it holds.
+
+    ``kind`` is :data:`MEASURED` (tested on the model: evidence) or :data:`IDENTITY` (true for
+    every input by the definitions: ``holds`` is then only an arithmetic sanity check, never
+    evidence, and :func:`tally` leaves it out)."""
 
     name: str
     statement: str
     measured: str
     holds: bool | None  # None: not applicable to this model
+    kind: str = MEASURED
 
 
 def _activation_inputs(model: ConvAC, n: int, seed: int) -> torch.Tensor:
@@ -38,12 +56,15 @@ def _activation_inputs(model: ConvAC, n: int, seed: int) -> torch.Tensor:
 
 
 def check_claims(model: ConvAC, report: EntropyReport, num_samples: int = 4096, seed: int = 0) -> list[Claim]:
-    """Measure every claim on ``model`` given its entropy ``report``."""
+    """Every claim on ``model`` given its entropy ``report``: the measured ones tested against
+    the report, Thms 1 and 2 as identities (evaluated on ``num_samples`` inputs only as an
+    arithmetic sanity check; they hold for every input)."""
     x = _activation_inputs(model, num_samples, seed)
-    # Thm 1: h(s(X)) = h(X) + E[log s'(X)] per dimension, and s' = s (1 - s) <= 1/4.
+    # Thm 1 (identity): h(s(X)) = h(X) + E[log s'(X)] per dimension (change of variables), and
+    # s' = s (1 - s) <= 1/4 for every real x, so E[log s'(X)] <= -log 4 whatever X is.
     log_slope = (F.logsigmoid(x) + F.logsigmoid(-x)).mean(0)
     worst = float(log_slope.max())
-    # Thm 2: ReLU is the identity on non-negative inputs, so h(ReLU(X)) = h(X) there.
+    # Thm 2 (identity): ReLU is the identity on non-negative inputs, so h(ReLU(X)) = h(X) there.
     nonneg = x.abs()
     relu_error = float((F.relu(nonneg) - nonneg).abs().max())
 
@@ -64,12 +85,14 @@ def check_claims(model: ConvAC, report: EntropyReport, num_samples: int = 4096, 
     return [
         Claim("Thm 1 (sigmoid)",
               "h(s(X)) - h(X) = E[log s'(X)] <= -log 4 per dimension",
-              f"largest E[log s'(X_v)] = {worst:.4f} (bound {-math.log(4):.4f})",
-              worst <= -math.log(4) + 1e-12),
+              f"s'(x) = s(x) (1 - s(x)) <= 1/4 for every real x; arithmetic check: largest "
+              f"E[log s'(X_v)] = {worst:.4f} (bound {-math.log(4):.4f})",
+              worst <= -math.log(4) + 1e-12, IDENTITY),
         Claim("Thm 2 (ReLU)",
               "ReLU(x) = x for x >= 0, so h(ReLU(X)) = h(X) on non-negative X",
-              f"max |ReLU(x) - x| over {x.numel()} non-negative values = {relu_error:g}",
-              relu_error == 0.0),
+              f"ReLU(x) = max(x, 0) = x for every x >= 0; arithmetic check: max |ReLU(x) - x| over "
+              f"{x.numel()} non-negative values = {relu_error:g}",
+              relu_error == 0.0, IDENTITY),
         Claim("Def 4 (layer entropy)",
               "H(phi^l | d^l) := H(X | Z_l) = sum_i sum_k pi_{l,i}(k) H(node_{l,i,k})",
               f"one-pass and telescoped estimates agree within {tele_z:.2f} SE (worst level)",
@@ -96,11 +119,29 @@ def check_claims(model: ConvAC, report: EntropyReport, num_samples: int = 4096, 
     ]
 
 
+def tally(claims: list[Claim]) -> dict[str, int]:
+    """Counts of the *measured* claims that ``holds``, ``fails`` or are ``n/a``, and the number
+    of ``identities`` (left out of the three counts: they cannot fail, so they are no evidence)."""
+    measured = [c for c in claims if c.kind == MEASURED]
+    return {"holds": sum(c.holds is True for c in measured), "fails": sum(c.holds is False for c in measured),
+            "n/a": sum(c.holds is None for c in measured), "identities": len(claims) - len(measured)}
+
+
 def format_claims(claims: list[Claim]) -> str:
-    """A plain-text table of the claims."""
+    """A plain-text table of the claims: a measured claim is marked ``holds``, ``FAILS`` or
+    ``n/a``; an identity is marked ``identity`` whatever its arithmetic check gave (a failed
+    check, a numerical bug, says ``CHECK FAILED``). The last line counts the measured claims."""
     mark = {True: "holds", False: "FAILS", None: "n/a"}
     lines = []
     for claim in claims:
-        lines.append(f"[{mark[claim.holds]:>5}] {claim.name}: {claim.statement}")
-        lines.append(f"        measured: {claim.measured}")
+        if claim.kind == IDENTITY:
+            lines.append(f"[identity] {claim.name}: {claim.statement}")
+            lines.append(f"           {IDENTITY}, not a measurement on the model: {claim.measured}"
+                         + ("" if claim.holds is not False else " (CHECK FAILED)"))
+        else:
+            lines.append(f"[{mark[claim.holds]:>8}] {claim.name}: {claim.statement}")
+            lines.append(f"           {MEASURED}: {claim.measured}")
+    counts = tally(claims)
+    lines.append(f"measured claims: {counts['holds']} hold, {counts['fails']} fail, {counts['n/a']} n/a; "
+                 f"{counts['identities']} identities hold by definition and are not counted")
     return "\n".join(lines)
