@@ -93,6 +93,19 @@ def test_bad_hyperparameters(kwargs, match):
         make_module(**kwargs)
 
 
+@pytest.mark.parametrize("optimizer, lr, expected", [
+    ("Adam", None, 0.01), ("em", None, 0.1), ("em", 0.3, 0.3), ("SGD", 0.2, 0.2),
+])
+def test_the_learning_rate_defaults_per_optimizer(digits, optimizer, lr, expected):
+    """Without ``lr`` EM takes its own step size (0.1), not a gradient optimizer's 0.01."""
+    module = make_module(num_classes=1, optimizer=optimizer, lr=lr)
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=digits)
+    assert module.lr == expected
+    assert trainer.optimizers[0].param_groups[0]["lr"] == expected
+    assert module.hparams.lr == lr  # the checkpoint keeps what was asked for
+
+
 def test_checkpoint_reload_gives_identical_log_prob(digits, tmp_path):
     module = make_module("cp", optimizer="SGD", lr=0.1)
     trainer = quiet_trainer(max_steps=3, limit_val_batches=1)

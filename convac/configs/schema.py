@@ -225,7 +225,7 @@ class ModuleConfig:
     objective: Objective = Objective.generative
     hybrid_alpha: float = 0.1
     optimizer: str = "Adam"
-    lr: float = 0.01
+    lr: Optional[float] = None  # ConvACModule.lr: 0.01, or 0.1 for EM
     weight_decay: float = 0.0
     em: EMConfig = field(default_factory=EMConfig)
     scheduler: Optional[str] = None

@@ -25,6 +25,11 @@ from convac.zoo import create_model
 
 OBJECTIVES = ("generative", "discriminative", "hybrid")
 EM_DEFAULTS = {"pseudocount": 0.1, "full_batch": False}
+# The learning rate when ``lr`` is None: gradient optimizers 0.01 (Adam's on these models); EM
+# its step size 0.1, the online-EM step of the digits and MNIST recipes (a gradient optimizer's
+# 0.01 would move EM's running counts a hundredth of the way per step).
+DEFAULT_LR = 0.01
+DEFAULT_EM_STEP = 0.1
 FUSED_OPTIMIZERS = ("Adam", "AdamW", "SGD")  # torch.optim classes with a fused CPU and CUDA kernel
 
 
@@ -56,7 +61,8 @@ class ConvACModule(L.LightningModule):
             with ``fused=True``, their one-kernel implementation), or ``"em"``:
             expectation-maximization (:class:`convac.training.em.EM`, generative objective only),
             whose step size is ``lr``.
-        lr: learning rate (EM: the step size in ``(0, 1]``).
+        lr: learning rate (EM: the step size in ``(0, 1]``); None: :data:`DEFAULT_LR` for a
+            gradient optimizer, :data:`DEFAULT_EM_STEP` for EM (:attr:`lr`).
         weight_decay: the optimizer's weight decay (not for EM).
         test_missing_fraction: share of variables marginalized for ``test/acc_missing``.
         em: EM settings: ``pseudocount`` (added to every expected count) and ``full_batch``
@@ -89,7 +95,7 @@ class ConvACModule(L.LightningModule):
         objective: str = "generative",
         hybrid_alpha: float = 0.1,
         optimizer: str = "Adam",
-        lr: float = 0.01,
+        lr: float | None = None,
         weight_decay: float = 0.0,
         test_missing_fraction: float = 0.0,
         em: dict[str, Any] | None = None,
@@ -122,7 +128,7 @@ class ConvACModule(L.LightningModule):
         if self.use_em:
             if objective != "generative":
                 raise ValueError(f"optimizer=em maximizes a likelihood: it needs objective=generative, got {objective!r}")
-            check_em_settings(lr, self.em_settings["pseudocount"])
+            check_em_settings(self.lr, self.em_settings["pseudocount"])
             self.automatic_optimization = False  # EM's statistics and M-step: see training_step
         self.model = create_model(model_name, **(model_kwargs or {}))
         check_members(ensemble_members, getattr(self.model, "num_repetitions", 1))
@@ -144,6 +150,14 @@ class ConvACModule(L.LightningModule):
         self.bits_per_nat = 1.0 / (self.model.num_variables * math.log(2))
         self.structure_seconds: float | None = None
         self.data_checked = False  # True once a convac datamodule has checked its values for the model
+
+    @property
+    def lr(self) -> float:
+        """The learning rate (EM: the step size) this module trains with: ``lr``, or when None
+        :data:`DEFAULT_EM_STEP` for EM and :data:`DEFAULT_LR` for a gradient optimizer."""
+        if self.hparams.lr is not None:
+            return self.hparams.lr
+        return DEFAULT_EM_STEP if self.use_em else DEFAULT_LR
 
     def forward(self, x: Tensor, missing: Tensor | None = None) -> Tensor:
         """(B, C, H, W) -> (B,): ``log P(x)``."""
@@ -295,9 +309,9 @@ class ConvACModule(L.LightningModule):
             # an ensemble's objective is the members' mean: each member's counts arrive divided by
             # G, and counting the training set G times gives every member its own counts back
             size = None if size is None else size * hp.ensemble_members
-            optimizer = EM(self.model, lr=hp.lr, pseudocount=self.em_settings["pseudocount"], dataset_size=size)
+            optimizer = EM(self.model, lr=self.lr, pseudocount=self.em_settings["pseudocount"], dataset_size=size)
         else:
-            kwargs = {"lr": hp.lr, "weight_decay": hp.weight_decay}
+            kwargs = {"lr": self.lr, "weight_decay": hp.weight_decay}
             if hp.optimizer in FUSED_OPTIMIZERS and all(p.device.type in ("cpu", "cuda") for p in self.parameters()):
                 kwargs["fused"] = True  # one kernel per parameter instead of about ten: same update, same state
             optimizer = getattr(torch.optim, hp.optimizer)(self.parameters(), **kwargs)
