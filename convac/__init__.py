@@ -8,6 +8,7 @@ points) load on first access.
 import importlib
 
 from convac import callbacks, data, entropy, training, zoo
+from convac.errors import InvalidValueError, MissingFileError, UserError
 from convac.leaves import Bernoulli, Categorical, Gaussian
 from convac.model import ConvAC, CPConvAC, HTConvAC
 from convac.training import ConvACModule
@@ -35,6 +36,9 @@ __all__ = [
     "ConvACModule",
     "CPConvAC",
     "HTConvAC",
+    "InvalidValueError",
+    "MissingFileError",
+    "UserError",
     "create_model",
     "list_models",
     "load_pretrained",

@@ -20,6 +20,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from convac.errors import InvalidValueError
 from convac.fixed import FixedParameters
 from convac.validation import check_flag, check_positive_float, check_positive_int
 
@@ -101,7 +102,7 @@ def sample_indices(logits: torch.Tensor, mode: str, generator: torch.Generator |
     if mode == "mpe":
         return logits.argmax(-1)
     if mode != "sample":
-        raise ValueError(f"mode must be 'sample' or 'mpe', got {mode!r}")
+        raise InvalidValueError(f"mode must be 'sample' or 'mpe', got {mode!r}")
     return sample_from_cdf(torch.softmax(logits.double(), dim=-1).cumsum_(-1), generator)
 
 
@@ -178,7 +179,7 @@ class Bernoulli(Categorical):
 
     def __post_init__(self) -> None:
         if isinstance(self.num_values, bool) or self.num_values != 2:
-            raise ValueError(f"Bernoulli has exactly 2 values, got num_values={self.num_values!r}")
+            raise InvalidValueError(f"Bernoulli has exactly 2 values, got num_values={self.num_values!r}")
 
     def _name(self) -> str:
         return "Bernoulli() (values 0/1)"
@@ -219,12 +220,12 @@ def make_leaf(leaf: LeafSpec | Mapping | str) -> LeafSpec:
         kwargs = dict(leaf)
         name = str(kwargs.pop("name", "")).lower()
         if name not in _FAMILIES:
-            raise ValueError(f"unknown leaf family {name!r}; expected one of {sorted(_FAMILIES)}")
+            raise InvalidValueError(f"unknown leaf family {name!r}; expected one of {sorted(_FAMILIES)}")
         try:
             return _FAMILIES[name](**kwargs)
         except TypeError as err:
-            raise ValueError(f"bad arguments for leaf {name!r}: {kwargs} ({err})") from None
-    raise ValueError(f"leaf must be a spec, a name or a mapping, got {type(leaf).__name__}")
+            raise InvalidValueError(f"bad arguments for leaf {name!r}: {kwargs} ({err})") from None
+    raise InvalidValueError(f"leaf must be a spec, a name or a mapping, got {type(leaf).__name__}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,10 +303,10 @@ class CategoricalLayer(LeafLayer):
         if values.numel() == 0:
             return
         if values.is_floating_point() and not torch.equal(values, values.round()):
-            raise ValueError(f"{self.family_name} leaves expect integer values, got non-integer floats")
+            raise InvalidValueError(f"{self.family_name} leaves expect integer values, got non-integer floats")
         low, high = (v.item() for v in torch.aminmax(values))
         if low < 0 or high > self.num_values - 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{self.family_name} leaves expect values in [0, {self.num_values - 1}], "
                 f"got values in [{low:g}, {high:g}]"
             )
@@ -350,7 +351,7 @@ class CategoricalLayer(LeafLayer):
         ``(P, n, V, num_values)`` tensor; every value drawn is in the support).
         """
         if mode not in ("sample", "mpe"):
-            raise ValueError(f"mode must be 'sample' or 'mpe', got {mode!r}")
+            raise InvalidValueError(f"mode must be 'sample' or 'mpe', got {mode!r}")
         positions = self._position_index(components.device)
         if mode == "mpe":
             return self.logits.detach().argmax(2).permute(0, 2, 1)[positions, components]  # (P or 1, M, V) look-up
@@ -378,9 +379,9 @@ class GaussianLayer(LeafLayer):
         """Raise a one-line ValueError unless ``x`` is floating point with finite ``observed``
         entries (all when None)."""
         if not x.is_floating_point():
-            raise ValueError(f"Gaussian leaves expect a floating point input, got dtype {x.dtype}")
+            raise InvalidValueError(f"Gaussian leaves expect a floating point input, got dtype {x.dtype}")
         if not torch.isfinite(_observed_values(x, observed)).all():
-            raise ValueError("Gaussian leaves expect finite observed values (NaN marks a missing value; inf is not allowed)")
+            raise InvalidValueError("Gaussian leaves expect finite observed values (NaN marks a missing value; inf is not allowed)")
 
     def prepare(self, x: torch.Tensor, missing: torch.Tensor | None) -> torch.Tensor:
         """Values for the density (missing entries set to 0)."""

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from convac.errors import InvalidValueError
 from convac.model import ConvAC
 
 
@@ -58,7 +59,7 @@ def iid_mask(shape: tuple[int, ...], rate: float, generator: torch.Generator) ->
     """A bool mask of ``shape`` (``(N, C, H, W)``, True = missing): every variable missing
     independently with probability ``rate`` in ``[0, 1]``."""
     if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate must be in [0, 1], got {rate}")
+        raise InvalidValueError(f"rate must be in [0, 1], got {rate}")
     return torch.rand(shape, generator=generator) < rate
 
 
@@ -69,7 +70,7 @@ def rectangles_mask(shape: tuple[int, ...], count: int, side: int, generator: to
     fits (they may overlap)."""
     n, c, h, w = shape
     if not 1 <= side <= min(h, w):
-        raise ValueError(f"side must be in [1, {min(h, w)}] for {h}x{w} images, got {side}")
+        raise InvalidValueError(f"side must be in [1, {min(h, w)}] for {h}x{w} images, got {side}")
     tops = torch.randint(0, h - side + 1, (n, count, 1, 1), generator=generator)
     lefts = torch.randint(0, w - side + 1, (n, count, 1, 1), generator=generator)
     rows, cols = torch.arange(h).view(1, 1, h, 1), torch.arange(w).view(1, 1, 1, w)

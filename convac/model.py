@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from convac.errors import InvalidValueError
 from convac.layers import Grid, ProductPool, SumLayer, refresh_exact_positions
 from convac.leaves import LeafSpec, cdf_rows, make_leaf, sample_indices, sample_table_rows
 from convac.validation import check_flag, check_grid, check_positive_float, check_positive_int, check_positive_ints
@@ -84,15 +85,15 @@ class ConvAC(nn.Module):
         channels = check_positive_ints("channels", channels)
         windows = [check_grid("a pooling window", w) for w in windows]
         if len(channels) != len(windows):
-            raise ValueError(f"channels has {len(channels)} entries but there are {len(windows)} fusion layers")
+            raise InvalidValueError(f"channels has {len(channels)} entries but there are {len(windows)} fusion layers")
         check_flag("share_leaves", share_leaves)
         check_flag("share_weights", share_weights)
         if class_prior not in ("uniform", "learned"):
-            raise ValueError(f"class_prior must be 'uniform' or 'learned', got {class_prior!r}")
+            raise InvalidValueError(f"class_prior must be 'uniform' or 'learned', got {class_prior!r}")
         if structure not in STRUCTURES:
-            raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
+            raise InvalidValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
         if check_positive_int("num_repetitions", num_repetitions) != 1 and structure == "grid":
-            raise ValueError(f"num_repetitions must be 1 for structure='grid' (one tree; 'learned' builds R of them), "
+            raise InvalidValueError(f"num_repetitions must be 1 for structure='grid' (one tree; 'learned' builds R of them), "
                              f"got {num_repetitions!r}")
 
         self.leaf_spec = make_leaf(leaf)
@@ -124,7 +125,7 @@ class ConvAC(nn.Module):
             grid = self.pools[-1].out_grid
             self.grids.append(grid)
         if grid != (self.num_repetitions, 1):
-            raise ValueError(f"the pooling schedule {list(windows)} ends on grid {grid}, not {self.num_repetitions}x1")
+            raise InvalidValueError(f"the pooling schedule {list(windows)} ends on grid {grid}, not {self.num_repetitions}x1")
         self.root = SumLayer((1, 1), self.num_repetitions * self.channels[-1], self.num_classes, shared=True)
         if class_prior == "learned":
             self.class_logits = nn.Parameter(torch.zeros(self.num_classes))
@@ -170,11 +171,11 @@ class ConvAC(nn.Module):
         of the patch grid) at every position of repetition ``r``'s sequence; each row a permutation.
         See :func:`convac.structure.learn_structure`."""
         if self.structure != "learned":
-            raise ValueError(f"set_order needs structure='learned', this model has structure={self.structure!r}")
+            raise InvalidValueError(f"set_order needs structure='learned', this model has structure={self.structure!r}")
         order = torch.as_tensor(order, dtype=torch.long, device=self.order.device)
         expected = torch.arange(self.order.shape[1], device=order.device)
         if order.shape != self.order.shape or not torch.equal(order.sort(1).values, expected.expand_as(order)):
-            raise ValueError(f"order must hold one permutation of 0..{self.order.shape[1] - 1} per repetition, "
+            raise InvalidValueError(f"order must hold one permutation of 0..{self.order.shape[1] - 1} per repetition, "
                              f"shape {tuple(self.order.shape)}; got shape {tuple(order.shape)}")
         self.order.copy_(order)
 
@@ -216,15 +217,15 @@ class ConvAC(nn.Module):
         without a mask on a grid the patches tile exactly), so that the forward pass does no
         mask work. The values are checked when :attr:`validate_args` is set."""
         if not isinstance(x, torch.Tensor):
-            raise ValueError(f"expected a torch.Tensor input, got {type(x).__name__}")
+            raise InvalidValueError(f"expected a torch.Tensor input, got {type(x).__name__}")
         if x.dim() != 4 or tuple(x.shape[1:]) != self.in_shape:
-            raise ValueError(
+            raise InvalidValueError(
                 f"expected input of shape (B, {', '.join(map(str, self.in_shape))}), got {tuple(x.shape)}"
             )
         if missing is not None:
             if not isinstance(missing, torch.Tensor) or tuple(missing.shape) != tuple(x.shape):
                 found = tuple(missing.shape) if isinstance(missing, torch.Tensor) else type(missing).__name__
-                raise ValueError(f"missing must be a bool mask of the input's shape {tuple(x.shape)}, got {found}")
+                raise InvalidValueError(f"missing must be a bool mask of the input's shape {tuple(x.shape)}, got {found}")
             missing = missing.to(device=x.device, dtype=torch.bool)
         if x.is_floating_point():
             missing = torch.isnan(x) if missing is None else missing | torch.isnan(x)
@@ -470,15 +471,15 @@ class ConvAC(nn.Module):
         long -> (n, C, H, W). The block under position ``i`` follows ``node_{l,i,channels[i]}``;
         with ``R`` repetitions the values are those of repetition ``repetition`` (an int or (n,))."""
         if not 0 <= level <= self.num_levels:
-            raise ValueError(f"level must lie in [0, {self.num_levels}], got {level}")
+            raise InvalidValueError(f"level must lie in [0, {self.num_levels}], got {level}")
         if tuple(channels.shape[1:]) != self.grids[level]:
-            raise ValueError(f"expected channels of shape (n, {', '.join(map(str, self.grids[level]))}) "
+            raise InvalidValueError(f"expected channels of shape (n, {', '.join(map(str, self.grids[level]))}) "
                              f"for level {level}, got {tuple(channels.shape)}")
         if channels.min() < 0 or channels.max() >= self.channels[level]:
-            raise ValueError(f"channels of level {level} must lie in [0, {self.channels[level] - 1}]")
+            raise InvalidValueError(f"channels of level {level} must lie in [0, {self.channels[level] - 1}]")
         repetition = torch.as_tensor(repetition, dtype=torch.long, device=channels.device).expand(len(channels))
         if repetition.min() < 0 or repetition.max() >= self.num_repetitions:
-            raise ValueError(f"repetition must lie in [0, {self.num_repetitions - 1}], got {repetition.tolist()}")
+            raise InvalidValueError(f"repetition must lie in [0, {self.num_repetitions - 1}], got {repetition.tolist()}")
         values, _ = self._descend(level, channels.long(), repetition, None, "sample", generator)
         return values
 
@@ -489,7 +490,7 @@ class ConvAC(nn.Module):
         if y.numel() == 1:
             y = y.expand(n)
         if y.shape != (n,) or y.min() < 0 or y.max() >= self.num_classes:
-            raise ValueError(f"y must be an int or a ({n},) tensor of labels in [0, {self.num_classes - 1}], got {y.tolist()}")
+            raise InvalidValueError(f"y must be an int or a ({n},) tensor of labels in [0, {self.num_classes - 1}], got {y.tolist()}")
         return y
 
     @torch.no_grad()
@@ -533,7 +534,7 @@ class ConvAC(nn.Module):
         if missing is None:  # nothing to fill
             missing = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
         if mode not in ("sample", "mpe"):
-            raise ValueError(f"mode must be 'sample' or 'mpe', got {mode!r}")
+            raise InvalidValueError(f"mode must be 'sample' or 'mpe', got {mode!r}")
         evidence = self._upward(x, missing, max_product=mode == "mpe")
         labels = self._class_labels(x.shape[0], y, x.device)
         if labels is None:
@@ -585,18 +586,18 @@ class HTConvAC(ConvAC):
         grid = _leaf_grid(in_shape, patch_size)
         if structure == "learned":
             if not (isinstance(pool, numbers.Integral) and pool >= 2 and pool & (pool - 1) == 0):
-                raise ValueError(f"structure='learned' pools a binary tree's levels 1, 2, 3, ... at a time and needs "
+                raise InvalidValueError(f"structure='learned' pools a binary tree's levels 1, 2, 3, ... at a time and needs "
                                  f"pool = 2, 4, 8, ... (an int power of two), got pool={pool!r}")
             grid = (1, grid[0] * grid[1])  # each repetition: a sequence of the patch positions
         windows = self._schedule(grid, pool)
         if check_positive_float("channel_growth", channel_growth) < 1.0:
-            raise ValueError(f"channel_growth must be >= 1 (the factor from one layer to the next), got {channel_growth!r}")
+            raise InvalidValueError(f"channel_growth must be >= 1 (the factor from one layer to the next), got {channel_growth!r}")
         cap = math.inf if max_channels is None else check_positive_int("max_channels", max_channels)
         if isinstance(channels, numbers.Integral):
             first = check_positive_int("channels", channels)
             channels = [int(min(round(first * channel_growth**layer), cap)) for layer in range(len(windows))]
         elif channel_growth != 1.0 or max_channels is not None:
-            raise ValueError("channel_growth and max_channels shape an int channels; with a list, give every layer's width")
+            raise InvalidValueError("channel_growth and max_channels shape an int channels; with a list, give every layer's width")
         super().__init__(in_shape, leaf, num_components, channels, windows, patch_size,
                          num_classes, share_leaves, share_weights, class_prior, structure, num_repetitions)
 
@@ -611,7 +612,7 @@ class HTConvAC(ConvAC):
         while (h, w) != (1, 1):
             step = (window[0] if h > 1 else 1, window[1] if w > 1 else 1)
             if step == (1, 1):
-                raise ValueError(f"pool={pool!r} cannot reduce grid {(h, w)} to 1x1")
+                raise InvalidValueError(f"pool={pool!r} cannot reduce grid {(h, w)} to 1x1")
             windows.append(step)
             h, w = math.ceil(h / step[0]), math.ceil(w / step[1])
         return windows

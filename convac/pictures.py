@@ -26,6 +26,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from convac.errors import InvalidValueError
 from convac.model import ConvAC
 
 GAP = 2  # pixels between cells
@@ -48,7 +49,7 @@ def check_image_model(model: ConvAC, label: str = "the model") -> None:
     """Raise a ValueError if ``model`` takes sequences ``(1, 1, D)`` rather than images: there
     is nothing to draw."""
     if model.in_shape[1] == 1:
-        raise ValueError(f"{label} takes sequences of shape {list(model.in_shape)}, not images: no pictures to draw")
+        raise InvalidValueError(f"{label} takes sequences of shape {list(model.in_shape)}, not images: no pictures to draw")
 
 
 # ------------------------------------------------------------------------ what the model does

@@ -20,12 +20,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
+from convac.errors import InvalidValueError, MissingFileError
+
 
 def read_history(path: str | Path) -> list[dict[str, float]]:
     """Rows of ``entropy.csv`` (or ``metrics.csv``) as floats (empty cells dropped)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no history at {path}: expected an entropy.csv written by the EntropyProbe callback")
+        raise MissingFileError(f"no history at {path}: expected an entropy.csv written by the EntropyProbe callback")
     with path.open(newline="") as f:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
@@ -47,7 +49,7 @@ def plot_entropy(csv_path: str | Path, png_path: str | Path) -> Path:
     """:func:`entropy_figure` of the history ``csv_path`` (``entropy.csv``), written to ``png_path``."""
     rows = read_history(csv_path)
     if not rows:
-        raise ValueError(f"{csv_path} has no rows")
+        raise InvalidValueError(f"{csv_path} has no rows")
     return save(entropy_figure(rows), png_path)
 
 
@@ -106,13 +108,13 @@ def read_gaps(path: str | Path) -> dict[int, list[np.ndarray]]:
     one ``(H_{l-1}, W_{l-1})`` array per level ``l = 1..L`` and the root's ``(1, 1)`` last (nats)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no gap history at {path}: expected a gaps.csv written by the EntropyProbe callback")
+        raise MissingFileError(f"no gap history at {path}: expected a gaps.csv written by the EntropyProbe callback")
     cells: dict[int, dict[int, list[tuple[int, int, float]]]] = defaultdict(lambda: defaultdict(list))
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
             cells[int(row["epoch"])][int(row["level"])].append((int(row["row"]), int(row["column"]), float(row["gap"])))
     if not cells:
-        raise ValueError(f"{path} has no rows")
+        raise InvalidValueError(f"{path} has no rows")
     maps = {}
     for epoch, levels in cells.items():
         maps[epoch] = []

@@ -43,6 +43,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from convac.errors import InvalidValueError
 from convac.validation import check_members
 
 
@@ -54,7 +55,7 @@ def quantize(values: torch.Tensor, discrete: bool, bins: int) -> tuple[torch.Ten
     ``bins`` equal-width bins of its range; continuous data into ``bins`` bins at the empirical
     quantiles of each variable."""
     if bins < 2:
-        raise ValueError(f"bins must be at least 2, got {bins}")
+        raise InvalidValueError(f"bins must be at least 2, got {bins}")
     missing = torch.isnan(values)
     if discrete:
         low, high = float(values[~missing].min()), float(values[~missing].max())
@@ -116,7 +117,7 @@ def balanced_tree_order(similarity: torch.Tensor, noise: float = 0.0, seed: int 
     sim = similarity.double().clone()
     count = sim.shape[0]
     if sim.shape != (count, count):
-        raise ValueError(f"similarity must be a square (P, P) matrix, got {tuple(similarity.shape)}")
+        raise InvalidValueError(f"similarity must be a square (P, P) matrix, got {tuple(similarity.shape)}")
     rng = np.random.default_rng(seed)
     regions: list[list[int]] = [[i] for i in range(count)]
     size = 1  # the size of a full region at this level
@@ -192,7 +193,7 @@ def _chow_liu_tree(mutual_information: torch.Tensor, noise: float, seed: int) ->
     weights = mutual_information.double().numpy().copy()
     count = len(weights)
     if weights.shape != (count, count):
-        raise ValueError(f"mutual_information must be a square (P, P) matrix, got {tuple(mutual_information.shape)}")
+        raise InvalidValueError(f"mutual_information must be a square (P, P) matrix, got {tuple(mutual_information.shape)}")
     rng = np.random.default_rng(seed)
     if noise > 0:
         gumbel = rng.gumbel(size=(count, count))
@@ -260,7 +261,7 @@ def check_trees(trees: Sequence[str]) -> list[str]:
     """``trees`` as a list, or a ValueError if it is empty or names a builder not in :data:`TREES`."""
     trees = [trees] if isinstance(trees, str) else list(trees)
     if not trees or any(kind not in TREES for kind in trees):
-        raise ValueError(f"structure_learning.trees must be a non-empty list of {' / '.join(TREES)}, got {trees}")
+        raise InvalidValueError(f"structure_learning.trees must be a non-empty list of {' / '.join(TREES)}, got {trees}")
     return trees
 
 
@@ -289,9 +290,9 @@ def learn_structure(
     Raises ValueError for a model of another structure, data of another shape, an unknown tree,
     or ``members`` that does not divide ``R``."""
     if model.structure != "learned":
-        raise ValueError(f"learn_structure needs a model with structure='learned', got structure={model.structure!r}")
+        raise InvalidValueError(f"learn_structure needs a model with structure='learned', got structure={model.structure!r}")
     if x.dim() != 4 or tuple(x.shape[1:]) != tuple(model.in_shape):
-        raise ValueError(f"expected training data of shape (N, {', '.join(map(str, model.in_shape))}), got {tuple(x.shape)}")
+        raise InvalidValueError(f"expected training data of shape (N, {', '.join(map(str, model.in_shape))}), got {tuple(x.shape)}")
     trees = check_trees(trees)
     check_members(members, model.num_repetitions, name="members")
     patches = model._to_patches(x.double(), float("nan")).transpose(0, 1)  # (N, P_img, V), padding NaN

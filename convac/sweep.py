@@ -20,6 +20,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from convac.entropy.law import SlopeFit, fit_slope
+from convac.errors import InvalidValueError, MissingFileError
 from convac.plotting import num_levels, plot_scaling, read_history
 
 # One row per run. folder: relative to the sweep folder; overrides: the run's command-line
@@ -39,10 +40,10 @@ def find_runs(sweep_dir: str | Path) -> list[Path]:
     i.e. every folder holding an ``entropy.csv``, in natural order (``2`` before ``10``)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"--sweep {sweep_dir}: no such folder")
+        raise MissingFileError(f"--sweep {sweep_dir}: no such folder")
     runs = sorted((p.parent for p in sweep_dir.rglob(HISTORY)), key=lambda p: _natural(p.relative_to(sweep_dir)))
     if not runs:
-        raise FileNotFoundError(f"no runs under {sweep_dir}: expected run folders holding {HISTORY} "
+        raise MissingFileError(f"no runs under {sweep_dir}: expected run folders holding {HISTORY} "
                                 f"(convac-train -m ... with the entropy probe on)")
     return runs
 
@@ -63,7 +64,7 @@ def run_row(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     """The :data:`COLUMNS` of one run folder (its last probed epoch)."""
     rows = read_history(run_dir / HISTORY)
     if not rows:
-        raise ValueError(f"{run_dir / HISTORY} has no rows")
+        raise InvalidValueError(f"{run_dir / HISTORY} has no rows")
     last = rows[-1]
     levels = num_levels(last)
     counts = [last[f"scaling/n_mappings{l}"] for l in range(1, levels + 1)]

@@ -9,6 +9,8 @@ import math
 import numbers
 from collections.abc import Sequence
 
+from convac.errors import InvalidValueError
+
 Grid = tuple[int, int]
 
 
@@ -21,7 +23,7 @@ def check_positive_int(name: str, value, minimum: int = 1) -> int:
     """``value`` as an int, if it is an integer (not a bool, not a float) ``>= minimum``."""
     if not is_positive_int(value) or value < minimum:
         expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
+        raise InvalidValueError(f"{name} must be {expected}, got {value!r}")
     return int(value)
 
 
@@ -30,7 +32,7 @@ def check_members(members, num_repetitions: int, name: str = "ensemble_members")
     repetitions split into equal groups of ensemble members; :mod:`convac.training.ensemble`)."""
     members = check_positive_int(name, members)
     if num_repetitions % members:
-        raise ValueError(f"{name} must divide num_repetitions (equal groups of repetitions; 1 for one mixture "
+        raise InvalidValueError(f"{name} must divide num_repetitions (equal groups of repetitions; 1 for one mixture "
                          f"fitted jointly), got {members} members for {num_repetitions} repetitions")
     return members
 
@@ -41,21 +43,21 @@ def check_positive_ints(name: str, values, length: int | None = None) -> list[in
     ok = isinstance(values, Sequence) and not isinstance(values, str)
     if not ok or (length is not None and len(values) != length) or not all(is_positive_int(v) for v in values):
         count = f"{length} positive integers" if length is not None else "a list of positive integers"
-        raise ValueError(f"{name} must be {count}, got {values!r}")
+        raise InvalidValueError(f"{name} must be {count}, got {values!r}")
     return [int(v) for v in values]
 
 
 def check_positive_float(name: str, value) -> float:
     """``value`` as a float, if it is a finite real number ``> 0``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise InvalidValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def check_flag(name: str, value) -> bool:
     """``value`` if it is a bool (``share_leaves="no"`` would otherwise read as True)."""
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
+        raise InvalidValueError(f"{name} must be True or False, got {value!r}")
     return value
 
 
@@ -63,7 +65,7 @@ def check_grid(name: str, value) -> Grid:
     """An ``(h, w)`` pair of positive integers; an int ``n`` means ``(n, n)``."""
     pair = (value, value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
     if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(is_positive_int(v) for v in pair):
-        raise ValueError(f"{name} must be an int or an (h, w) pair of positive integers, got {value!r}")
+        raise InvalidValueError(f"{name} must be an int or an (h, w) pair of positive integers, got {value!r}")
     return (int(pair[0]), int(pair[1]))
 
 

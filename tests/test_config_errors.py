@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 from convac.configs.targets import check_targets, describe, fits
@@ -106,3 +107,40 @@ def test_describe():
     assert describe(Optional[int]) == "int or None"
     assert describe(Union[Literal[1, 2], Literal["a"], None]) == "one of 1, 2, 'a' or None"
     assert describe(list[int]) == "list of int"
+
+
+def test_a_run_folder_that_cannot_be_made_is_named_in_one_line(tmp_path, cli_error):
+    (tmp_path / "file").write_text("in the way")
+    status_and_stderr = cli_error("train", tmp_path / "file" / "run", "trainer.max_epochs=1")
+    assert_one_line(status_and_stderr, [str(tmp_path / "file" / "run"), "cannot create the run folder"])
+
+
+def test_an_internal_error_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only convac's user errors become one line: a ValueError or OSError raised inside the
+    training code (a bug, not the user's input) propagates with its traceback."""
+    from convac.cli.train import main as train_main
+    from convac.training import ConvACModule
+
+    for bug in (ValueError("an internal bug"), PermissionError("an internal bug")):
+        def broken_step(self, batch, batch_idx, bug=bug):
+            raise bug
+
+        monkeypatch.setattr(ConvACModule, "training_step", broken_step)
+        monkeypatch.setattr(sys, "argv", ["convac-train", f"hydra.run.dir={tmp_path / 'run'}", "trainer.max_epochs=1",
+                                          "~callbacks.entropy_probe", "~callbacks.pictures", "threads=1",
+                                          "trainer.enable_progress_bar=false"])
+        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+        with pytest.raises(type(bug), match="an internal bug"):
+            train_main()
+
+
+def test_user_errors_are_the_builtin_exceptions_too():
+    """``except ValueError`` / ``except FileNotFoundError`` still catch convac's user errors."""
+    from convac import HTConvAC, InvalidValueError, MissingFileError, UserError, load_pretrained
+
+    with pytest.raises(InvalidValueError) as bad_shape:
+        HTConvAC((1, 2, 2), "bernoulli", 2, 2)(torch.zeros(1, 1, 3, 3))
+    assert isinstance(bad_shape.value, (ValueError, UserError))
+    with pytest.raises(MissingFileError) as missing:
+        load_pretrained("/no/such/weights.safetensors")
+    assert isinstance(missing.value, FileNotFoundError) and isinstance(missing.value, UserError)

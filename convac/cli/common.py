@@ -14,18 +14,21 @@ import lightning as L
 import torch
 from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from convac.configs import schema, targets
 from convac.data import ConvACDataModule, create_datamodule
+from convac.errors import InvalidValueError, MissingFileError, UserError
 from convac.training import NonFiniteError
 from convac.training.allocator import keep_freed_memory
 from convac.zoo.pretrained import load_checkpoint_dict
 
-# What a user can cause and fix (a bad value, file, folder or checkpoint) or must be told of
-# (a non-finite loss): reported in one line instead of a traceback.
-USER_ERRORS = (ValueError, OSError, NonFiniteError)
+# What a user can cause and fix (a bad value, file, folder or checkpoint: convac.errors) or must
+# be told of (a non-finite loss): reported in one line. Anything else is a bug and keeps its
+# traceback (a ValueError of numpy or torch included).
+USER_ERRORS = (UserError, NonFiniteError)
 # A config mistake: composition (a misspelled key, a value of the wrong type, an unknown group
 # option, an override that does not parse) or resolution (a mandatory ``???`` value left unset).
 CONFIG_ERRORS = (HydraException, OmegaConfBaseException)
@@ -67,14 +70,24 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 
 
 def _instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
-    """``instantiate(node, **kwargs)``; a ValueError of the target's constructor (a bad setting)
-    comes out as a one-line ValueError naming the config ``key``, not Hydra's wrapped message."""
+    """``instantiate(node, **kwargs)``; a ValueError or Lightning's MisconfigurationException of
+    the target's constructor (a bad setting) comes out as a one-line :class:`InvalidValueError`
+    naming the config ``key``, not Hydra's wrapped message."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as e:
-        if isinstance(e.__cause__, ValueError):
-            raise ValueError(f"{key}: {e.__cause__}") from e.__cause__
+        if isinstance(e.__cause__, (ValueError, MisconfigurationException)):
+            raise InvalidValueError(f"{key}: {e.__cause__}") from e.__cause__
         raise
+
+
+def make_run_folder(out: Path) -> None:
+    """Create the run folder ``out`` (and its parents); one that cannot be made (no permission,
+    a file in the way) raises an :class:`InvalidValueError` naming it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidValueError(f"{out}: cannot create the run folder ({e.strerror or e})") from e
 
 
 def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
@@ -82,13 +95,16 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
     messages), loaded with ``weights_only=True``; a ValueError / FileNotFoundError says why not."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{key}={path}: no such checkpoint file")
+        raise MissingFileError(f"{key}={path}: no such checkpoint file")
     return load_checkpoint_dict(path.read_bytes(), f"{key}={path}")
 
 
 # While :func:`hydra_errors_raised` runs a Hydra application: whether the user asked for
-# tracebacks (HYDRA_FULL_ERROR=1), since the variable itself is then set for Hydra.
+# tracebacks (HYDRA_FULL_ERROR=1), since the variable itself is then set for Hydra; and whether
+# the task itself has started (:func:`exit_on_error` inside it), so that an OSError before it is
+# Hydra's own setup of the run folder.
 _user_wants_traceback: bool | None = None
+_task_started = False
 
 
 def _traceback_wanted() -> bool:
@@ -97,37 +113,52 @@ def _traceback_wanted() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
+def _report(prog: str, message: str) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
 @contextmanager
 def exit_on_error(prog: str) -> Iterator[None]:
     """Turn a config mistake (:data:`CONFIG_ERRORS`) or a :data:`USER_ERRORS` exception into
     ``prog: error: <message>`` (one line naming the key, :func:`one_line`, on stderr) and exit
-    status 1; with ``HYDRA_FULL_ERROR=1`` the exception propagates with its traceback.
+    status 1; with ``HYDRA_FULL_ERROR=1`` the exception propagates with its traceback, and so
+    does any other exception (a bug).
 
     Used inside a Hydra task (where exiting keeps Hydra from adding its own report) and around
     one (:func:`hydra_errors_raised`)."""
+    global _task_started
+    _task_started = True
     try:
         yield
     except (*CONFIG_ERRORS, *USER_ERRORS) as e:
         if _traceback_wanted():
             raise
-        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-        sys.exit(1)
+        _report(prog, one_line(e))
 
 
 @contextmanager
 def hydra_errors_raised(prog: str) -> Iterator[None]:
     """Around a ``@hydra.main`` call: Hydra's own errors (composition: a misspelled key, a wrong
     type, an unknown option, an override that does not parse) are raised (``HYDRA_FULL_ERROR=1``
-    for the call) instead of printed over several lines, and reported by :func:`exit_on_error`."""
-    global _user_wants_traceback
+    for the call) instead of printed over several lines, and reported by :func:`exit_on_error`;
+    an OSError before the task starts is Hydra failing to create the run folder
+    (``hydra.run.dir``), reported in one line too."""
+    global _user_wants_traceback, _task_started
     saved = os.environ.get("HYDRA_FULL_ERROR")
-    _user_wants_traceback = saved == "1"
+    _user_wants_traceback, _task_started = saved == "1", False
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         with exit_on_error(prog):
-            yield
+            _task_started = False  # set again when the task's own exit_on_error starts
+            try:
+                yield
+            except OSError as e:
+                if _task_started or _traceback_wanted():
+                    raise
+                _report(prog, f"{e.filename or e}: cannot create the run folder ({e.strerror or e})")
     finally:
-        _user_wants_traceback = None
+        _user_wants_traceback, _task_started = None, False
         if saved is None:
             del os.environ["HYDRA_FULL_ERROR"]
         else:

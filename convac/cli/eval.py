@@ -12,8 +12,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from convac.cli.common import build_trainer, exit_on_error, hydra_errors_raised, read_checkpoint, setup_data, start
+from convac.cli.common import (build_trainer, exit_on_error, hydra_errors_raised, make_run_folder, read_checkpoint,
+                               setup_data, start)
 from convac.data import create_datamodule
+from convac.errors import InvalidValueError
 from convac.training import ConvACModule
 
 
@@ -27,13 +29,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         datamodule = create_datamodule(**saved["datamodule_hyper_parameters"])
         datamodule.setup()
     else:
-        raise ValueError(f"ckpt={cfg.ckpt} stores no data settings; pass data=... (e.g. data=digits)")
+        raise InvalidValueError(f"ckpt={cfg.ckpt} stores no data settings; pass data=... (e.g. data=digits)")
     module = ConvACModule.load_from_checkpoint(
         cfg.ckpt, map_location="cpu", weights_only=True, test_missing_fraction=cfg.missing_fraction
     )
     datamodule.check_fits(module.model, "the checkpoint's model")
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)  # an unwritable folder fails before the test runs
+    make_run_folder(out)  # an unwritable folder fails before the test runs
 
     metrics = build_trainer(cfg).test(module, datamodule=datamodule)[0]
     (out / "metrics.json").write_text(json.dumps({"ckpt": str(cfg.ckpt), **metrics}, indent=2))

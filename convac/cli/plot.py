@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from convac.errors import UserError
 from convac.plotting import plot_run
 
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     dest, value = next((d, getattr(args, d)) for d in MODES if getattr(args, d) is not None)
     try:
         print(MODES[dest](value, args))
-    except (FileNotFoundError, ValueError) as err:
+    except UserError as err:
         parser.exit(2, f"convac-plot: error: {err}\n")
 
 

@@ -20,7 +20,8 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from convac.cli.common import build_trainer, exit_on_error, hydra_errors_raised, read_checkpoint, setup_data, start
+from convac.cli.common import (build_trainer, exit_on_error, hydra_errors_raised, make_run_folder, read_checkpoint,
+                               setup_data, start)
 from convac.configs import schema
 from convac.training import ConvACModule
 
@@ -43,7 +44,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if resume is not None:
         module.check_checkpoint(read_checkpoint(resume, "ckpt_path"))
     trainer = build_trainer(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    make_run_folder(out)
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)

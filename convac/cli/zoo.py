@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from convac.errors import InvalidValueError, UserError
 from convac.zoo.cards import ModelCard, load_cards, markdown_table, with_local_data
 
 
@@ -62,7 +63,7 @@ def _eval(card: ModelCard, data_root: str | None, rtol: float) -> bool:
     if data is None:
         sub = card.data.get("dataset")
         holding = f"{sub}.test.data, or its {sub}/ subfolder" if sub else f"the {card.data['name']} files"
-        raise ValueError(f"{card.name} was trained on {card.dataset}, read from a local folder or file: pass "
+        raise InvalidValueError(f"{card.name} was trained on {card.dataset}, read from a local folder or file: pass "
                          f"--data-root PATH (the data.{card.local_data_key} it was trained with: {holding})")
     datamodule = create_datamodule(**data)
     rows = reproduce(card, create_model(card.name, pretrained=True), datamodule, rtol)
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         ok = _eval(cards[args.name], args.data_root, args.rtol)
-    except (ValueError, FileNotFoundError) as err:
+    except UserError as err:
         parser.exit(2, f"convac-zoo: error: {err}\n")
     parser.exit(0 if ok else 1)
 

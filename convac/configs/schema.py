@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from convac.errors import InvalidValueError
+
 
 def _check_int_tree(key: str, value: Any, depth: int, what: str) -> None:
     """Raise a ValueError naming ``key`` unless ``value`` is an int or a list (of lists, up to
@@ -29,7 +31,7 @@ def _check_int_tree(key: str, value: Any, depth: int, what: str) -> None:
         return d > 0 and isinstance(v, (list, tuple)) and len(v) > 0 and all(ok(e, d - 1) for e in v)
 
     if not ok(value, depth):
-        raise ValueError(f"{key}: expected {what}, got {value!r} ({type(value).__name__})")
+        raise InvalidValueError(f"{key}: expected {what}, got {value!r} ({type(value).__name__})")
 
 
 # ------------------------------------------------------------------------------- model

@@ -29,6 +29,8 @@ from typing import Any, Literal, Union
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from convac.errors import InvalidValueError
+
 
 def check_targets(cfg: DictConfig) -> None:
     """Check every ``_target_`` node of ``cfg`` (at any depth) with :func:`check_target`."""
@@ -57,7 +59,7 @@ def check_target(node: DictConfig, key: str) -> None:
     try:
         target = get_object(path)
     except Exception as err:  # Hydra wraps import errors of every kind
-        raise ValueError(f"{key}._target_: cannot import {path!r} ({' '.join(str(err).split())})") from err
+        raise InvalidValueError(f"{key}._target_: cannot import {path!r} ({' '.join(str(err).split())})") from err
     try:
         parameters = inspect.signature(target).parameters
     except (TypeError, ValueError):  # a builtin without a signature: nothing to check against
@@ -72,9 +74,9 @@ def check_target(node: DictConfig, key: str) -> None:
         if arg not in parameters and not takes_any:
             close = difflib.get_close_matches(arg, list(parameters), n=3)
             hint = f"did you mean {' or '.join(close)}?" if close else f"its arguments: {', '.join(parameters)}"
-            raise ValueError(f"{key}.{arg}: {name} takes no argument {arg!r} ({hint})")
+            raise InvalidValueError(f"{key}.{arg}: {name} takes no argument {arg!r} ({hint})")
         if arg in hints and not fits(value, hints[arg]):
-            raise ValueError(f"{key}.{arg}: expected {describe(hints[arg])}, got {value!r} ({type(value).__name__})")
+            raise InvalidValueError(f"{key}.{arg}: expected {describe(hints[arg])}, got {value!r} ({type(value).__name__})")
 
 
 def _type_hints(target: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from convac.data.idx import FashionMNISTDataModule, MNISTDataModule
 from convac.data.image_folder import ImageFolderDataModule
 from convac.data.synthetic import SyntheticDataModule
 from convac.data.table import TableDataModule
+from convac.errors import InvalidValueError
 
 DATAMODULES: dict[str, type[ConvACDataModule]] = {
     cls.name: cls
@@ -33,7 +34,7 @@ DATAMODULES: dict[str, type[ConvACDataModule]] = {
 def create_datamodule(name: str, **kwargs) -> ConvACDataModule:
     """The DataModule registered as ``name`` (one of :data:`DATAMODULES`), built from ``kwargs``."""
     if name not in DATAMODULES:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATAMODULES)}")
+        raise InvalidValueError(f"unknown dataset {name!r}; expected one of {sorted(DATAMODULES)}")
     return DATAMODULES[name](**kwargs)
 
 

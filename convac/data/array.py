@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from convac.data.base import SPLITS, ConvACDataModule, Split, fill_splits
+from convac.errors import InvalidValueError, MissingFileError
 
 SUFFIXES = (".npy", ".npz")
 
@@ -30,31 +31,31 @@ def _samples(array: np.ndarray, key: str, path: Path) -> torch.Tensor:
     elif np.issubdtype(array.dtype, np.floating):
         tensor = torch.from_numpy(array.astype(np.float64))
     else:
-        raise ValueError(f"{path}: {key} has dtype {array.dtype}; expected integers or floats")
+        raise InvalidValueError(f"{path}: {key} has dtype {array.dtype}; expected integers or floats")
     shapes = {2: lambda t: t[:, None, None, :], 3: lambda t: t[:, None], 4: lambda t: t}
     if tensor.ndim not in shapes:
-        raise ValueError(f"{path}: {key} has shape {list(array.shape)}; expected (N, C, H, W), (N, H, W) or (N, D)")
+        raise InvalidValueError(f"{path}: {key} has shape {list(array.shape)}; expected (N, C, H, W), (N, H, W) or (N, D)")
     return shapes[tensor.ndim](tensor)
 
 
 def _labels(array: np.ndarray, key: str, num_samples: int, path: Path) -> torch.Tensor:
     """Class labels ``(N,)`` long; a ValueError names ``key`` if they are not integers."""
     if array.shape != (num_samples,):
-        raise ValueError(f"{path}: {key} has shape {list(array.shape)}; expected ({num_samples},), one label per sample")
+        raise InvalidValueError(f"{path}: {key} has shape {list(array.shape)}; expected ({num_samples},), one label per sample")
     if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
         return torch.from_numpy(array.astype(np.int64))
     if np.issubdtype(array.dtype, np.floating) and np.isfinite(array).all() and (array == np.round(array)).all():
         return torch.from_numpy(array.astype(np.int64))
     bad = array[~np.isfinite(array) | (array != np.round(array))] if np.issubdtype(array.dtype, np.floating) else array
-    raise ValueError(f"{path}: {key} holds non-integer labels (e.g. {bad.flat[0].item()!r}); labels must be class indices 0, 1, ...")
+    raise InvalidValueError(f"{path}: {key} holds non-integer labels (e.g. {bad.flat[0].item()!r}); labels must be class indices 0, 1, ...")
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     """Every array of a ``.npy`` (as ``x``) or ``.npz`` file, loaded without pickles."""
     if path.suffix not in SUFFIXES:
-        raise ValueError(f"data.path={path}: expected a .npy or .npz file")
+        raise InvalidValueError(f"data.path={path}: expected a .npy or .npz file")
     if not path.is_file():
-        raise FileNotFoundError(f"data.path={path.resolve()}: no such file")
+        raise MissingFileError(f"data.path={path.resolve()}: no such file")
     try:
         loaded = np.load(path, allow_pickle=False)
         if path.suffix == ".npy":
@@ -63,9 +64,9 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
             return {key: loaded[key] for key in loaded.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         if "Object arrays" in str(e):  # numpy stores rows of mixed shapes as an object array
-            raise ValueError(f"{path} holds an object array (rows of mixed shapes?); expected numeric arrays, "
+            raise InvalidValueError(f"{path} holds an object array (rows of mixed shapes?); expected numeric arrays, "
                              f"every sample of one shape") from e
-        raise ValueError(f"{path}: not a readable {path.suffix} file ({e})") from e
+        raise InvalidValueError(f"{path}: not a readable {path.suffix} file ({e})") from e
 
 
 def read_array_splits(path: str | Path) -> dict[str, Split]:
@@ -81,13 +82,13 @@ def read_array_splits(path: str | Path) -> dict[str, Split]:
     elif "x_train" in arrays and not set(arrays) - split_keys:
         names = {s: (f"x_{s}", f"y_{s}") for s in SPLITS if f"x_{s}" in arrays}
     else:
-        raise ValueError(
+        raise InvalidValueError(
             f"{path} holds the arrays {sorted(arrays)}; expected x (and y), or x_train, x_val, x_test "
             f"(and y_train, y_val, y_test)"
         )
     labelled = {s: y in arrays for s, (_, y) in names.items()}
     if len(set(labelled.values())) > 1:
-        raise ValueError(f"{path}: labels for some splits only ({', '.join(s for s, has in labelled.items() if has)}); "
+        raise InvalidValueError(f"{path}: labels for some splits only ({', '.join(s for s, has in labelled.items() if has)}); "
                          f"give y for every split or for none")
     splits = {}
     for split, (x_key, y_key) in names.items():

@@ -25,6 +25,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
+from convac.errors import InvalidValueError
+
 Split = tuple[Tensor, Tensor]
 SPLITS = ("train", "val", "test")
 
@@ -35,7 +37,7 @@ def hold_out(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[Split, S
     ``x``: ``(N, ...)``, ``y``: ``(N,)``; the held-out part has ``round(fraction * N)`` rows.
     """
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"the held-out fraction must be in [0, 1), got {fraction}")
+        raise InvalidValueError(f"the held-out fraction must be in [0, 1), got {fraction}")
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(len(x)))
     n_out = round(fraction * len(x))
     kept, out = perm[n_out:], perm[:n_out]
@@ -137,7 +139,7 @@ class ConvACDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.hparams["name"] = self.name  # lets `convac-eval` rebuild the data from a checkpoint
         if in_shape is not None and len(in_shape) != 3:
-            raise ValueError(f"data.in_shape must be (C, H, W), got {list(in_shape)}")
+            raise InvalidValueError(f"data.in_shape must be (C, H, W), got {list(in_shape)}")
         self.in_shape = None if in_shape is None else tuple(int(s) for s in in_shape)
         self.num_values = None if num_values is None else int(num_values)
         self.num_classes = None if num_classes is None else int(num_classes)
@@ -185,7 +187,7 @@ class ConvACDataModule(L.LightningDataModule):
     def _resized(self, split: str, x: Tensor) -> Tensor:
         """``x`` resized to ``in_shape`` (:func:`area_resize`) where its channels match."""
         if x.is_floating_point():
-            raise ValueError(f"data.resize=true resizes integer images, but {self._where(split)} holds floats")
+            raise InvalidValueError(f"data.resize=true resizes integer images, but {self._where(split)} holds floats")
         return area_resize(x, self.in_shape[1:]) if x.shape[1] == self.in_shape[0] else x
 
     def split(self, name: str) -> Split:
@@ -200,7 +202,7 @@ class ConvACDataModule(L.LightningDataModule):
         needs a number of values (categorical, Bernoulli) and this data is real-valued."""
         self.setup()
         if self._real_valued and leaf.get("name") != "gaussian":
-            raise ValueError(f"{label} has {leaf.get('name')} leaves, for integer codes, but data={self.name} serves "
+            raise InvalidValueError(f"{label} has {leaf.get('name')} leaves, for integer codes, but data={self.name} serves "
                              f"real values; use model/leaf=gaussian")
 
     def check_fits(self, model: nn.Module, label: str = "the model") -> None:
@@ -221,7 +223,7 @@ class ConvACDataModule(L.LightningDataModule):
         elif self.num_values is not None and self.num_values > getattr(model.leaf_spec, "num_values", self.num_values):
             problems.append(f"{label} has {model.leaf_spec} leaves but {served} {self.num_values} values")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise InvalidValueError("; ".join(problems))
 
     # ------------------------------------------------------------------ layout
     def _where(self, split: str) -> str:
@@ -233,13 +235,13 @@ class ConvACDataModule(L.LightningDataModule):
         for split, (x, _) in splits.items():
             shape = list(x.shape[1:])
             if self.in_shape is not None and tuple(shape) != self.in_shape:
-                raise ValueError(
+                raise InvalidValueError(
                     f"data.in_shape is {list(self.in_shape)} but {self._where(split)} has samples of shape "
                     f"{shape}; set data.in_shape={shape}, or leave it unset (null) to read it from the data"
                     + (" (or data.resize=true to resize the samples to in_shape)" if shape[0] == self.in_shape[0] else "")
                 )
             if first is not None and shape != first[1]:
-                raise ValueError(
+                raise InvalidValueError(
                     f"{self._where(split)} has samples of shape {shape} but the {first[0]} split {first[1]} "
                     f"(mixed shapes: every sample needs one shape)"
                 )
@@ -253,20 +255,20 @@ class ConvACDataModule(L.LightningDataModule):
         real-valued (non-integer, ``continuous`` only) and, for integer data, ``num_values``."""
         for split, (x, _) in splits.items():
             if x.is_floating_point() and torch.isinf(x).any():
-                raise ValueError(f"{self._where(split)} holds infinite values (a missing value is NaN)")
+                raise InvalidValueError(f"{self._where(split)} holds infinite values (a missing value is NaN)")
             self.has_missing |= bool(x.is_floating_point() and torch.isnan(x).any())
         real = [split for split, (x, _) in splits.items() if not _is_integer(x)]
         if real:
             values = _observed(splits[real[0]][0])
             example = values[values != values.round()][0].item()
             if not self.continuous:
-                raise ValueError(
+                raise InvalidValueError(
                     f"{self._where(real[0])} holds non-integer values (e.g. {example:g}) but data.continuous is "
                     f"false: categorical and Bernoulli leaves need integer codes 0, 1, ...; set "
                     f"data.continuous=true (with model/leaf=gaussian) for real values"
                 )
             if self.num_values is not None:
-                raise ValueError(
+                raise InvalidValueError(
                     f"data.num_values is {self.num_values} but {self._where(real[0])} holds real values "
                     f"(e.g. {example:g}); leave data.num_values unset (null) for real-valued data"
                 )
@@ -279,7 +281,7 @@ class ConvACDataModule(L.LightningDataModule):
             self.num_values = max(2, high + 1)
         for split, (low, high) in ranges.items():
             if low < 0 or high >= self.num_values:
-                raise ValueError(
+                raise InvalidValueError(
                     f"data.num_values is {self.num_values} but {self._where(split)} holds values in [{low}, {high}]"
                     if self.hparams.num_values is not None else
                     f"{self._where(split)} holds values in [{low}, {high}]; integer data must be codes 0, 1, ..."
@@ -293,7 +295,7 @@ class ConvACDataModule(L.LightningDataModule):
             self.num_classes = max((r[1] for r in ranges.values()), default=0) + 1
         for split, (low, high) in ranges.items():
             if low < 0 or high >= self.num_classes:
-                raise ValueError(
+                raise InvalidValueError(
                     f"data.num_classes is {self.num_classes} but {self._where(split)} has labels in [{low}, {high}]"
                     if self.hparams.num_classes is not None else
                     f"{self._where(split)} has labels in [{low}, {high}]; labels must be class indices 0, 1, ..."

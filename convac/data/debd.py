@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from convac.data.base import ConvACDataModule, Split
+from convac.errors import InvalidValueError, MissingFileError
 
 # our split name -> the DEBD file suffix
 _FILE_SPLITS = {"train": "train", "val": "valid", "test": "test"}
@@ -27,7 +28,7 @@ def read_debd(path: str | Path) -> torch.Tensor:
             rows = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
     except (ValueError, UserWarning) as e:
         reason = str(e).split("; use `usecols`")[0]  # numpy's hint does not apply here
-        raise ValueError(f"{path}: expected rows of comma-separated 0/1 values of one length; {reason}") from e
+        raise InvalidValueError(f"{path}: expected rows of comma-separated 0/1 values of one length; {reason}") from e
     return torch.from_numpy(rows)[:, None, None, :]
 
 
@@ -65,7 +66,7 @@ class DEBDDataModule(ConvACDataModule):
         folder = self._folder()
         missing = [name for name in self.expected_files() if not (folder / name).is_file()]
         if missing:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"debd (data.dataset={self.dataset}) needs {', '.join(self.expected_files())} "
                 f"in data.root={self.root.resolve()} or in its subfolder {self.dataset}/; "
                 f"missing: {', '.join(missing)}"

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from convac.data.base import ConvACDataModule, Split, hold_out
+from convac.errors import InvalidValueError, MissingFileError
 
 # IDX type codes (the third byte of the magic number) -> numpy dtype (big-endian).
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -38,21 +39,21 @@ def read_idx(path: str | Path) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise ValueError(f"{path}: corrupt gzip stream ({e})") from e
+        raise InvalidValueError(f"{path}: corrupt gzip stream ({e})") from e
     if len(data) < 4:
-        raise ValueError(f"{path} is not an IDX file (expected a 4-byte magic number, the file has {len(data)} bytes)")
+        raise InvalidValueError(f"{path} is not an IDX file (expected a 4-byte magic number, the file has {len(data)} bytes)")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (magic number {data[:4].hex()}, expected 0000 then a type "
+        raise InvalidValueError(f"{path} is not an IDX file (magic number {data[:4].hex()}, expected 0000 then a type "
                          f"code in {{{', '.join(f'{c:02x}' for c in _IDX_DTYPES)}}} and the number of dimensions)")
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: truncated header ({len(data)} bytes, expected {header} for {ndim} dimensions)")
+        raise InvalidValueError(f"{path}: truncated header ({len(data)} bytes, expected {header} for {ndim} dimensions)")
     shape = struct.unpack(f">{ndim}I", data[4:header])
     dtype = np.dtype(_IDX_DTYPES[dtype_code])
     expected = header + dtype.itemsize * int(np.prod(shape))
     if len(data) != expected:
-        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes), file has {len(data)}")
+        raise InvalidValueError(f"{path}: header says shape {shape} ({expected} bytes), file has {len(data)}")
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
 
 
@@ -65,7 +66,7 @@ def find_idx(root: str | Path, stem: str) -> Path | None:
 def _require(root: str | Path, stem: str) -> Path:
     path = find_idx(root, stem)
     if path is None:
-        raise FileNotFoundError(f"expected {stem} or {stem}.gz in {Path(root).resolve()}")
+        raise MissingFileError(f"expected {stem} or {stem}.gz in {Path(root).resolve()}")
     return path
 
 
@@ -76,7 +77,7 @@ def load_idx_pair(root: str | Path, prefix: str) -> Split:
         for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
     )
     if images.ndim != 3 or labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(
+        raise InvalidValueError(
             f"{root}: expected {prefix} images of shape (N, H, W) and labels of shape (N,), "
             f"found images {images.shape} and labels {labels.shape}"
         )
@@ -106,7 +107,7 @@ class MNISTDataModule(ConvACDataModule):
     ) -> None:
         super().__init__(in_shape, num_values, num_classes, **kwargs)
         if split not in SPLIT_FILES:
-            raise ValueError(f"data.split must be one of {sorted(SPLIT_FILES)}, got {split!r}")
+            raise InvalidValueError(f"data.split must be one of {sorted(SPLIT_FILES)}, got {split!r}")
         self.root = Path(root)
         self.split_name = split
 
@@ -118,7 +119,7 @@ class MNISTDataModule(ConvACDataModule):
     def load_splits(self) -> dict[str, Split]:
         missing = [name for name in self.expected_files() if find_idx(self.root, name) is None]
         if missing:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{self.name} (data.split={self.split_name}) needs the IDX files "
                 f"{', '.join(self.expected_files())} (each plain or .gz) in data.root="
                 f"{self.root.resolve()}; missing: {', '.join(missing)}"

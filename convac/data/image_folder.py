@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from convac.data.base import ConvACDataModule, Split, fill_splits
+from convac.errors import InvalidValueError, MissingFileError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 MODES = ("L", "RGB")
@@ -32,21 +33,21 @@ def list_images(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
     subfolder (sorted by name), or no classes (labels 0) when ``root`` holds the images."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"data.root={root.resolve()}: no such folder")
+        raise MissingFileError(f"data.root={root.resolve()}: no such folder")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     loose = _images_in(root)
     if classes and loose:
-        raise ValueError(f"data.root={root} holds both class subfolders ({', '.join(classes[:5])}) and images "
+        raise InvalidValueError(f"data.root={root} holds both class subfolders ({', '.join(classes[:5])}) and images "
                          f"({loose[0].name}); expected one subfolder per class, or images only")
     if not classes:
         if not loose:
-            raise ValueError(f"data.root={root} holds no images ({', '.join(IMAGE_SUFFIXES)}) and no class subfolders")
+            raise InvalidValueError(f"data.root={root} holds no images ({', '.join(IMAGE_SUFFIXES)}) and no class subfolders")
         return loose, [0] * len(loose), []
     files, labels = [], []
     for label, name in enumerate(classes):
         found = _images_in(root / name)
         if not found:
-            raise ValueError(f"data.root={root}: the class folder {name}/ holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise InvalidValueError(f"data.root={root}: the class folder {name}/ holds no images ({', '.join(IMAGE_SUFFIXES)})")
         files += found
         labels += [label] * len(found)
     return files, labels, classes
@@ -59,9 +60,9 @@ def _open(path: Path) -> Image.Image:
         with Image.open(path) as image:
             image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{path}: cannot read the image ({e})") from e
+        raise InvalidValueError(f"{path}: cannot read the image ({e})") from e
     if image.mode.startswith(("I", "F")):
-        raise ValueError(f"{path} is a {image.mode} image (16-bit, 32-bit or float); data=image_folder reads 8-bit "
+        raise InvalidValueError(f"{path} is a {image.mode} image (16-bit, 32-bit or float); data=image_folder reads 8-bit "
                          f"images: convert it to 8-bit grayscale or RGB")
     return image
 
@@ -78,7 +79,7 @@ def read_images(files: list[Path], size: tuple[int, int] | None, mode: str | Non
         other = next((i for i, s in enumerate(sizes) if s != sizes[0]), None)
         if other is not None:
             (w0, h0), (w1, h1) = sizes[0], sizes[other]
-            raise ValueError(f"images of mixed sizes: {files[0]} is {h0}x{w0} (HxW) but {files[other]} is {h1}x{w1}; "
+            raise InvalidValueError(f"images of mixed sizes: {files[0]} is {h0}x{w0} (HxW) but {files[other]} is {h1}x{w1}; "
                              f"set data.size=[H, W] to resize them all")
         size = sizes[0][::-1]
     h, w = size
@@ -122,11 +123,11 @@ class ImageFolderDataModule(ConvACDataModule):
     ) -> None:
         num_values = 256 if num_values is None else int(num_values)
         if not 2 <= num_values <= 256:
-            raise ValueError(f"data.num_values must be in [2, 256] (levels of 8-bit pixels), got {num_values}")
+            raise InvalidValueError(f"data.num_values must be in [2, 256] (levels of 8-bit pixels), got {num_values}")
         if mode not in (None, *MODES):
-            raise ValueError(f"data.mode must be one of {list(MODES)} or null, got {mode!r}")
+            raise InvalidValueError(f"data.mode must be one of {list(MODES)} or null, got {mode!r}")
         if size is not None and (len(size) != 2 or min(size) < 1):
-            raise ValueError(f"data.size must be [H, W] with positive sizes, got {list(size)}")
+            raise InvalidValueError(f"data.size must be [H, W] with positive sizes, got {list(size)}")
         super().__init__(num_values=num_values, **kwargs)
         self.root = Path(root)
         self.size = None if size is None else (int(size[0]), int(size[1]))

@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from convac.data.base import ConvACDataModule, Split
+from convac.errors import InvalidValueError
 from convac.model import HTConvAC
 
 
@@ -34,7 +35,7 @@ class SyntheticDataModule(ConvACDataModule):
         **kwargs,
     ) -> None:
         if None in (in_shape, num_values, num_classes):
-            raise ValueError("data=synthetic draws samples of a given layout: set data.in_shape, data.num_values "
+            raise InvalidValueError("data=synthetic draws samples of a given layout: set data.in_shape, data.num_values "
                              f"and data.num_classes (got {in_shape}, {num_values}, {num_classes})")
         super().__init__(in_shape, num_values, num_classes, **kwargs)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from convac.data.base import ConvACDataModule, Split, fill_splits
+from convac.errors import InvalidValueError, MissingFileError
 
 
 def _is_number_or_missing(cell: str) -> bool:
@@ -28,14 +29,14 @@ def _is_number_or_missing(cell: str) -> bool:
 def _read_rows(path: Path, delimiter: str) -> list[tuple[int, list[str]]]:
     """``(line number, cells)`` of every non-blank row."""
     if not path.is_file():
-        raise FileNotFoundError(f"data.path={path.resolve()}: no such file")
+        raise MissingFileError(f"data.path={path.resolve()}: no such file")
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = [(line, row) for line, row in enumerate(csv.reader(f, delimiter=delimiter), start=1) if row]
     except (UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"{path}: not a readable CSV text file ({e})") from e
+        raise InvalidValueError(f"{path}: not a readable CSV text file ({e})") from e
     if not rows:
-        raise ValueError(f"{path}: no rows; expected {delimiter!r}-separated integer codes, one sample a row")
+        raise InvalidValueError(f"{path}: no rows; expected {delimiter!r}-separated integer codes, one sample a row")
     return rows
 
 
@@ -43,7 +44,7 @@ def _cell_value(path: Path, line: int, column: str, cell: str) -> float:
     try:
         return float(cell)
     except ValueError:
-        raise ValueError(
+        raise InvalidValueError(
             f"{path}, line {line}, column {column!r}: {cell!r} is not a number (a cell holds an integer code, "
             f"or is empty or NaN when missing)"
         ) from None
@@ -68,14 +69,14 @@ def _label_index(path: Path, label_column: str, columns: list[str], header: bool
         return int(label_column)
     shown = ", ".join(columns[:12]) + (", ..." if len(columns) > 12 else "")
     where = f"the header's columns {shown}" if header else f"positions 0..{len(columns) - 1} (the file has no header row)"
-    raise ValueError(f"{path}: data.label_column={label_column!r} is not one of {where}")
+    raise InvalidValueError(f"{path}: data.label_column={label_column!r} is not one of {where}")
 
 
 def _labels(path: Path, values: np.ndarray, rows: list[tuple[int, list[str]]], column: str) -> torch.Tensor:
     bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
     if len(bad):
         line, cell = rows[bad[0]][0], values[bad[0]]
-        raise ValueError(f"{path}, line {line}: the label column {column!r} holds {cell:g}; labels must be class "
+        raise InvalidValueError(f"{path}, line {line}: the label column {column!r} holds {cell:g}; labels must be class "
                          f"indices 0, 1, ... in every row")
     return torch.from_numpy(values.astype(np.int64))
 
@@ -95,11 +96,11 @@ def read_table(
     columns = [cell.strip() for cell in first] if header else [str(i) for i in range(len(first))]
     data = rows[1:] if header else rows
     if not data:
-        raise ValueError(f"{path}: a header row and no data rows")
+        raise InvalidValueError(f"{path}: a header row and no data rows")
     for line, row in data:
         if len(row) != len(columns):
             reference = "the header has" if header else f"line {data[0][0]} has"
-            raise ValueError(f"{path}, line {line}: {len(row)} cells but {reference} {len(columns)} "
+            raise InvalidValueError(f"{path}, line {line}: {len(row)} cells but {reference} {len(columns)} "
                              f"(mixed row lengths: every row needs one cell per column)")
     values = _to_floats(path, data, columns)
     if label_column is None:

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from convac.entropy import DEFAULT_NUM_SAMPLES, probe
+from convac.errors import InvalidValueError
 from convac.training.atomic import CsvHistory
 from convac.validation import check_positive_float, check_positive_int
 
@@ -62,7 +63,7 @@ class EntropyProbe(L.Callback):
         if bin_width not in ("auto", None):
             check_positive_float("bin_width", bin_width)  # or 'auto' or None
         if figure_every_n_epochs < 0:
-            raise ValueError(f"figure_every_n_epochs must be >= 0 (0: never), got {figure_every_n_epochs}")
+            raise InvalidValueError(f"figure_every_n_epochs must be >= 0 (0: never), got {figure_every_n_epochs}")
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
         self.seed = seed

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from convac.errors import InvalidValueError
 from convac.leaves import CategoricalLayer, GaussianLayer
 from convac.model import ConvAC
 
@@ -98,9 +99,9 @@ def check_settings(lr: float, pseudocount: float) -> None:
     ``pseudocount >= 0``: :class:`EM`'s settings, also checked by the training module before a
     run starts."""
     if not 0.0 < lr <= 1.0:
-        raise ValueError(f"the EM step size (lr) must be in (0, 1], got {lr}")
+        raise InvalidValueError(f"the EM step size (lr) must be in (0, 1], got {lr}")
     if pseudocount < 0:
-        raise ValueError(f"the EM pseudocount must be >= 0, got {pseudocount}")
+        raise InvalidValueError(f"the EM pseudocount must be >= 0, got {pseudocount}")
 
 
 class EM(torch.optim.Optimizer):
@@ -127,7 +128,7 @@ class EM(torch.optim.Optimizer):
     def __init__(self, model: ConvAC, lr: float = 0.1, pseudocount: float = 0.1, dataset_size: int | None = None):
         check_settings(lr, pseudocount)
         if dataset_size is not None and dataset_size < 1:
-            raise ValueError(f"dataset_size must be a positive number of examples, got {dataset_size}")
+            raise InvalidValueError(f"dataset_size must be a positive number of examples, got {dataset_size}")
         super().__init__(model.parameters(), dict(lr=lr, pseudocount=pseudocount, decay=1.0))
         self.model = model
         self.dataset_size = dataset_size

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.nn import functional as F
 
+from convac.errors import InvalidValueError
 from convac.model import marginalize_classes
 from convac.structure import check_trees, learn_structure
 from convac.training.em import EM, check_settings as check_em_settings
@@ -109,42 +110,42 @@ class ConvACModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+            raise InvalidValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if not 0.0 <= hybrid_alpha <= 1.0:
-            raise ValueError(f"hybrid_alpha must be in [0, 1], got {hybrid_alpha}")
+            raise InvalidValueError(f"hybrid_alpha must be in [0, 1], got {hybrid_alpha}")
         self.use_em = optimizer.lower() == "em"
         if not self.use_em and not isinstance(getattr(torch.optim, optimizer, None), type):
-            raise ValueError(f"optimizer must name a torch.optim class (Adam, SGD, ...) or be 'em', got {optimizer!r}")
+            raise InvalidValueError(f"optimizer must name a torch.optim class (Adam, SGD, ...) or be 'em', got {optimizer!r}")
         if scheduler is not None and not isinstance(getattr(torch.optim.lr_scheduler, scheduler, None), type):
-            raise ValueError(f"scheduler must name a torch.optim.lr_scheduler class (CosineAnnealingLR, ...), got {scheduler!r}")
+            raise InvalidValueError(f"scheduler must name a torch.optim.lr_scheduler class (CosineAnnealingLR, ...), got {scheduler!r}")
         if not 0.0 <= test_missing_fraction < 1.0:
-            raise ValueError(f"test_missing_fraction must be in [0, 1), got {test_missing_fraction}")
+            raise InvalidValueError(f"test_missing_fraction must be in [0, 1), got {test_missing_fraction}")
         unknown = set(em or {}) - set(EM_DEFAULTS)
         if unknown:
-            raise ValueError(f"unknown EM settings {sorted(unknown)}; expected {sorted(EM_DEFAULTS)}")
+            raise InvalidValueError(f"unknown EM settings {sorted(unknown)}; expected {sorted(EM_DEFAULTS)}")
         self.em_settings = {**EM_DEFAULTS, **(em or {})}
         if "trees" in (structure_learning or {}):  # an unknown tree kind fails now, not when fitting starts
             check_trees(structure_learning["trees"])
         if self.use_em:
             if objective != "generative":
-                raise ValueError(f"optimizer=em maximizes a likelihood: it needs objective=generative, got {objective!r}")
+                raise InvalidValueError(f"optimizer=em maximizes a likelihood: it needs objective=generative, got {objective!r}")
             check_em_settings(self.lr, self.em_settings["pseudocount"])
             self.automatic_optimization = False  # EM's statistics and M-step: see training_step
         self.model = create_model(model_name, **(model_kwargs or {}))
         check_members(ensemble_members, getattr(self.model, "num_repetitions", 1))
         if ensemble_members > 1 and objective != "generative":
-            raise ValueError(f"ensemble_members > 1 fits each member's likelihood: it needs objective=generative, "
+            raise InvalidValueError(f"ensemble_members > 1 fits each member's likelihood: it needs objective=generative, "
                              f"got {objective!r}")
         if init_std is not None:
             self.model.reset_logits(init_std)
         if objective != "generative" and self.model.num_classes < 2:
-            raise ValueError(
+            raise InvalidValueError(
                 f"the {objective} objective needs a classifier (num_classes >= 2), "
                 f"got num_classes={self.model.num_classes}"
             )
         if compile:
             if self.use_em:
-                raise ValueError("module.compile=true does not work with optimizer=em (EM reads the layers' outputs "
+                raise InvalidValueError("module.compile=true does not work with optimizer=em (EM reads the layers' outputs "
                                  "through forward hooks); use one of them")
             self.model.compile()  # torch.compile of the model's forward, in place (the state dict keeps its keys)
         self.bits_per_nat = 1.0 / (self.model.num_variables * math.log(2))
@@ -299,7 +300,7 @@ class ConvACModule(L.LightningModule):
         diff = [f"model.{k}: checkpoint {theirs[k]!r}, this run {ours[k]!r}"
                 for k in sorted(set(ours) & set(theirs)) if ours[k] != theirs[k]]
         if diff:
-            raise ValueError("the checkpoint holds another architecture than this run builds: " + "; ".join(diff))
+            raise InvalidValueError("the checkpoint holds another architecture than this run builds: " + "; ".join(diff))
 
     def configure_optimizers(self) -> Any:
         """The optimizer (or EM) and, when ``scheduler`` is set, its per-epoch schedule."""

@@ -7,6 +7,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from convac.data.base import SPLITS
+from convac.errors import InvalidValueError
 from convac.pictures import pick_images, write_pictures
 
 
@@ -28,7 +29,7 @@ class Pictures(L.Callback):
 
     def __init__(self, dirpath: str | None = None, split: str = "test", seed: int = 0) -> None:
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+            raise InvalidValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.dirpath = dirpath
         self.split = split
         self.seed = seed

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from convac.errors import InvalidValueError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 # data config keys that name a local folder or file, given again when the card is evaluated
 LOCAL_DATA_KEYS = ("root", "path")
@@ -124,7 +126,7 @@ class ModelCard:
         content = json.loads(Path(path).read_text())
         expected = {f.name for f in fields(cls)}
         if set(content) != expected:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{path}: a model card needs the keys {sorted(expected)}; missing "
                 f"{sorted(expected - set(content))}, unexpected {sorted(set(content) - expected)}"
             )
@@ -165,5 +167,5 @@ def replace_readme_section(text: str, table: str) -> str:
     if begin == -1 and end == -1:
         return text.rstrip("\n") + ("\n\n" if text.strip() else "") + section + "\n"
     if begin == -1 or end < begin:
-        raise ValueError(f"the README has a broken zoo section: expected {README_BEGIN!r} before {README_END!r}")
+        raise InvalidValueError(f"the README has a broken zoo section: expected {README_BEGIN!r} before {README_END!r}")
     return text[:begin] + section + text[end + len(README_END):]

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 from omegaconf import DictConfig
 from torch import nn
 
+from convac.errors import InvalidValueError
 from convac.zoo.cards import local_data_key
 from convac.zoo.registry import create_model, register_model
 
@@ -93,7 +94,7 @@ def _architecture_json(experiment: str) -> str:
 
     kwargs = schema.to_kwargs(compose_train_config([f"experiment={experiment}"]).model)
     if kwargs["in_shape"] is None:  # built without data: the shape cannot be read from it
-        raise ValueError(f"experiment={experiment} leaves data.in_shape to be read from the data; a zoo entry "
+        raise InvalidValueError(f"experiment={experiment} leaves data.in_shape to be read from the data; a zoo entry "
                          f"pins it (data.in_shape: [C, H, W]) so that its model is built without data")
     return json.dumps([kwargs.pop("name"), kwargs])
 

@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from convac.data import create_datamodule
+from convac.errors import InvalidValueError, MissingFileError
 from convac.model import ConvAC
 from convac.zoo import evaluate
 from convac.zoo.cards import CARDS_DIR, WEIGHTS_DIR, ModelCard, with_local_data
@@ -29,7 +30,7 @@ def best_checkpoint(run_dir: Path) -> Path:
     """The single ``best-*.ckpt`` of a run folder."""
     found = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
     if len(found) != 1:
-        raise FileNotFoundError(f"{run_dir}/checkpoints: expected one best-*.ckpt, found {[p.name for p in found]}")
+        raise MissingFileError(f"{run_dir}/checkpoints: expected one best-*.ckpt, found {[p.name for p in found]}")
     return found[0]
 
 
@@ -54,7 +55,7 @@ def export_run(entry: ZooEntry, run_dir: str | Path, data_root: str | None, seco
     ckpt = best_checkpoint(run_dir)
     weights = read_weights(ckpt)
     if [weights.model_name, weights.model_kwargs] != list(entry.architecture()):
-        raise ValueError(
+        raise InvalidValueError(
             f"{ckpt} holds {weights.model_name} {weights.model_kwargs}, but experiment={entry.experiment} "
             f"defines {entry.architecture()}; retrain without model overrides"
         )
@@ -66,7 +67,7 @@ def export_run(entry: ZooEntry, run_dir: str | Path, data_root: str | None, seco
         data[entry.local_data_key] = None  # a local folder or file: given again at evaluation time
     metrics = evaluate.test_metrics(model, datamodule)
     if not all(math.isfinite(v) for v in metrics.values()):
-        raise ValueError(f"{entry.name}: non-finite test metrics {metrics}")
+        raise InvalidValueError(f"{entry.name}: non-finite test metrics {metrics}")
     entropy = {**evaluate.entropy_chain(model, datamodule.bin_width), "last_epoch": last_epoch_entropy(run_dir, model)}
 
     path = WEIGHTS_DIR / f"{entry.name}.safetensors"

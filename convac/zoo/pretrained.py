@@ -25,6 +25,8 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
+from convac.errors import MissingFileError
+
 FORMAT = "convac-weights-1"  # the ``format`` metadata value this module writes and expects
 SUFFIXES = (".safetensors", ".ckpt")
 
@@ -75,7 +77,7 @@ def read_weights(path: str | Path, sha256: str | None = None) -> Weights:
     if path.suffix not in SUFFIXES:
         raise PretrainedError(f"{path}: expected a {' or '.join(SUFFIXES)} file, found suffix {path.suffix!r}")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weight file")
+        raise MissingFileError(f"{path}: no such weight file")
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if sha256 is not None and digest != sha256:

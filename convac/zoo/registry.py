@@ -13,6 +13,7 @@ from typing import Callable
 
 from torch import nn
 
+from convac.errors import InvalidValueError
 from convac.model import CPConvAC, HTConvAC
 from convac.zoo import pretrained as weights_io
 from convac.zoo.cards import load_cards
@@ -26,7 +27,7 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | No
     def register(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or builder.__name__
         if key in _BUILDERS:
-            raise ValueError(f"a model named {key!r} is already registered")
+            raise InvalidValueError(f"a model named {key!r} is already registered")
         _BUILDERS[key] = builder
         return builder
 
@@ -50,14 +51,14 @@ def create_model(name: str, pretrained: bool | str | Path = False, **overrides) 
     tensor must fit the architecture, else :class:`~convac.zoo.pretrained.ArchitectureMismatchError`.
     """
     if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+        raise InvalidValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     model = _BUILDERS[name](**overrides)
     if pretrained is False:
         return model
     if pretrained is True:
         cards = load_cards()
         if name not in cards:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{name!r} ships no pretrained weights; models with weights: {', '.join(list_models(pretrained=True))}"
             )
         weights = weights_io.read_weights(cards[name].weights_path, sha256=cards[name].sha256)
@@ -74,7 +75,7 @@ def load_pretrained(name_or_path: str | Path) -> nn.Module:
         return create_model(str(name_or_path), pretrained=True)
     path = Path(name_or_path)
     if path.suffix not in weights_io.SUFFIXES:
-        raise ValueError(
+        raise InvalidValueError(
             f"{name_or_path!r} is neither a pretrained model ({', '.join(list_models(pretrained=True))}) "
             f"nor a {' / '.join(weights_io.SUFFIXES)} file"
         )
