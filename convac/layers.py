@@ -7,8 +7,10 @@ matmul over positions with no copies, and pooling is a reduction over each windo
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy
 import torch
@@ -18,6 +20,59 @@ from torch.nn import functional as F
 
 from convac.fixed import FixedParameters
 from convac.validation import Grid, check_flag, check_grid, check_positive_int
+
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@contextlib.contextmanager
+def _autocast_off(device_type: str) -> Iterator[None]:
+    """Within the block autocast is off for ``device_type`` (a no-op where it is not on)."""
+    if not torch.is_autocast_enabled(device_type):
+        yield
+        return
+    with torch.autocast(device_type, enabled=False):
+        yield
+
+
+def float32_under_autocast(sum_node: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    """Run the log-space sum ``sum_node(x, weights)`` with autocast off and inputs of a lower
+    precision cast to float32, when autocast is on for their device (mixed precision:
+    ``trainer.precision=bf16-mixed`` or ``16-mixed``); as it is otherwise. Its output is then
+    float32, and so are its gradients (the backward passes of the custom functions below run
+    with autocast off too, :func:`_backward_without_autocast`).
+
+    Why: autocast would run the sum node's matmul in bfloat16 (8-bit mantissa) or float16, whose
+    output no longer matches the float32 ``exp``/``log`` around it, and whose rounding (about
+    0.4% or 0.05% per sum) would compound over the levels of the tree; a sum node is two
+    elementwise passes around its matmul, so float32 costs it little. Autocast itself keeps
+    ``log_softmax`` and ``logsumexp`` in float32 for the same reason. This is what
+    ``torch.amp.custom_fwd(cast_inputs=torch.float32)`` does, for every device type.
+    """
+
+    @functools.wraps(sum_node)
+    def run(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if not torch.is_autocast_enabled(device):
+            return sum_node(x, weights)
+        with _autocast_off(device):
+            return sum_node(*(t.float() if t.dtype in LOW_PRECISION else t for t in (x, weights)))
+
+    return run
+
+
+def _backward_without_autocast(backward):
+    """A custom function's ``backward(ctx, grad)`` run with autocast off on the gradient's
+    device, as its forward ran (:func:`float32_under_autocast`; ``torch.amp.custom_bwd``):
+    a backward pass called inside an autocast block would otherwise run its matmuls in half
+    precision."""
+
+    @functools.wraps(backward)
+    def run(ctx, grad: torch.Tensor):
+        with _autocast_off(grad.device.type):
+            return backward(ctx, grad)
+
+    return run
 
 
 def _mix(linear: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -103,6 +158,7 @@ class _LogEinsumExp(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_backward_without_autocast
     def backward(ctx, grad: torch.Tensor):
         linear, weights, mixed = ctx.saved_tensors
         ratio = grad / mixed  # (P, B, K_out)
@@ -121,6 +177,7 @@ class _LogEinsumExp(torch.autograd.Function):
         return grad_x, grad_w
 
 
+@float32_under_autocast
 def log_einsum_exp(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Log-space sum node (fast path): ``y[p, b, j] = log sum_a w[p, j, a] exp(x[p, b, a])``.
 
@@ -211,6 +268,7 @@ class _LogSumExact(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_backward_without_autocast
     def backward(ctx, grad: torch.Tensor):
         x, log_weights, y = ctx.saved_tensors
         y = torch.nan_to_num(y, neginf=0.0)  # rows of -inf inputs: every q is exp(-inf) = 0
@@ -227,6 +285,7 @@ class _LogSumExact(torch.autograd.Function):
         return grad_x, grad_w
 
 
+@float32_under_autocast
 def log_sum_exact(x: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
     """Log-space sum node in the log domain: ``y[p, b, j] = logsumexp_a(log w[p, j, a] + x[p, b, a])``.
 
@@ -241,6 +300,7 @@ def log_sum_exact(x: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
     return _broadcast_reduce(x, log_weights, _logsumexp_last)
 
 
+@float32_under_autocast
 def log_max_product(x: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
     """Max node (the sum node of the max-product semiring, in log space):
     ``y[p, b, j] = max_a(log w[p, j, a] + x[p, b, a])``; ``x`` (P, B, K_in), ``log_weights``

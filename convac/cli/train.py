@@ -24,6 +24,7 @@ from convac.cli.common import (build_trainer, exit_on_error, hydra_errors_raised
                                setup_data, start)
 from convac.configs import schema
 from convac.training import ConvACModule
+from convac.training.module import check_precision
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -44,6 +45,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if resume is not None:
         module.check_checkpoint(read_checkpoint(resume, "ckpt_path"))
     trainer = build_trainer(cfg)
+    check_precision(trainer.precision, module.use_em)
     make_run_folder(out)
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
 

@@ -34,6 +34,27 @@ DEFAULT_EM_STEP = 0.1
 FUSED_OPTIMIZERS = ("Adam", "AdamW", "SGD")  # torch.optim classes with a fused CPU and CUDA kernel
 
 
+def check_precision(precision: str, use_em: bool) -> None:
+    """Raise an :class:`InvalidValueError` (one line naming a precision that works) unless the
+    Lightning precision ``precision`` (``trainer.precision``: ``"32-true"``, ``"bf16-mixed"``, ...)
+    trains a ConvAC; ``use_em``: the module trains by EM.
+
+    * ``*-true`` half precisions store the parameters in bfloat16/float16: the leaves' log-
+      probabilities and every sum node would be rounded to 8 (11) bits of mantissa.
+    * ``16-mixed`` with EM: the loss scaling of float16 scales the gradients EM reads its counts
+      from, but not its flows.
+    ``32``, ``64`` and ``bf16-mixed`` train (``16-mixed`` too with a gradient optimizer): under
+    mixed precision the sum nodes compute in float32 (:func:`convac.layers.float32_under_autocast`).
+    """
+    precision = str(precision)
+    if precision in ("bf16-true", "16-true", "bf16", "16", "half"):
+        raise InvalidValueError(f"trainer.precision={precision} stores the parameters in half precision, too coarse for "
+                                f"the log-space sums of a ConvAC; use trainer.precision=bf16-mixed (or 32)")
+    if use_em and precision == "16-mixed":
+        raise InvalidValueError("trainer.precision=16-mixed scales the loss, and so the gradients EM reads its counts from; "
+                                "with module.optimizer=em use trainer.precision=bf16-mixed (or 32)")
+
+
 class ConvACModule(L.LightningModule):
     """Trains ``create_model(model_name, **model_kwargs)`` (its network is :attr:`model`).
 
@@ -170,6 +191,8 @@ class ConvACModule(L.LightningModule):
         the model's), after which the batches skip the model's per-batch value checks
         (:attr:`ConvAC.validate_args`: host reads); learn the model's structure from the training
         split when fitting a ``learned`` one."""
+        if self._trainer is not None:
+            check_precision(self.trainer.precision, self.use_em)
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "check_fits"):
             datamodule.check_fits(self.model)
