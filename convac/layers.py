@@ -25,10 +25,15 @@ from convac.validation import Grid, check_flag, check_grid, check_positive_int
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (never for a type without autocast, ``meta``)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 @contextlib.contextmanager
 def _autocast_off(device_type: str) -> Iterator[None]:
     """Within the block autocast is off for ``device_type`` (a no-op where it is not on)."""
-    if not torch.is_autocast_enabled(device_type):
+    if not _autocast_on(device_type):
         yield
         return
     with torch.autocast(device_type, enabled=False):
@@ -53,7 +58,7 @@ def float32_under_autocast(sum_node: Callable[[torch.Tensor, torch.Tensor], torc
     @functools.wraps(sum_node)
     def run(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         device = x.device.type
-        if not torch.is_autocast_enabled(device):
+        if not _autocast_on(device):
             return sum_node(x, weights)
         with _autocast_off(device):
             return sum_node(*(t.float() if t.dtype in LOW_PRECISION else t for t in (x, weights)))

@@ -326,19 +326,18 @@ class ConvAC(nn.Module):
 
         With one variable ``x_i`` per position a sum node over the leaf components is itself a
         categorical distribution, ``log sum_d w[i, j, d] f_{i,d}(x_i) = T[i, x_i, j]``: the table
-        ``T`` is the first sum layer applied to the leaf layer's output for every value and for
-        a missing variable (``(P_0, N + 1, M)``, ``N = num_values``; row ``N`` is the leaves
-        with the variable marginalized, ``log sum_d w[i, j, d] = 0``), so every row of the batch
+        ``T`` is the first sum layer applied to the leaf layer's output for every value and, when
+        a mask is given, for a missing variable (``(P_0, N + 1, M)``, ``N = num_values``; row
+        ``N`` is the leaves with the variable marginalized, ``log sum_d w[i, j, d] = 0``), so every row of the batch
         is a look-up. Costs ``N + 1`` instead of ``B`` rows of sum-layer work. Gradients (and
         EM's flows, read at the leaf layer's output) are those of the layer-by-layer pass,
         summed over the rows with equal values; the missing row carries the flow of the missing
         variables, whose expected counts are ``f * N`` (:mod:`convac.training.em`)."""
         num_positions, num_values = patches.shape[0], self.leaf_spec.num_values
-        rows_per_position = num_values + 1
-        values = torch.arange(rows_per_position, device=patches.device).clamp_max_(num_values - 1)
-        values = values.view(1, -1, 1).expand(num_positions, -1, -1)
-        marginalized = torch.arange(rows_per_position, device=patches.device) == num_values
-        table = self.sums[0](self.leaves(values, marginalized.view(1, -1, 1).expand_as(values)))  # (P_0, N + 1, K_1)
+        rows_per_position = num_values + (missing is not None)  # no missing row when nothing can be missing
+        rows = torch.arange(rows_per_position, device=patches.device).view(1, -1, 1).expand(num_positions, -1, -1)
+        marginalized = None if missing is None else rows == num_values
+        table = self.sums[0](self.leaves(rows.clamp_max(num_values - 1), marginalized))  # (P_0, N [+ 1], K_1)
         codes = self.leaves.prepare(patches[..., 0], None if missing is None else missing[..., 0])  # (P_0, B)
         if missing is not None:
             codes = codes.masked_fill(missing[..., 0], num_values)

@@ -131,7 +131,8 @@ def test_folded_leaf_sums_equal_the_layer_by_layer_pass(index):
         log_p = model.log_prob(x, missing)
         log_p.sum().backward()
         results.append((log_p.detach(), [p.grad.clone() for p in model.parameters()]))
-    assert first_sum_rows == [model.leaf_spec.num_values, len(x)]  # folded: one row per value
+    # folded: one row per value, and one for a missing variable when some can be missing
+    assert first_sum_rows == [model.leaf_spec.num_values + (missing_share > 0), len(x)]
     (folded, folded_grads), (plain, plain_grads) = results
     torch.testing.assert_close(folded, plain)
     for a, b in zip(folded_grads, plain_grads):
