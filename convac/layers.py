@@ -12,12 +12,12 @@ import functools
 import math
 from typing import Callable, Iterable, Iterator
 
-import numpy
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from convac import kernels
 from convac.fixed import FixedParameters
 from convac.validation import Grid, check_flag, check_grid, check_positive_int
 
@@ -89,58 +89,12 @@ def _mix(linear: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.bmm(linear, weights.transpose(1, 2))
 
 
-LOG2_E = 1.0 / math.log(2.0)
-LN_2 = math.log(2.0)
-NUMPY_LOG_MAX_THREADS = 3
-
-
-def log_add(mixed: torch.Tensor, shift: torch.Tensor, in_place: bool = False) -> torch.Tensor:
-    """``log(mixed) + shift`` (``shift`` broadcast over the last axis): the last step of a sum node.
-
-    On CPU with at most ``NUMPY_LOG_MAX_THREADS`` threads the logarithm is NumPy's ``log2`` times
-    ``ln 2``, folded into the addition: eager PyTorch's CPU ``log`` does not vectorize here
-    (torch 2.13, AVX512, one thread: 1.09 ms for 2^20 floats, against 0.31 ms for NumPy's
-    ``log2`` and 0.12 ms for the fused ``shift + ln 2 * log2``; a sum layer at K = 16 spends more
-    time in ``log`` than in its matmul). With more threads, on other devices, for other dtypes or
-    under ``torch.compile``, ``torch.log``. The two agree to about one float32 ulp.
-    ``in_place``: overwrite ``mixed`` (a no-grad pass) instead of allocating the result."""
-    if (mixed.device.type == "cpu" and mixed.dtype in (torch.float32, torch.float64) and mixed.is_contiguous()
-            and torch.get_num_threads() <= NUMPY_LOG_MAX_THREADS and not torch.compiler.is_compiling()):
-        values = mixed.detach().numpy()
-        with numpy.errstate(divide="ignore", invalid="ignore"):  # log 0 = -inf and NaN stay as they are
-            log2 = torch.from_numpy(numpy.log2(values, out=values if in_place else None))
-        return torch.add(shift, log2, alpha=LN_2, out=log2)
-    return (mixed.log_() if in_place else torch.log(mixed)).add_(shift)
-
-
-def channel_max(x: torch.Tensor) -> torch.Tensor:
-    """``(..., K) -> (..., 1)``: the maximum over the channels (the last axis).
-
-    On CPU with ``K >= 8`` not a multiple of 32, by halving: the elementwise maximum of the two
-    halves (overlapping by one channel when ``K`` is odd), repeated. PyTorch's CPU ``amax``
-    vectorizes an innermost reduction only over multiples of 32 floats; below that it was
-    measured 1.1-4x slower than halving (torch 2.13, AVX512; e.g. ``K = 16``: 1.13 against
-    0.58 ms for 2^20 values, one thread)."""
-    k = x.shape[-1]
-    if x.device.type != "cpu" or k < 8 or k % 32 == 0:
-        return x.amax(dim=-1, keepdim=True)
-    while k > 1:
-        half = (k + 1) // 2
-        x = torch.maximum(x[..., :half], x[..., k - half:])
-        k = half
-    return x
-
-
 def _shifted_mix(x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``shift`` (P, B, 1) = max of ``x`` over channels (``±inf``/NaN -> 0), ``linear = exp(x - shift)``
-    (P, B, K_in) and ``mixed = w @ linear`` (P, B, K_out), so that ``log(mixed) + shift`` is the sum.
-
-    ``exp(d)`` is taken as ``exp2(d * log2(e))`` after the subtraction ``d = x - shift``: PyTorch's
-    CPU ``exp2`` is 2.6x faster than its ``exp`` (0.33 against 0.85 ms for 2^20 floats), and the
-    rounding of the product adds a relative error of at most ``|d| eps / 2`` to a term of size
-    ``e^d``, at most ``eps / (2e)`` of the largest term."""
-    shift = torch.nan_to_num_(channel_max(x), nan=0.0, posinf=0.0, neginf=0.0)
-    linear = torch.sub(x, shift).mul_(LOG2_E).exp2_()
+    (P, B, K_in) and ``mixed = w @ linear`` (P, B, K_out), so that ``log(mixed) + shift`` is the
+    sum. The maximum and ``exp`` run the kernels measured fastest here (:mod:`convac.kernels`)."""
+    shift = torch.nan_to_num_(kernels.channel_max(x), nan=0.0, posinf=0.0, neginf=0.0)
+    linear = kernels.exp_(torch.sub(x, shift))
     return shift, linear, _mix(linear, weights)
 
 
@@ -159,7 +113,7 @@ class _LogEinsumExp(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         shift, linear, mixed = _shifted_mix(x, weights)
         ctx.save_for_backward(linear, weights, mixed)
-        return log_add(mixed, shift)
+        return kernels.log_add(mixed, shift, False)
 
     @staticmethod
     @once_differentiable
@@ -199,7 +153,7 @@ def log_einsum_exp(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad):
         return _LogEinsumExp.apply(x, weights)
     shift, _, mixed = _shifted_mix(x, weights)
-    return log_add(mixed, shift, in_place=True)
+    return kernels.log_add(mixed, shift, True)
 
 
 def min_log_weight(dtype: torch.dtype, in_channels: int) -> float:

@@ -213,18 +213,6 @@ def test_exact_positions_follow_the_weights_and_are_cached(monkeypatch):
     assert layer.exact_positions()[1].tolist() == [0] and checks[-1][0] == torch.float64
 
 
-# ---------------------------------------------------------------- the hot path (issue 13)
-@pytest.mark.parametrize("k", [1, 2, 3, 8, 16, 17, 24, 31, 32, 48, 64])
-def test_channel_max_is_the_maximum(k):
-    """``channel_max`` (halving where CPU ``amax`` is slow) equals ``amax`` bit for bit, with -inf
-    rows and NaN."""
-    x = torch.randn(3, 5, k) * 100
-    x[0, 0] = -math.inf
-    x[1, 1, k // 2] = math.nan
-    expected = x.amax(-1, keepdim=True)
-    assert torch.equal(layers.channel_max(x), expected) or torch.allclose(layers.channel_max(x), expected, equal_nan=True)
-
-
 def test_exact_positions_come_from_a_conservative_bound():
     """A position takes the exact path when ``min - max - log K_in`` of a row of its logits is
     below :func:`min_log_weight`: every position with a smaller log-weight does (exactness), and

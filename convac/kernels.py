@@ -1,0 +1,218 @@
+"""The elementwise kernels of a sum node, each chosen by measurement once per process.
+
+A sum node in log space, ``y = log(w @ exp(x - m)) + m`` (:func:`convac.layers.log_einsum_exp`),
+spends as much time in three elementwise passes around its matmul as in the matmul itself:
+
+* ``shift``: the maximum ``m`` over the input channels, ``(..., K) -> (..., 1)``;
+* ``exp``: ``exp(d)`` of the shifted inputs ``d = x - m <= 0``;
+* ``log_add``: ``log(mixed) + m``.
+
+Each has candidates that compute the same function by different kernels, whose speed depends
+on the CPU's vector extensions (AVX2 or AVX-512), the library builds, the device and the dtype:
+PyTorch's eager CPU ``amax`` vectorizes a reduction only over multiples of 32 floats, its ``exp``
+and ``log`` may not vectorize at all, and NumPy's ``log2`` is several times faster than
+``torch.log`` where NumPy dispatches AVX-512 and several times slower where it does not.
+No rule about the hardware predicts this, so, as cuDNN's benchmark mode picks a convolution
+algorithm, every operation times its candidates on a fixed representative input the first time
+it runs on a ``(device type, dtype)`` (and channel count, for ``shift``), keeps the fastest, and
+logs the choice once (logger ``convac.kernels``, INFO). The first candidate is PyTorch's own
+operation; another replaces it only when measured at least :data:`MARGIN` times faster, so that
+candidates of equal speed do not flip between runs. The choice does not depend on the thread
+count set later. ``shift`` candidates agree bit for bit; ``exp`` and ``log_add`` candidates
+agree to about one float32 ulp. Under ``torch.compile`` the PyTorch operation is always used.
+
+:func:`pin` fixes a choice (reproducibility to the last bit across machines, tests); :func:`chosen`
+lists the choices made so far.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy
+import torch
+
+from convac.errors import InvalidValueError
+
+logger = logging.getLogger(__name__)
+
+LOG2_E = 1.0 / math.log(2.0)
+LN_2 = math.log(2.0)
+#: How much faster than PyTorch's own operation a candidate must be measured to replace it.
+MARGIN = 1.2
+#: Elements of the representative input every candidate is timed on (a sum layer's activations
+#: at batch 256 on a 16x16 grid with 4 channels; large enough that per-call overheads vanish).
+TIMING_ELEMENTS = 1 << 18
+TIMING_ROUNDS = 5
+
+
+# ------------------------------------------------------------------------------- candidates
+def max_reduce(x: torch.Tensor) -> torch.Tensor:
+    """``(..., K) -> (..., 1)``: ``amax`` over the last axis."""
+    return x.amax(dim=-1, keepdim=True)
+
+
+def max_halving(x: torch.Tensor) -> torch.Tensor:
+    """``(..., K) -> (..., 1)``: the maximum by halving, the elementwise maximum of the two halves
+    (overlapping by one channel when ``K`` is odd), repeated: ``log2 K`` vectorized passes over
+    shrinking tensors instead of one reduction along a short innermost axis."""
+    k = x.shape[-1]
+    if k == 1:
+        return x.clone()
+    while k > 1:
+        half = (k + 1) // 2
+        x = torch.maximum(x[..., :half], x[..., k - half:])
+        k = half
+    return x
+
+
+def exp_direct(d: torch.Tensor) -> torch.Tensor:
+    """``exp(d)``, in place."""
+    return d.exp_()
+
+
+def exp_by_exp2(d: torch.Tensor) -> torch.Tensor:
+    """``exp(d) = 2^(d log2 e)``, in place: the roundings of ``log2 e`` and of the product add a
+    relative error of about ``|d| eps`` to a term of size ``e^d``, at most ``eps / e`` of the
+    largest term of a shifted sum (``d <= 0``)."""
+    return d.mul_(LOG2_E).exp2_()
+
+
+def log_add_torch(mixed: torch.Tensor, shift: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """``log(mixed) + shift``; ``in_place`` overwrites ``mixed``."""
+    return (mixed.log_() if in_place else torch.log(mixed)).add_(shift)
+
+
+def log_add_numpy(mixed: torch.Tensor, shift: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """``shift + ln 2 * log2(mixed)`` with NumPy's ``log2`` (one thread) on a CPU tensor's memory,
+    the scaling folded into the addition."""
+    values = mixed.detach().numpy()
+    with numpy.errstate(divide="ignore", invalid="ignore"):  # log 0 = -inf and NaN stay as they are
+        log2 = torch.from_numpy(numpy.log2(values, out=values if in_place else None))
+    return torch.add(shift, log2, alpha=LN_2, out=log2)
+
+
+def _numpy_applies(mixed: torch.Tensor, *_) -> bool:
+    return mixed.device.type == "cpu" and mixed.dtype in (torch.float32, torch.float64) and mixed.is_contiguous()
+
+
+def _always(*_) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One kernel of an operation: its name (as :func:`pin` takes it), the function, and whether
+    it can run on given arguments (else the operation's first candidate runs)."""
+
+    name: str
+    run: Callable
+    applies: Callable[..., bool] = _always
+
+
+# ------------------------------------------------------------------------------- choosing
+def _timing_arguments(operation: str, device: torch.device, dtype: torch.dtype, channels: int | None) -> tuple:
+    """A representative input of ``operation`` (seeded; the values of a sum node's pass)."""
+    g = torch.Generator().manual_seed(0)
+    if operation == "shift":
+        rows = max(1, TIMING_ELEMENTS // channels)
+        return (torch.randn(rows, channels, generator=g).mul_(3).to(device, dtype),)
+    if operation == "exp":
+        return (torch.randn(TIMING_ELEMENTS, generator=g).abs_().mul_(-3).to(device, dtype),)
+    mixed = torch.rand(TIMING_ELEMENTS // 16, 16, generator=g).add_(0.1).to(device, dtype)
+    shift = torch.randn(TIMING_ELEMENTS // 16, 1, generator=g).to(device, dtype)
+    return mixed, shift, True
+
+
+def _seconds(candidate: Candidate, arguments: tuple, device: torch.device) -> float:
+    """The fastest of :data:`TIMING_ROUNDS` runs (after one untimed run) of ``candidate`` on fresh
+    copies of ``arguments`` (the kernels work in place)."""
+    best = math.inf
+    for round_ in range(TIMING_ROUNDS + 1):
+        copies = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in arguments)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        candidate.run(*copies)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if round_:
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+class Operation:
+    """An operation with candidate kernels; calling it runs the kernel chosen for the arguments'
+    ``(device type, dtype[, channels])``, timing the candidates the first time (module docstring)."""
+
+    def __init__(self, name: str, candidates: list[Candidate], by_channels: bool = False):
+        self.name = name
+        self.candidates = {c.name: c for c in candidates}
+        self.reference = candidates[0]
+        self.by_channels = by_channels
+        self.choices: dict[tuple, Candidate] = {}
+        self.pinned: Candidate | None = None
+
+    def __call__(self, tensor: torch.Tensor, *rest):
+        if torch.compiler.is_compiling():
+            return self.reference.run(tensor, *rest)
+        key = (tensor.device.type, tensor.dtype, tensor.shape[-1] if self.by_channels else None)
+        kernel = self.pinned or self.choices.get(key) or self._choose(key, tensor.device)
+        if not kernel.applies(tensor, *rest):
+            kernel = self.reference
+        return kernel.run(tensor, *rest)
+
+    @torch.no_grad()
+    def _choose(self, key: tuple, device: torch.device) -> Candidate:
+        _, dtype, channels = key
+        arguments = _timing_arguments(self.name, device, dtype, channels)
+        usable = [c for c in self.candidates.values() if c.applies(*arguments)]
+        seconds = {c.name: _seconds(c, arguments, device) for c in usable}
+        fastest = min(usable, key=lambda c: seconds[c.name])
+        chosen = fastest if seconds[fastest.name] * MARGIN <= seconds[self.reference.name] else self.reference
+        self.choices[key] = chosen
+        where = f"{device.type} {str(dtype).removeprefix('torch.')}" + ("" if channels is None else f" K={channels}")
+        times = ", ".join(f"{name} {1e3 * s:.3f} ms" for name, s in seconds.items())
+        logger.info("sum-node kernel %s on %s: %s (%s, per %d values)", self.name, where, chosen.name, times,
+                    arguments[0].numel())
+        return chosen
+
+
+OPERATIONS = {
+    "shift": Operation("shift", [Candidate("amax", max_reduce), Candidate("halving", max_halving)], by_channels=True),
+    "exp": Operation("exp", [Candidate("exp", exp_direct), Candidate("exp2", exp_by_exp2)]),
+    "log_add": Operation("log_add", [Candidate("torch", log_add_torch),
+                                     Candidate("numpy", log_add_numpy, _numpy_applies)]),
+}
+channel_max = OPERATIONS["shift"]
+exp_ = OPERATIONS["exp"]
+log_add = OPERATIONS["log_add"]
+
+
+def pin(**kernels: str | None) -> None:
+    """Fix the kernel of operations by name, e.g. ``pin(log_add="torch", exp="exp")`` (results
+    then agree to the last bit on every machine); ``None`` goes back to measuring. Raises an
+    :class:`InvalidValueError` for an unknown operation or kernel."""
+    for operation, name in kernels.items():
+        if operation not in OPERATIONS:
+            raise InvalidValueError(f"unknown sum-node operation {operation!r}; expected one of {sorted(OPERATIONS)}")
+        op = OPERATIONS[operation]
+        if name is not None and name not in op.candidates:
+            raise InvalidValueError(f"unknown kernel {name!r} for {operation}; expected one of {sorted(op.candidates)}")
+        op.pinned = None if name is None else op.candidates[name]
+
+
+def chosen() -> dict[str, dict[tuple, str]]:
+    """The kernels chosen so far: ``{operation: {(device type, dtype, channels or None): name}}``
+    (a pinned operation lists ``{("pinned",): name}``)."""
+    return {name: ({("pinned",): op.pinned.name} if op.pinned else {k: c.name for k, c in op.choices.items()})
+            for name, op in OPERATIONS.items()}
+
+
+def forget() -> None:
+    """Forget every measured choice (the next call measures again); pins stay."""
+    for op in OPERATIONS.values():
+        op.choices.clear()
