@@ -39,7 +39,7 @@ from typing import Callable
 
 import torch
 
-from convac import Categorical, HTConvAC
+from convac import Categorical, HTConvAC, kernels
 from cirkit_recipes import compile_circuit, quad_tree
 from convac.layers import log_einsum_exp
 
@@ -519,8 +519,30 @@ def summary(results: dict) -> list[str]:
 # ------------------------------------------------------------------------------------------
 
 
+def vector_extensions() -> dict[str, str]:
+    """The CPU's vector extensions as the libraries use them: the flags of ``/proc/cpuinfo``
+    (``avx2``, ``avx512f``, ...), the kernels PyTorch dispatches (``torch.backends.cpu``, which
+    ``ATEN_CPU_CAPABILITY=avx2`` lowers) and the SIMD targets NumPy dispatches (which
+    ``NPY_DISABLE_CPU_FEATURES`` lowers): an AVX2 host is emulated on an AVX-512 one only when
+    both libraries say so."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(line.split(":", 1)[1].split() for line in f if line.startswith("flags")))
+    except (OSError, StopIteration):
+        pass
+    cpu = " ".join(sorted(f for f in flags if f in ("avx2", "avx512f", "avx512bw", "avx512_bf16", "amx_tile"))) or "unknown"
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+        numpy_targets = " ".join(t for t in __cpu_dispatch__ if __cpu_features__.get(t))
+    except ImportError:  # NumPy < 2
+        numpy_targets = "unknown"
+    return {"cpu_flags": cpu, "torch_capability": torch.backends.cpu.get_cpu_capability(), "numpy_dispatch": numpy_targets}
+
+
 def machine_info(device: torch.device, threads: int) -> dict:
-    """CPU model, thread count, versions and the device the benchmark ran on."""
+    """CPU model, vector extensions (:func:`vector_extensions`), thread count, versions and the
+    device the benchmark ran on."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -534,6 +556,7 @@ def machine_info(device: torch.device, threads: int) -> dict:
         "python": platform.python_version(),
         "device": str(device),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **vector_extensions(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     if device.type == "cuda":
@@ -576,7 +599,10 @@ def main(argv: list[str] | None = None) -> dict:
     sections = args.only or [s for s in SECTIONS if s != "compile" or mode == "full"]
     results: dict = {"machine": machine_info(device, args.threads), "mode": mode, "sum_layer": None, "train": None,
                      "train_structure": None, "probe": None, "scaling": None, "compile": None}
-    print(f"convac bench ({mode}) on {results['machine']['cpu']}, {args.threads} thread(s), device {device}", flush=True)
+    machine = results["machine"]
+    print(f"convac bench ({mode}) on {machine['cpu']}, {args.threads} thread(s), device {device}\n"
+          f"  vector extensions: CPU {machine['cpu_flags']}; torch dispatches {machine['torch_capability']}; "
+          f"NumPy dispatches {machine['numpy_dispatch'] or 'baseline only'}", flush=True)
     if "sum_layer" in sections:
         results["sum_layer"] = bench_sum_layer(settings, device)
     if "train" in sections:
@@ -587,7 +613,10 @@ def main(argv: list[str] | None = None) -> dict:
         results["scaling"] = bench_scaling(settings, device, mode, args.threads, overrides)
     if "compile" in sections:
         results["compile"] = bench_compile(settings, device)
-    results["summary"] = summary(results)
+    results["kernels"] = {op: {" ".join(str(k) for k in key if k is not None): name for key, name in choices.items()}
+                          for op, choices in kernels.chosen().items()}
+    results["summary"] = summary(results) + [
+        "sum-node kernels chosen here: " + "; ".join(f"{op} {choices}" for op, choices in results["kernels"].items())]
     print("\n".join(["summary (issue 13's targets):"] + [f"  {line}" for line in results["summary"]]), flush=True)
     if args.out:
         with open(args.out, "w") as f:
