@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
+from convac.entropy.report import CONFIDENCE_Z
 from convac.errors import InvalidValueError, MissingFileError
 
 
@@ -76,7 +77,7 @@ def entropy_figure(rows: list[dict[str, float]]) -> Figure:
     ax_c.plot(epochs, [r["scaling/C_top"] for r in rows], marker=".", label="$C_{top}$")
     ax_c.set(xlabel="epoch", ylabel="gap (nats)", title=r"layer gaps $C_l$ and ratios $\beta_l$")
     ax_c.set_yscale("symlog", linthresh=1e-2)
-    betas = [k for k in rows[-1] if k.startswith("scaling/beta") and k != "scaling/beta_max"]
+    betas = [f"scaling/beta{l}" for l in range(1, levels + 1)] + ["scaling/beta_top"]  # not beta_max and its interval
     if all(math.isfinite(rows[-1][k]) for k in betas):
         ax_beta = ax_c.twinx()
         for k in betas:
@@ -186,10 +187,12 @@ def scaling_figure(rows: list[dict], fits: dict) -> Figure:
     ``fits``: :func:`convac.sweep.fit_laws`), one colour per model kind and width:
 
     1. ``H(X) - H^0`` against ``n_mappings`` (filled) with each run's bounds ``n_mappings * C_max``
-       (Thm 4, down triangles) and ``sum_R cap_R`` (up triangles), and the fitted gain per mapping;
-    2. ``log(H(X) / H^0)`` against ``L + 1`` with each run's ``(L + 1) log beta_max`` (Thm 5) and
-       the fitted ``log beta``;
-    3. ``C_max`` (filled) and the mean gap per mapping ``(H(X) - H^0) / n_mappings`` (open)
+       (Thm 4, down triangles; ``gain + additive_slack``, so at ``C_max``'s upper value where the run
+       logged one) and ``sum_R cap_R`` (up triangles), and the fitted gain per mapping;
+    2. ``log(H(X) / H^0)`` against ``L + 1`` with each run's ``(L + 1) log beta_max`` (Thm 5, at
+       ``beta_max``'s upper value where there is one) and the fitted ``log beta``;
+    3. ``C_max`` (filled, with its 95% interval ``[C_max_split - 1.96 C_max_se, C_max_upper]``
+       where the run logged one) and the mean gap per mapping ``(H(X) - H^0) / n_mappings`` (open)
        against the depth ``L``.
     """
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -207,9 +210,13 @@ def scaling_figure(rows: list[dict], fits: dict) -> Figure:
         ax_add.plot(n, [r["cap_sum"] for r in group], "^", color=color, mfc="none")
         depth = [r["L"] + 1 for r in group]
         ax_ratio.plot(depth, [_log_ratio(r) for r in group], "o", color=color, label=label)
-        ax_ratio.plot(depth, [(r["L"] + 1) * math.log(r["beta_max"]) if r["beta_max"] > 0 else math.nan for r in group],
+        ax_ratio.plot(depth, [(r["L"] + 1) * math.log(b) if (b := _upper(r, "beta_max")) > 0 else math.nan for r in group],
                       "v", color=color, mfc="none")
-        ax_depth.plot([r["L"] for r in group], [r["C_max"] for r in group], "o", color=color, label=label)
+        c_max = [r["C_max"] for r in group]
+        lower = [r.get("C_max_split", math.nan) - CONFIDENCE_Z * r.get("C_max_se", math.nan) for r in group]
+        upper = [r.get("C_max_upper", math.nan) for r in group]
+        below, above = [_bar(c - lo) for c, lo in zip(c_max, lower)], [_bar(up - c) for c, up in zip(c_max, upper)]
+        ax_depth.errorbar([r["L"] for r in group], c_max, yerr=[below, above], fmt="o", color=color, capsize=3, label=label)
         ax_depth.plot([r["L"] for r in group], [r["gain_per_mapping"] for r in group], "s", color=color, mfc="none")
 
     additive = fits["additive"]
@@ -217,7 +224,7 @@ def scaling_figure(rows: list[dict], fits: dict) -> Figure:
     ax_add.plot(span, additive.slope * span, "k--", lw=1, label=f"fit: {additive.slope:.3g} nats/mapping")
     if math.isfinite(additive.ci_low):
         ax_add.fill_between(span, additive.ci_low * span, additive.ci_high * span, color="k", alpha=0.1)
-    ax_add.plot([], [], "kv", mfc="none", label=r"bound $n\,C_{max}$")
+    ax_add.plot([], [], "kv", mfc="none", label=r"bound $n\,C_{max}$ (upper value)")
     ax_add.plot([], [], "k^", mfc="none", label=r"bound $\sum_R cap_R$")
     ax_add.set(xscale="log", yscale="log", xlabel="mappings (sum nodes + root)", ylabel="$H(X) - H^0$ (nats)",
                title="additive law (Thm 4)")
@@ -232,12 +239,12 @@ def scaling_figure(rows: list[dict], fits: dict) -> Figure:
         ax_ratio.plot(depths, ratio.slope * depths, "k--", lw=1, label=rf"fit: $\beta$ = {math.exp(ratio.slope):.3g} per level")
         if math.isfinite(ratio.ci_low):
             ax_ratio.fill_between(depths, ratio.ci_low * depths, ratio.ci_high * depths, color="k", alpha=0.1)
-    ax_ratio.plot([], [], "kv", mfc="none", label=r"bound $(L+1) \log \beta_{max}$")
+    ax_ratio.plot([], [], "kv", mfc="none", label=r"bound $(L+1) \log \beta_{max}$ (upper value)")
     ax_ratio.set(xlabel="L + 1", ylabel="$\\log(H(X) / H^0)$", title="ratio law (Thm 5)")
     ax_ratio.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_ratio.legend(fontsize=7)
 
-    ax_depth.plot([], [], "ko", label="$C_{max}$")
+    ax_depth.plot([], [], "ko", label="$C_{max}$ (95% interval)")
     ax_depth.plot([], [], "ks", mfc="none", label="mean gap per mapping")
     ax_depth.set(xlabel="depth L (fusion layers)", ylabel="nats", title="gap per mapping against depth")
     ax_depth.set_ylim(bottom=0)
@@ -247,6 +254,18 @@ def scaling_figure(rows: list[dict], fits: dict) -> Figure:
     fig.suptitle(f"the scaling law across {len(rows)} runs ({datasets})", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def _upper(row: dict, name: str) -> float:
+    """A row's upper confidence value of ``name`` (``C_max`` or ``beta_max``), or the plain value
+    for runs logged without one."""
+    upper = row.get(f"{name}_upper", math.nan)
+    return upper if math.isfinite(upper) else row[name]
+
+
+def _bar(length: float) -> float:
+    """An error bar's length, 0 where it is unknown (NaN: a run logged without the interval)."""
+    return max(length, 0.0) if math.isfinite(length) else 0.0
 
 
 def _log_ratio(row: dict) -> float:

@@ -25,13 +25,19 @@ from convac.plotting import num_levels, plot_scaling, read_history
 
 # One row per run. folder: relative to the sweep folder; overrides: the run's command-line
 # overrides; D: variables; N: level-0 positions; L: fusion layers; width: the largest K_l;
-# gain: H(X) - H^0; cap_sum: sum of every mapping's cap; slacks: scaling/*_slack (>= 0 when the
-# bound holds); test_nll in nats per example (NaN when the run was not tested).
+# gain: H(X) - H^0; cap_sum: sum of every mapping's cap; C_max and beta_max: the plain maxima of the
+# estimates (biased upward), with their cross-fitted estimates, standard errors and 97.5% upper
+# confidence values (*_split, *_se, *_upper; EntropyReport.c_max_estimate; NaN for runs logged
+# before they existed); slacks: scaling/*_slack (>= 0 when the bound holds, with the upper values
+# of C_max and beta_max); test_nll in nats per example (NaN when the run was not tested).
 COLUMNS = (
     "folder", "overrides", "model", "data", "D", "N", "L", "width", "n_mappings", "epochs",
-    "H0", "H_X", "H_X_se", "gain", "gain_per_mapping", "C_max", "cap_max", "cap_sum", "beta_max",
+    "H0", "H_X", "H_X_se", "gain", "gain_per_mapping", "C_max", "C_max_split", "C_max_se", "C_max_upper",
+    "cap_max", "cap_sum", "beta_max", "beta_max_split", "beta_max_se", "beta_max_upper",
     "additive_slack", "cap_slack", "ratio_slack", "test_nll", "test_bpd",
 )
+# the interval columns of C_max and beta_max, read from entropy.csv where it has them
+_INTERVALS = tuple(f"{q}_max_{k}" for q in ("C", "beta") for k in ("split", "se", "upper"))
 HISTORY = "entropy.csv"
 
 
@@ -93,6 +99,7 @@ def run_row(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
         "cap_max": last["scaling/cap_max"],
         "cap_sum": gain + last["scaling/cap_slack"],
         "beta_max": last["scaling/beta_max"],
+        **{name: last.get(f"scaling/{name}", math.nan) for name in _INTERVALS},
         "additive_slack": last["scaling/additive_slack"],
         "cap_slack": last["scaling/cap_slack"],
         "ratio_slack": last["scaling/ratio_slack"],
@@ -180,11 +187,12 @@ def _finite_or_none(values: dict[str, float]) -> dict[str, float | None]:
 def summary(rows: list[dict[str, Any]], fits: dict[str, dict[str, SlopeFit | None]]) -> str:
     """The key columns of the table and the fitted laws, as text."""
     lines = [f"{'folder':<16} {'model':<6} {'L':>2} {'N':>5} {'K':>4} {'mappings':>8} {'H^0':>8} {'H(X)':>8} "
-             f"{'gain':>8} {'gain/map':>8} {'C_max':>6} {'beta_max':>8} {'test NLL':>9}"]
+             f"{'gain':>8} {'gain/map':>8} {'C_max':>6} {'(upper)':>7} {'beta_max':>8} {'(upper)':>7} {'test NLL':>9}"]
     for r in rows:
         lines.append(f"{r['folder']:<16} {r['model']:<6} {r['L']:>2} {r['N']:>5.0f} {r['width']:>4.0f} {r['n_mappings']:>8.0f} "
                      f"{r['H0']:>8.2f} {r['H_X']:>8.2f} {r['gain']:>8.2f} {r['gain_per_mapping']:>8.4f} "
-                     f"{r['C_max']:>6.3f} {r['beta_max']:>8.3f} {r['test_nll']:>9.2f}")
+                     f"{r['C_max']:>6.3f} {r.get('C_max_upper', math.nan):>7.3f} "
+                     f"{r['beta_max']:>8.3f} {r.get('beta_max_upper', math.nan):>7.3f} {r['test_nll']:>9.2f}")
     for group, laws in fits.items():
         lines.append(f"{group}: gain per mapping (nats) {laws['additive']}")
         if laws["ratio"] is not None:

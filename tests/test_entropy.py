@@ -144,31 +144,47 @@ def test_metrics_names_and_beta_consistency():
     expected = {f"entropy/H{l}" for l in range(levels + 1)} | {f"entropy/H{l}_se" for l in range(levels + 1)}
     expected |= {f"entropy/H{l}_tele" for l in range(levels + 1)} | {f"scaling/C{l}" for l in range(1, levels + 1)}
     expected |= {f"scaling/beta{l}" for l in range(1, levels + 1)}
+    expected |= {f"scaling/C{l}_se" for l in range(1, levels + 1)}
     expected |= {"entropy/H_X", "entropy/H_X_se", "entropy/H_X_given_Y", "scaling/C_top", "scaling/C_max",
                  "scaling/cap_max", "scaling/beta_top", "scaling/beta_max", "scaling/additive_slack",
                  "scaling/ratio_slack", "scaling/min_gap_z", "entropy/probe_seconds"}
+    expected |= {f"scaling/{q}_max_{k}" for q in ("C", "beta") for k in ("split", "se", "upper")}
     assert expected <= set(metrics)
     chain = [metrics[f"entropy/H{l}"] for l in range(levels + 1)] + [metrics["entropy/H_X"]]
     betas = [metrics[f"scaling/beta{l}"] for l in range(1, levels + 1)] + [metrics["scaling/beta_top"]]
     assert all(math.isfinite(b) for b in betas)
     assert betas == pytest.approx([b / a for a, b in zip(chain, chain[1:])])
     assert metrics["scaling/beta_max"] == max(betas)
-    assert metrics["scaling/ratio_slack"] == pytest.approx(max(betas) ** (levels + 1) - chain[-1] / chain[0])
     assert metrics["scaling/C_max"] <= metrics["scaling/cap_max"] + 4 * max(e.se for e in report.levels)
-    # the slacks are those of checks(), from the same C_max and betas
+    # the upper values: the largest estimate plus 1.96 of its own SE, over every candidate
+    ses = [g.flatten() for g in report.gap_se] + [torch.tensor([report.root_gap.se])]
+    gaps = [g.flatten() for g in report.gaps] + [torch.tensor([report.root_gap.value])]
+    assert metrics["scaling/C_max_upper"] == pytest.approx(float(torch.cat(gaps).add(1.96 * torch.cat(ses)).max()))
+    assert metrics["scaling/beta_max_upper"] == pytest.approx(max(b + 1.96 * se for b, se in zip(betas, report.beta_se)))
+    # 500 samples, two equal halves: the cross-fitted C_max is at most the plain one
+    assert metrics["scaling/C_max_split"] <= metrics["scaling/C_max"] < metrics["scaling/C_max_upper"]
+    assert metrics["scaling/beta_max"] < metrics["scaling/beta_max_upper"]
+    assert all(metrics[f"scaling/{q}_max_se"] > 0 for q in ("C", "beta"))
+    # the slacks are those of checks(), from the upper values of C_max and beta_max
     assert {k: metrics[f"scaling/{k}"] for k in report.checks()} == report.checks()
     assert metrics["scaling/additive_slack"] == pytest.approx(
-        report.num_mappings * metrics["scaling/C_max"] - (chain[-1] - chain[0]))
+        report.num_mappings * metrics["scaling/C_max_upper"] - (chain[-1] - chain[0]))
+    assert metrics["scaling/ratio_slack"] == pytest.approx(
+        metrics["scaling/beta_max_upper"] ** (levels + 1) - chain[-1] / chain[0])
 
 
 def test_layer_gaps_and_min_gap_z_from_the_gaps_of_a_report():
-    """``C_l`` sums a layer's gaps, its SE is the root of the summed variances; ``min_gap_z`` is the
-    smallest finite ``gap / SE`` (a zero SE gives none), NaN when no SE is positive."""
+    """``C_l`` sums a layer's gaps, its SE is that of the per-sample layer sums (NaN without them);
+    ``min_gap_z`` is the smallest finite ``gap / SE`` (a zero SE gives none), NaN when no SE is
+    positive."""
     report = probe(build(1, 0), num_samples=16)
     gaps = [torch.tensor([[1.0, 2.0], [0.0, -3.0]], dtype=torch.float64), torch.tensor([[4.0]], dtype=torch.float64)]
     ses = [torch.tensor([[0.5, 0.0], [0.0, 1.0]], dtype=torch.float64), torch.tensor([[8.0]], dtype=torch.float64)]
-    report = dataclasses.replace(report, gaps=gaps, gap_se=ses, root_gap=Estimate(1.0, 0.0))
-    assert [(e.value, e.se) for e in report.layer_gaps] == [(0.0, pytest.approx(math.sqrt(1.25))), (4.0, 8.0)]
+    sums = [np.array([-1.0, 1.0, -1.0, 1.0]), np.array([4.0, 4.0, 4.0, 4.0])]  # SDs 2 / sqrt(3) and 0
+    report = dataclasses.replace(report, gaps=gaps, gap_se=ses, root_gap=Estimate(1.0, 0.0), layer_terms=sums)
+    # not the root of the summed variances (sqrt(1.25) and 8): the per-sample sums' SE
+    assert [(e.value, e.se) for e in report.layer_gaps] == [(0.0, pytest.approx(1 / math.sqrt(3))), (4.0, 0.0)]
+    assert all(math.isnan(e.se) for e in dataclasses.replace(report, layer_terms=None).layer_gaps)
     assert report.min_gap_z == -3.0  # 2 / 0, 0 / 0 and the root's 1 / 0 are left out
     assert dataclasses.replace(report, root_gap=Estimate(-1.0, 0.25)).min_gap_z == -4.0
     no_se = dataclasses.replace(report, gap_se=[torch.zeros_like(g) for g in gaps])
@@ -350,3 +366,124 @@ def test_probe_leaves_no_inference_tensors_behind():
     assert not any(t.is_inference() for t in tensors)
     (-model.log_prob(model.sample(8)).mean()).backward()  # the plan made inside the probe
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- issue 23, points 3 and 4
+def moving_siblings(in_shape=(1, 4, 4), separation: float = 2.0):
+    """A binary HT with shared leaves and weights whose layer-1 mappings move together: the leaf
+    components favour opposite values (logits ``+-separation``); parent channel 0 mixes them
+    uniformly (a gap at every child), channel 1 picks component 0 (no gap), and the children of a
+    parent share its channel, so siblings' gaps rise and fall together. The weights above are
+    uniform, so every mapping of a layer has the same gap; layer 2's are the largest."""
+    model = HTConvAC(in_shape, Bernoulli(), num_components=2, channels=2, share_weights=True, share_leaves=True).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.leaves.logits[..., 0] = torch.tensor([separation, -separation])  # (P, V, values, M)
+        model.leaves.logits[..., 1] = torch.tensor([-separation, separation])
+        model.sums[0].logits[1] = torch.tensor([0.0, -30.0])
+    return model
+
+
+def test_layer_gap_se_is_that_of_the_per_sample_layer_sums():
+    """Issue 23.3: every mapping of a layer is estimated from the same samples, so the SE of ``C_l``
+    is that of the per-sample layer sums. Over 200 seeds of 64 samples it matches the spread of
+    ``C_1`` (0.301 against 0.311); the old formula, the root of the summed per-mapping variances,
+    gave half of it (0.151), since siblings' gaps move together."""
+    torch.set_num_threads(1)  # 200 small probes: a second thread only waits (and 40x so on a busy machine)
+    model = moving_siblings()
+    report = probe(model, num_samples=64, seed=0)
+    for est, sums, gaps in zip(report.layer_gaps, report.layer_terms, report.gaps):
+        assert est.value == pytest.approx(float(gaps.sum())) and est.value == pytest.approx(sums.mean())
+        assert est.se == pytest.approx(sums.std(ddof=1) / 8)
+    assert report.metrics()["scaling/C1_se"] == report.layer_gaps[0].se
+    values, new, old = [], [], []
+    for seed in range(200):
+        report = probe(model, num_samples=64, seed=seed)
+        values.append(report.layer_gaps[0].value)
+        new.append(report.layer_gaps[0].se)
+        old.append(float(torch.linalg.vector_norm(report.gap_se[0])))
+    spread = float(np.std(values, ddof=1))  # relative SE about 5% (200 runs)
+    assert float(np.mean(new)) == pytest.approx(spread, rel=0.15)
+    assert float(np.mean(old)) < 0.6 * spread
+
+
+def test_c_max_stays_within_its_interval_as_the_samples_grow():
+    """Issue 23.4: 64 equal mappings (layer 2 of a 16x16 HT) hold the largest gap, so the plain
+    maximum of 64 estimates is biased upward (the winner's curse): 0.533 with 64 samples, above
+    even the 4,096-sample upper value (0.498), against the true 0.487. The 64-sample interval
+    ``[lower, upper] = [0.422, 0.570]`` holds the 4,096-sample maximum (0.493) and the true value,
+    and the cross-fitted estimate (0.481 +- 0.030) is within 2 of its SEs of the truth."""
+    torch.set_num_threads(1)  # small probes: a second thread only waits on a busy machine
+    model = moving_siblings((1, 16, 16))
+    small, large = (probe(model, num_samples=n, seed=0) for n in (64, 4096))
+    truth = large.layer_gaps[1].value / 64  # every layer-2 mapping has the same gap
+    assert truth == pytest.approx(0.488, abs=0.002)
+    s, big = small.c_max_estimate, large.c_max_estimate
+    assert s.lower <= big.value <= s.upper and s.lower <= big.split <= s.upper
+    assert s.lower <= truth <= s.upper and big.lower <= truth <= big.upper
+    assert abs(s.split - truth) <= 2 * s.se
+    # the plain max is biased: by 1.4 to 3.7 per-mapping SEs over 200 seeds
+    assert s.value > big.upper and s.value - truth > float(small.gap_se[1].mean())
+    metrics = small.metrics()
+    assert (metrics["scaling/C_max"], metrics["scaling/C_max_split"], metrics["scaling/C_max_se"],
+            metrics["scaling/C_max_upper"]) == (s.value, s.split, s.se, s.upper)
+
+
+def test_c_max_split_is_unbiased_and_its_interval_covers():
+    """Over 200 seeds of 64 samples (the model above): the plain maximum is 0.049 above the true
+    gap on average and above it every time (``SE sqrt(2 ln M)`` would be 0.061 for 64 independent
+    mappings of per-mapping SE 0.021; these are correlated), the cross-fitted estimate 0.002
+    (within 3 SEs of its mean), and the 97.5% confidence values cover the truth (measured: lower
+    0.975, upper 1.0)."""
+    torch.set_num_threads(1)  # 200 small probes: a second thread only waits (and 40x so on a busy machine)
+    model = moving_siblings((1, 16, 16))
+    truth = probe(model, num_samples=4096, seed=1).layer_gaps[1].value / 64
+    estimates = [probe(model, num_samples=64, seed=seed).c_max_estimate for seed in range(200)]
+    plain = np.array([e.value for e in estimates])
+    split = np.array([e.split for e in estimates])
+    assert plain.mean() - truth > 0.03 and (plain > truth).all()
+    assert abs(split.mean() - truth) <= 3 * split.std() / math.sqrt(len(split)) + 0.001
+    assert np.mean([e.lower <= truth for e in estimates]) >= 0.93
+    assert np.mean([e.upper >= truth for e in estimates]) >= 0.97
+
+
+def test_beta_max_stays_within_its_interval_as_the_samples_grow():
+    """``beta_max`` with 64 and 4,096 samples (a random 8x8 HT, 4 ratios): the 4,096-sample value
+    is inside the 64-sample interval, the SE is the delta method's of the largest ratio, and the
+    Gaussian leaves' ratios are NaN (no unit-free ratio) unless binned."""
+    torch.set_num_threads(1)  # small probes: a second thread only waits on a busy machine
+    torch.manual_seed(0)
+    model = HTConvAC((1, 8, 8), Bernoulli(), num_components=4, channels=4).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)
+    small, large = (probe(model, num_samples=n, seed=0) for n in (64, 4096))
+    s, big = small.beta_max_estimate, large.beta_max_estimate
+    assert s.lower <= big.value <= s.upper and s.lower <= big.split <= s.upper
+    assert big.se < s.se / 4  # 1 / sqrt(n): a factor of 8, less the noise of the SEs
+    top = int(np.argmax(large.betas))  # a clear maximum (beta_1): both halves pick it
+    assert big.split == pytest.approx(big.value, rel=1e-3)
+    assert big.se == pytest.approx(large.beta_se[top], rel=0.05)
+    gaussian = HTConvAC((1, 4, 4), Gaussian(min_std=0.05), 3, 3)
+    plain = probe(gaussian, num_samples=64).metrics()
+    assert all(math.isnan(plain[f"scaling/beta_max_{k}"]) for k in ("split", "se", "upper"))
+    assert math.isfinite(plain["scaling/C_max_upper"]) and math.isfinite(plain["scaling/additive_slack"])
+    binned = probe(gaussian, num_samples=64, bin_width=1 / 16).metrics()
+    assert all(math.isfinite(binned[f"scaling/beta_max_{k}"]) for k in ("split", "se", "upper"))
+
+
+def test_cross_fit_max_selects_on_one_half_and_estimates_on_the_other():
+    """The arg max of each half's estimates, read on the other half and averaged; the SE is the
+    independent one where both halves pick the same quantity, else the mean of the two SEs."""
+    from convac.entropy.report import cross_fit_max
+
+    same = cross_fit_max((np.array([1.0, 3.0, 2.0]), np.array([0.1, 0.3, 0.2])),
+                         (np.array([1.5, 2.5, 0.0]), np.array([0.1, 0.4, 0.2])))
+    assert same.value == pytest.approx(2.75) and same.se == pytest.approx(math.hypot(0.4, 0.3) / 2)
+    crossed = cross_fit_max((np.array([1.0, 3.0, 2.0]), np.array([0.1, 0.3, 0.2])),
+                            (np.array([1.0, 0.5, 2.5]), np.array([0.1, 0.4, 0.6])))
+    # half 1 picks quantity 1, read on half 2 as 0.5; half 2 picks quantity 2, read on half 1 as 2.0
+    assert crossed.value == pytest.approx(1.25) and crossed.se == pytest.approx((0.4 + 0.2) / 2)
+    nothing = cross_fit_max((np.full(2, np.nan), np.full(2, np.nan)), (np.ones(2), np.ones(2)))
+    assert math.isnan(nothing.value) and math.isnan(nothing.se)

@@ -7,13 +7,15 @@ import math
 import subprocess
 import sys
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from PIL import Image
 
 from convac.cli.plot import main as plot_main
 from convac.entropy.law import fit_slope
-from convac.sweep import COLUMNS, fit_laws
+from convac.plotting import scaling_figure
+from convac.sweep import COLUMNS, fit_laws, scaling_table, summary
 
 TINY = [
     "model.num_components=3",
@@ -105,3 +107,36 @@ def test_plot_modes_exclude_each_other_and_report_an_empty_sweep(tmp_path, capsy
     with pytest.raises(SystemExit) as exit_info:
         plot_main([str(tmp_path), "--sweep", str(tmp_path)])
     assert exit_info.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+def test_sweep_rows_carry_the_interval_of_c_max_and_beta_max_and_read_older_runs(tmp_path):
+    """Each run's C_max and beta_max come with their cross-fitted estimates, SEs and upper values
+    (issue 23.4), into scaling.csv, the summary and the figure's error bars; a run logged before
+    they existed still reads, with NaN in their place."""
+    base = {"epoch": 0, "entropy/H0": 10.0, "entropy/H1": 12.0, "entropy/H_X": 13.0, "entropy/H_X_se": 0.1,
+            "scaling/n_mappings1": 4, "scaling/C_max": 1.0, "scaling/cap_max": 1.5, "scaling/cap_slack": 2.0,
+            "scaling/beta_max": 1.2, "scaling/additive_slack": 2.5, "scaling/ratio_slack": 0.4}
+    interval = {"scaling/C_max_split": 0.9, "scaling/C_max_se": 0.05, "scaling/C_max_upper": 1.1,
+                "scaling/beta_max_split": 1.19, "scaling/beta_max_se": 0.01, "scaling/beta_max_upper": 1.22}
+    for name, row in (("new", {**base, **interval}), ("old", base)):
+        (tmp_path / name).mkdir()
+        with (tmp_path / name / "entropy.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            writer.writeheader()
+            writer.writerow(row)
+    new, old = scaling_table(tmp_path)
+    assert (new["folder"], old["folder"]) == ("new", "old")
+    assert {k: new[k] for k in ("C_max", "C_max_split", "C_max_se", "C_max_upper")} == {
+        "C_max": 1.0, "C_max_split": 0.9, "C_max_se": 0.05, "C_max_upper": 1.1}
+    assert (new["beta_max_split"], new["beta_max_se"], new["beta_max_upper"]) == (1.19, 0.01, 1.22)
+    assert all(math.isnan(old[f"{q}_max_{k}"]) for q in ("C", "beta") for k in ("split", "se", "upper"))
+    assert old["C_max"] == 1.0 and set(COLUMNS) == set(new) == set(old)
+    fits = fit_laws([new, old], num_boot=50)
+    text = summary([new, old], {"all": fits})
+    assert "1.100" in text and "1.220" in text and "nan" in text
+    figure = scaling_figure([new, old], fits)
+    bars = [c for c in figure.axes[2].containers if c.has_yerr]
+    assert len(bars) == 1  # one model kind: one error-bar series, [0.9 - 1.96 * 0.05, 1.1] and none
+    spans = sorted(tuple(round(float(y), 6) for _, y in segment) for segment in bars[0].lines[2][0].get_segments())
+    assert spans == [(0.802, 1.1), (1.0, 1.0)]
+    plt.close(figure)

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from convac.errors import InvalidValueError
+
 
 @dataclass
 class SlopeFit:
@@ -46,13 +48,13 @@ def fit_slope(x, y, confidence: float = 0.95, num_boot: int = 2000, seed: int = 
     quantiles."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.ndim != 1 or x.shape != y.shape or len(x) == 0:
-        raise ValueError(f"expected two 1-D arrays of one length (one value per run), got shapes {x.shape} and {y.shape}")
+        raise InvalidValueError(f"expected two 1-D arrays of one length (one value per run), got shapes {x.shape} and {y.shape}")
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        raise ValueError("expected finite values for every run")
+        raise InvalidValueError("expected finite values for every run")
     if np.any(x <= 0):
-        raise ValueError(f"expected positive x (mapping counts or depths), got {x.min()}")
+        raise InvalidValueError(f"expected positive x (mapping counts or depths), got {x.min()}")
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise InvalidValueError(f"confidence must be in (0, 1), got {confidence}")
     slope = float(slope_through_origin(x, y))
     low = high = math.nan
     if len(x) > 1:
