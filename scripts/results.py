@@ -4,6 +4,7 @@
     python scripts/results.py density [--datasets digits nltcs] [--out results/density.json]   (scripts/density.py)
     python scripts/results.py default-run [--threads null 1] [--out results/default.json]
     python scripts/results.py recipe-time [--rows 15000] [--variables 100] [--out results/recipe_time.json]
+    python scripts/results.py precision [--precisions 32-true bf16-mixed] [--out results/precision.json]
 
 ``missing`` follows the protocol of Sharir et al.'s tensorial mixture models (:mod:`convac.missing`):
 test images with pixels missing i.i.d. at several rates, or inside 1 to 3 random squares,
@@ -12,6 +13,9 @@ classifiers trained on complete images and fed mean-, zero- or KNN-imputed ones;
 table and writes a figure (accuracy against the share missing, one line per method).
 ``recipe-time`` times the DEBD recipe on a set it has never seen, of the size the recipe is
 budgeted for (issue 10: at most 10 minutes on one thread for 15,000 rows of 100 variables).
+``precision`` trains the digits default and the MNIST t10k recipe under each Lightning precision
+(one thread, probe and pictures off, the same seed) and reports the test NLL and the seconds
+per epoch (the run's wall time over its epochs, start-up and test included).
 """
 from __future__ import annotations
 
@@ -101,6 +105,41 @@ def run_recipe_time(run_dir: Path, rows: int, variables: int, seed: int) -> dict
             "test_nll": last_logged(metrics, "test/nll"), "command": " ".join(["convac-train", *command])}
 
 
+# --precision runs: name -> (convac-train overrides, data folder below the data root or None)
+PRECISION_RUNS = {
+    "digits default": ((), None),
+    "MNIST t10k (experiment=mnist_t10k_ht, 5 epochs)": (("experiment=mnist_t10k_ht", "trainer.max_epochs=5"), "mnist-t10k"),
+}
+
+
+def run_precision(run_dir: Path, data_root: Path, precisions: list[str]) -> list[dict]:
+    """Every run of :data:`PRECISION_RUNS` under every precision: test NLL, epochs, seconds per epoch."""
+    rows = []
+    for name, (overrides, folder) in PRECISION_RUNS.items():
+        if folder is not None and not (data_root / folder).is_dir():
+            print(f"skipping {name}: no {data_root / folder}", file=sys.stderr)
+            continue
+        for precision in precisions:
+            args = [*overrides, f"trainer.precision={precision}", "threads=1", "~callbacks.entropy_probe", "~callbacks.pictures"]
+            args += [f"data.root={data_root / folder}"] if folder else []
+            slug = "".join(c if c.isalnum() else "_" for c in f"{name}_{precision}")
+            seconds, metrics = run_training(args, run_dir / slug)
+            epochs = trained_epochs(metrics)
+            rows.append({"run": name, "precision": precision, "test_nll": last_logged(metrics, "test/nll"),
+                         "epochs": epochs, "seconds_per_epoch": seconds / epochs, "command": " ".join(["convac-train", *args])})
+    return rows
+
+
+def markdown_precision(rows: list[dict]) -> str:
+    lines = ["| run | precision | test NLL | vs the first precision | epochs | s / epoch |", "|---|---|---|---|---|---|"]
+    first = {}
+    for r in rows:
+        base = first.setdefault(r["run"], r["test_nll"])
+        lines.append(f"| {r['run']} | {r['precision']} | {r['test_nll']:.3f} | {100 * (r['test_nll'] - base) / base:+.2f}% | "
+                     f"{r['epochs']} | {r['seconds_per_epoch']:.2f} |")
+    return "\n".join(lines)
+
+
 def markdown_default(rows: list[dict]) -> str:
     lines = ["| threads | wall (s) | epochs | val NLL | val bits/dim | test NLL | test bits/dim | probe share of an epoch (median / mean) | probe s | max SE(H(X))/H(X) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -138,6 +177,11 @@ def main(argv: list[str] | None = None) -> None:
     recipe.add_argument("--seed", type=int, default=0)
     recipe.add_argument("--runs", type=Path, default=Path("results"), help="folder for the data and the run")
     recipe.add_argument("--out", type=Path)
+    precision = sub.add_parser("precision", help="test NLL and seconds per epoch under each trainer.precision")
+    precision.add_argument("--precisions", nargs="*", default=["32-true", "bf16-mixed"])
+    precision.add_argument("--data-root", type=Path, default=SHARED_DATA, help="folder holding mnist-t10k/")
+    precision.add_argument("--runs", type=Path, default=Path("results"), help="folder for the training runs")
+    precision.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.table == "missing":
@@ -155,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
         result = run_recipe_time(args.runs / "runs" / "recipe_time", args.rows, args.variables, args.seed)
         print(f"{result['command']}: {result['rows']:,} rows x {result['variables']} variables, "
               f"{result['wall_s']:.0f} s, {result['epochs']} epochs, test NLL {result['test_nll']:.3f}")
+    elif args.table == "precision":
+        result = {"rows": run_precision(args.runs / "runs" / "precision", args.data_root, args.precisions)}
+        print(markdown_precision(result["rows"]))
     else:
         result = run_density(args.runs, args.data_root, set(args.datasets) if args.datasets else None)
         print(markdown_density(result))
