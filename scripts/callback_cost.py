@@ -112,7 +112,7 @@ class OpCounter(TorchFunctionMode):
 def count_ops() -> None:
     """Print the torch calls of one probe of the default run's model, grouped by function."""
     from convac.cli.common import setup_data
-    from convac.configs import schema
+    from convac.config import schema
     from convac.entropy import DEFAULT_NUM_SAMPLES, probe
     from convac.zoo import create_model
     from convac.zoo.entries import compose_train_config
@@ -181,7 +181,7 @@ def paired(root: str, pairs: int) -> None:
     import types
 
     from convac.cli.common import setup_data
-    from convac.configs import schema
+    from convac.config import schema
     from convac.training.loggers import CSVLogger
     from convac.zoo import create_model
     from convac.zoo.entries import compose_train_config

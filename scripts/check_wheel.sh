@@ -9,15 +9,19 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-python -m pip wheel --no-deps --quiet -w "$work/dist" "$root"
+# build from a copy of the files git tracks or would track (no stale build/ folder in the wheel)
+mkdir "$work/src"
+git -C "$root" ls-files -z --cached --others --exclude-standard | (cd "$root" && tar --null -T - -cf -) | tar -C "$work/src" -xf -
+python -m pip wheel --no-deps --quiet -w "$work/dist" "$work/src"
 wheel="$(ls "$work"/dist/convac-*.whl)"
-python - "$wheel" "$root" <<'PY'
+python - "$wheel" "$work/src" <<'PY'
 import sys, zipfile
 from pathlib import Path
 wheel, root = sys.argv[1], Path(sys.argv[2])
 names = set(zipfile.ZipFile(wheel).namelist())
-expected = {str(p.relative_to(root)) for pattern in ("convac/configs/**/*.yaml", "convac/zoo/weights/*", "convac/zoo/cards/*")
-            for p in root.glob(pattern)}
+# configs/ is the package convac.configs in the wheel
+expected = {f"convac/{p.relative_to(root)}" for p in root.glob("configs/**/*.yaml")}
+expected |= {str(p.relative_to(root)) for pattern in ("convac/zoo/weights/*", "convac/zoo/cards/*") for p in root.glob(pattern)}
 missing = sorted(expected - names)
 if missing:
     sys.exit(f"the wheel lacks {len(missing)} files of the source tree: {missing[:10]}")

@@ -2,7 +2,7 @@
 
 The model, data and module groups are typed by dataclass schemas (errors at composition or,
 for ``???`` values, when the config is converted); the trainer, callbacks and logger groups are
-``_target_`` nodes checked against their constructor's signature (``convac.configs.targets``).
+``_target_`` nodes checked against their constructor's signature (``convac.config.targets``).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from convac.configs.targets import check_targets, describe, fits
+from convac.config.targets import check_targets, describe, fits
 
 # group -> (a value of the wrong type, a mandatory value left unset): each must name its key
 MISTAKES = {

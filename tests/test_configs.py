@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from convac import create_model
 from convac.cli.common import build_trainer, setup_data
-from convac.configs import schema
+from convac.config import schema
 
 MODELS = ["ht", "cp", "ht_classifier", "cp_classifier"]
 DATA = ["digits", "synthetic"]  # the data configs that need no external files

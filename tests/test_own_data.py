@@ -18,7 +18,7 @@ from PIL import Image
 from convac import create_model
 from convac.cli.common import setup_data
 from convac.cli.eval import evaluate
-from convac.configs import schema
+from convac.config import schema
 from convac.data import create_datamodule
 from convac.training import ConvACModule
 from tests.conftest import SHARED_DATA

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from importlib import resources
 
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 import convac
 from convac.cli.zoo import main as zoo_main
-from convac.configs import schema
+from convac.config import schema
 from convac.model import CPConvAC, HTConvAC
 from convac.training import ConvACModule
 from convac.zoo import (
@@ -27,7 +28,8 @@ from convac.zoo.pretrained import read_weights, save_weights, sha256_file
 
 from tests.conftest import SHARED_DATA
 CARDS = load_cards()
-MODEL_CONFIGS = sorted(p.stem for p in (Path(convac.__file__).parent / "configs" / "model").glob("*.yaml"))
+MODEL_CONFIGS = sorted(p.name.removesuffix(".yaml") for p in (resources.files("convac.configs") / "model").iterdir()
+                       if p.name.endswith(".yaml"))
 CONSTRUCTORS = {"ht": HTConvAC, "cp": CPConvAC}
 
 

@@ -18,7 +18,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from convac.configs import schema, targets
+from convac.config import schema, targets
 from convac.data import ConvACDataModule, create_datamodule
 from convac.errors import InvalidValueError, MissingFileError, UserError
 from convac.training import NonFiniteError

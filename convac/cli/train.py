@@ -1,4 +1,4 @@
-"""``convac-train [overrides]``: train a ConvAC from the Hydra configs in :mod:`convac.configs`.
+"""``convac-train [overrides]``: train a ConvAC from the Hydra configs in ``configs/`` (the package ``convac.configs``).
 
 Writes into the run folder (``hydra.run.dir``): ``config.yaml`` (resolved), ``metrics.csv``,
 ``hparams.yaml``, ``checkpoints/last.ckpt`` and ``checkpoints/best-*.ckpt``, and what the
@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from convac.cli.common import (build_trainer, exit_on_error, hydra_errors_raised, make_run_folder, read_checkpoint,
                                setup_data, start)
-from convac.configs import schema
+from convac.config import schema
 from convac.training import ConvACModule
 from convac.training.module import check_precision
 

@@ -36,7 +36,7 @@ def _info(card: ModelCard) -> None:
     e = card.entropy
     lines = [
         f"{card.name}: {card.description}",
-        f"  trained by:   {card.command}  (config convac/configs/experiment/{card.experiment}.yaml)",
+        f"  trained by:   {card.command}  (config configs/experiment/{card.experiment}.yaml)",
         f"  architecture: {card.model_name} {json.dumps(card.model_kwargs)}",
         f"  data:         {json.dumps(card.data)}",
         f"  module:       {json.dumps(card.module)}",

@@ -79,7 +79,7 @@ def compose_train_config(overrides: Sequence[str]) -> DictConfig:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    import convac.configs.schema  # noqa: F401  (stores the structured schemas the yaml files extend)
+    import convac.config.schema  # noqa: F401  (stores the structured schemas the yaml files extend)
 
     if GlobalHydra.instance().is_initialized():
         return compose("train", overrides=list(overrides))
@@ -90,7 +90,7 @@ def compose_train_config(overrides: Sequence[str]) -> DictConfig:
 @functools.cache
 def _architecture_json(experiment: str) -> str:
     """``[model_name, model_kwargs]`` of an experiment config, as JSON (cached; a copy per use)."""
-    from convac.configs import schema
+    from convac.config import schema
 
     kwargs = schema.to_kwargs(compose_train_config([f"experiment={experiment}"]).model)
     if kwargs["in_shape"] is None:  # built without data: the shape cannot be read from it
