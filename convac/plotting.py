@@ -1,6 +1,5 @@
 """Figures of a run and of a sweep: the entropy chain and scaling-law quantities (``entropy.csv``),
-the map of where information is created (``gaps.csv``), the law across runs (``scaling.csv``), and
-the accuracy under missing data (:func:`convac.missing.run_protocol`).
+the map of where information is created (``gaps.csv``) and the law across runs (``scaling.csv``).
 
 Each figure has a ``*_figure`` function returning a matplotlib ``Figure`` (what the EntropyProbe
 callback hands to TensorBoard) and a ``plot_*`` function writing it as PNG.
@@ -270,40 +269,3 @@ def _bar(length: float) -> float:
 
 def _log_ratio(row: dict) -> float:
     return math.log(row["H_X"] / row["H0"]) if row["H0"] > 0 and row["H_X"] > 0 else math.nan
-
-
-# ------------------------------------------------------------------ accuracy under missing data
-def plot_missing(rows: list[dict], title: str, png_path: str | Path) -> Path:
-    """:func:`missing_figure`, written to ``png_path``."""
-    return save(missing_figure(rows, title), png_path)
-
-
-def missing_figure(rows: list[dict], title: str) -> Figure:
-    """Accuracy against the share of missing pixels, one line per method: i.i.d. pixels (left)
-    and rectangles (right, the patterns ordered by their share). ``rows``: those of
-    :func:`convac.missing.run_protocol`; the ConvAC in black, each baseline classifier in a colour,
-    its imputation by the line style (mean solid, zero dotted, KNN dashed)."""
-    methods = [k for k in rows[0] if k not in ("pattern", "kind", "missing_share")]
-    classifiers = list(dict.fromkeys(m.rsplit("_", 1)[0] for m in methods if m != "convac"))
-    colors = dict(zip(classifiers, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    styles = {"mean": "-", "zero": ":", "knn": "--"}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
-    for ax, kind in zip(axes, ("iid", "rectangles")):
-        part = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["missing_share"])
-        share = [r["missing_share"] for r in part]
-        for method in methods:
-            if method == "convac":
-                style = dict(color="black", linewidth=2.5, marker="o", label="convac (exact marginalization)", zorder=3)
-            else:
-                classifier, imputation = method.rsplit("_", 1)
-                style = dict(color=colors[classifier], linestyle=styles.get(imputation, "-."), marker=".",
-                             linewidth=1.2, label=f"{classifier}, {imputation} imputed")
-            ax.plot(share, [r[method] for r in part], **style)
-        ax.set(xlabel="share of pixels missing", title="pixels missing i.i.d." if kind == "iid" else
-               "missing rectangles (1-3 squares per image)", ylim=(0, 1.02))
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy")
-    axes[1].legend(fontsize=7, loc="lower left")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig

@@ -6,7 +6,7 @@
     python scripts/results.py recipe-time [--rows 15000] [--variables 100] [--out results/recipe_time.json]
     python scripts/results.py precision [--precisions 32-true bf16-mixed] [--out results/precision.json]
 
-``missing`` follows the protocol of Sharir et al.'s tensorial mixture models (:mod:`convac.missing`):
+``missing`` follows the protocol of Sharir et al.'s tensorial mixture models (``missing_protocol.py``):
 test images with pixels missing i.i.d. at several rates, or inside 1 to 3 random squares,
 classified by exact marginalization (``argmax_y log P(y | x_obs)``), beside scikit-learn
 classifiers trained on complete images and fed mean-, zero- or KNN-imputed ones; it prints the
@@ -30,9 +30,8 @@ import torch
 
 from convac import load_pretrained
 from convac.data import create_datamodule
-from convac.missing import PROTOCOLS, markdown_table, run_protocol
-from convac.plotting import plot_missing
 from density import DATASETS, SHARED_DATA, last_logged, markdown_density, run_density, run_training, trained_epochs
+from missing_protocol import PROTOCOLS, markdown_table, plot_missing, run_protocol
 
 # --dataset -> (datamodule kwargs, default model, protocol); data roots below ../shared/data
 MISSING_DATA = {
@@ -42,7 +41,7 @@ MISSING_DATA = {
 
 
 def run_missing(dataset: str, model_name: str | None, data_root: str | None, seed: int, knn_rows: int) -> dict:
-    """:func:`convac.missing.run_protocol` for the zoo classifier of ``dataset`` (or ``model_name``)
+    """:func:`missing_protocol.run_protocol` for the zoo classifier of ``dataset`` (or ``model_name``)
     on its test split, the baselines fitted on its training split."""
     settings, default_model, protocol = MISSING_DATA[dataset]
     settings = {**settings, **({"root": data_root} if data_root else {})}

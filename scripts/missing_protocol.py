@@ -13,20 +13,26 @@ scikit-learn classifiers trained on the complete training images (an RBF SVM, lo
 regression, an MLP) and given the test images with the missing pixels imputed by the training
 mean, by zero, or by the mean of the 5 nearest training images over the observed pixels
 (``sklearn.impute.KNNImputer``). :func:`run_protocol` runs it all; :data:`PROTOCOLS` holds
-the missingness patterns per dataset.
+the missingness patterns per dataset; :func:`plot_missing` draws the accuracies.
+
+An experiment driver of ``python scripts/results.py missing``, not part of the library: a ConvAC
+needs nothing of it to marginalize missing values (``model.log_posterior(x, missing)``).
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from convac.errors import InvalidValueError
 from convac.model import ConvAC
+from convac.plotting import plt, save
 
 
 @dataclass(frozen=True)
@@ -179,3 +185,40 @@ def markdown_table(rows: list[dict]) -> str:
         cells = [f"**{row[m]:.3f}**" if row[m] == best else f"{row[m]:.3f}" for m in methods]
         lines.append(f"| {row['pattern']} | {row['missing_share']:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ accuracy under missing data
+def plot_missing(rows: list[dict], title: str, png_path: str | Path) -> Path:
+    """:func:`missing_figure`, written to ``png_path``."""
+    return save(missing_figure(rows, title), png_path)
+
+
+def missing_figure(rows: list[dict], title: str) -> Figure:
+    """Accuracy against the share of missing pixels, one line per method: i.i.d. pixels (left)
+    and rectangles (right, the patterns ordered by their share). ``rows``: those of
+    :func:`run_protocol`; the ConvAC in black, each baseline classifier in a colour,
+    its imputation by the line style (mean solid, zero dotted, KNN dashed)."""
+    methods = [k for k in rows[0] if k not in ("pattern", "kind", "missing_share")]
+    classifiers = list(dict.fromkeys(m.rsplit("_", 1)[0] for m in methods if m != "convac"))
+    colors = dict(zip(classifiers, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    styles = {"mean": "-", "zero": ":", "knn": "--"}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    for ax, kind in zip(axes, ("iid", "rectangles")):
+        part = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["missing_share"])
+        share = [r["missing_share"] for r in part]
+        for method in methods:
+            if method == "convac":
+                style = dict(color="black", linewidth=2.5, marker="o", label="convac (exact marginalization)", zorder=3)
+            else:
+                classifier, imputation = method.rsplit("_", 1)
+                style = dict(color=colors[classifier], linestyle=styles.get(imputation, "-."), marker=".",
+                             linewidth=1.2, label=f"{classifier}, {imputation} imputed")
+            ax.plot(share, [r[method] for r in part], **style)
+        ax.set(xlabel="share of pixels missing", title="pixels missing i.i.d." if kind == "iid" else
+               "missing rectangles (1-3 squares per image)", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy")
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
