@@ -119,8 +119,8 @@ class _LogSoftmaxRows(torch.autograd.Function):
     one ``exp`` of the saved log-probabilities scaled in place plus a sparse ``index_add`` of
     ``g``. Autograd's generic path allocates a second table-sized buffer (the zero-filled
     ``index_select`` gradient) and reads it back in ``log_softmax_backward``; for a 28x28
-    categorical-256 table (25 MB) that buffer was the main source of page faults in a training
-    step (DESIGN section 6). First-order only.
+    categorical-256 table (25 MB) that buffer would be the main source of page faults in a
+    training step (DESIGN section 6). First-order only.
     """
 
     @staticmethod

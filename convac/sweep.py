@@ -27,8 +27,8 @@ from convac.plotting import num_levels, plot_scaling, read_history
 # overrides; D: variables; N: level-0 positions; L: fusion layers; width: the largest K_l;
 # gain: H(X) - H^0; cap_sum: sum of every mapping's cap; C_max and beta_max: the plain maxima of the
 # estimates (biased upward), with their cross-fitted estimates, standard errors and 97.5% upper
-# confidence values (*_split, *_se, *_upper; EntropyReport.c_max_estimate; NaN for runs logged
-# before they existed); slacks: scaling/*_slack (>= 0 when the bound holds, with the upper values
+# confidence values (*_split, *_se, *_upper; EntropyReport.c_max_estimate; NaN for runs whose
+# entropy.csv lacks them); slacks: scaling/*_slack (>= 0 when the bound holds, with the upper values
 # of C_max and beta_max); test_nll in nats per example (NaN when the run was not tested).
 COLUMNS = (
     "folder", "overrides", "model", "data", "D", "N", "L", "width", "n_mappings", "epochs",

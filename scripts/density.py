@@ -63,7 +63,7 @@ VARIANTS = {
     "tabular": [
         ("learned, EM: the recipe", ()),
         ("learned, one joint mixture (no ensemble), EM", ("model.num_repetitions=2", "module.ensemble_members=1",
-                                                          "module.em.pseudocount=0.1")),  # the recipe before ensembles
+                                                          "module.em.pseudocount=0.1")),  # two trees as one mixture, beside the ensemble
         ("learned (matching trees only), EM", ("module.structure_learning.trees=[matching]",)),
         ("learned (Chow-Liu trees read depth-first), EM", ("module.structure_learning.trees=[chow_liu,matching]",)),
         ("grid, EM", GRID_DEBD),

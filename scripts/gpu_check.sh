@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 13 in one go (about 5-7 minutes on one GPU; each stage has its own time
-# limit, 570 s in all, so one stuck stage does not cost the others). Run from the repository root:
+# The GPU checks (the gpu tests, the speed targets, an MNIST run) in one go (about 5-7 minutes on
+# one GPU; each stage has its own time limit, 570 s in all, so one stuck stage does not cost the
+# others). Run from the repository root:
 #
 #     OUT=/some/folder bash scripts/gpu_check.sh
 #

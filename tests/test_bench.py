@@ -1,6 +1,6 @@
 """Smoke test of scripts/bench.py: every section runs at tiny sizes and the JSON has its keys.
 
-No timing assertions (issue 6): the numbers of a dry run mean nothing.
+No timing assertions: the numbers of a dry run mean nothing.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def test_main_writes_every_top_level_key(bench, tmp_path):
     assert len(result["sum_layer"]) == len(bench.DRY_RUN.sum_channels) and result["scaling"] is None
 
 
-def test_summary_prints_every_ratio_of_issue_13(bench):
+def test_summary_prints_every_speed_target(bench):
     """One line per target with the measured values: the probe's share and SE, every training
     ratio, the sum layer's efficiency at each K, compile and the largest scaling point."""
     results = {

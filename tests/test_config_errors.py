@@ -1,4 +1,4 @@
-"""Config mistakes in every group stop before training with one line naming the key (issue 14).
+"""Config mistakes in every group stop before training with one line naming the key.
 
 The model, data and module groups are typed by dataclass schemas (errors at composition or,
 for ``???`` values, when the config is converted); the trainer, callbacks and logger groups are
@@ -68,7 +68,7 @@ def test_eval_names_the_key_in_one_line(tmp_path, cli_error):
 
 
 def test_exit_status_and_one_line_from_the_console_script(tmp_path):
-    """The issue's case as a user meets it: a separate process, ``trainer.max_epochs=abc``."""
+    """A bad trainer value as a user meets it: a separate process, ``trainer.max_epochs=abc``."""
     result = subprocess.run([sys.executable, "-m", "convac.cli.train", f"hydra.run.dir={tmp_path / 'run'}",
                              "trainer.max_epochs=abc"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 1

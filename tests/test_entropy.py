@@ -83,8 +83,8 @@ def exact_quantities(model):
 # less); an absolute floor of 2e-4 nats covers that and is negligible beside the entropies.
 RARE_EVENT_FLOOR = 2e-4
 # In the mixtures, sharper than 3 the per-node estimates (1,000 samples a node) meet outcomes too
-# rare to show in their sample standard error (seen at sharpness 5: a 5.8-SE deviation whose
-# standard error was underestimated 3.6-fold; at 10,000 samples it is 0.4 SE).
+# rare to show in their sample standard error (at sharpness 5: a 5.8-SE deviation whose standard
+# error is underestimated 3.6-fold; at 10,000 samples it is 0.4 SE).
 CASES = [(i, seed, min(sharp, 3.0) if MODELS[i][1].get("num_repetitions", 1) > 1 else sharp)
          for i in range(len(MODELS)) for seed, sharp in [(0, 1.0), (1, 2.0), (2, 5.0)]]
 
@@ -220,7 +220,7 @@ def test_probe_is_reproducible_and_leaves_training_mode():
         probe(model, num_samples=1)
 
 
-# ---------------------------------------------------------------- control variates (issue 12, case 4; issue 13)
+# ---------------------------------------------------------------- control variates
 @torch.no_grad()
 def exact_control_moments(model) -> dict[str, float]:
     """Exact moments of ``t = -log P(x)``, the leaf term ``c = -sum_i log P(x_i | Z_{0,i})`` and the
@@ -247,8 +247,8 @@ def exact_control_moments(model) -> dict[str, float]:
 
 
 def test_control_variates_never_raise_the_standard_error():
-    """Issue 12, case 4: with the leaf term subtracted with coefficient 1 the SE of H(X) was
-    0.0090 against 0.0055 for plain Monte Carlo. The estimated variance-minimizing coefficients
+    """With the leaf term subtracted with coefficient 1 the SE of H(X) is 0.0090, above plain Monte
+    Carlo's 0.0055 (exact, on this model). The estimated variance-minimizing coefficients
     of the leaf and latent terms give the optimal SE of those two (by enumeration), below the
     leaf term's alone and plain Monte Carlo's; the probe's third control, the difference to the
     telescoped integrand, can only lower it further."""
@@ -368,7 +368,7 @@ def test_probe_leaves_no_inference_tensors_behind():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-# ---------------------------------------------------------------- issue 23, points 3 and 4
+# ---------------------------------------------------------------- the SE of C_l and the bias of C_max
 def moving_siblings(in_shape=(1, 4, 4), separation: float = 2.0):
     """A binary HT with shared leaves and weights whose layer-1 mappings move together: the leaf
     components favour opposite values (logits ``+-separation``); parent channel 0 mixes them
@@ -386,11 +386,11 @@ def moving_siblings(in_shape=(1, 4, 4), separation: float = 2.0):
 
 
 def test_layer_gap_se_is_that_of_the_per_sample_layer_sums():
-    """Issue 23.3: every mapping of a layer is estimated from the same samples, so the SE of ``C_l``
-    is that of the per-sample layer sums. Over 200 seeds of 64 samples it matches the spread of
-    ``C_1`` (0.301 against 0.311); the old formula, the root of the summed per-mapping variances,
-    gave half of it (0.151), since siblings' gaps move together."""
-    torch.set_num_threads(1)  # 200 small probes: a second thread only waits (and 40x so on a busy machine)
+    """Every mapping of a layer is estimated from the same samples, so the SE of ``C_l`` is that
+    of the per-sample layer sums. Over 200 seeds of 64 samples it matches the spread of ``C_1``
+    (0.301 against 0.311); the root of the summed per-mapping variances would give half of it
+    (0.151), since siblings' gaps move together."""
+    torch.set_num_threads(1)  # 200 small probes: a second thread only waits (all the more on a busy machine)
     model = moving_siblings()
     report = probe(model, num_samples=64, seed=0)
     for est, sums, gaps in zip(report.layer_gaps, report.layer_terms, report.gaps):
@@ -409,7 +409,7 @@ def test_layer_gap_se_is_that_of_the_per_sample_layer_sums():
 
 
 def test_c_max_stays_within_its_interval_as_the_samples_grow():
-    """Issue 23.4: 64 equal mappings (layer 2 of a 16x16 HT) hold the largest gap, so the plain
+    """64 equal mappings (layer 2 of a 16x16 HT) hold the largest gap, so the plain
     maximum of 64 estimates is biased upward (the winner's curse): 0.533 with 64 samples, above
     even the 4,096-sample upper value (0.498), against the true 0.487. The 64-sample interval
     ``[lower, upper] = [0.422, 0.570]`` holds the 4,096-sample maximum (0.493) and the true value,
@@ -436,7 +436,7 @@ def test_c_max_split_is_unbiased_and_its_interval_covers():
     mappings of per-mapping SE 0.021; these are correlated), the cross-fitted estimate 0.002
     (within 3 SEs of its mean), and the 97.5% confidence values cover the truth (measured: lower
     0.975, upper 1.0)."""
-    torch.set_num_threads(1)  # 200 small probes: a second thread only waits (and 40x so on a busy machine)
+    torch.set_num_threads(1)  # 200 small probes: a second thread only waits (all the more on a busy machine)
     model = moving_siblings((1, 16, 16))
     truth = probe(model, num_samples=4096, seed=1).layer_gaps[1].value / 64
     estimates = [probe(model, num_samples=64, seed=seed).c_max_estimate for seed in range(200)]

@@ -108,7 +108,7 @@ def test_invalid_layer_arguments_raise_one_line_errors(make, message):
         make()
 
 
-# ------------------------------------------------------------ tiny weights (issue 12, case 2)
+# ------------------------------------------------------------ tiny weights
 def test_fast_path_threshold_is_exact_for_any_inputs():
     """Weights at :func:`min_log_weight` on the largest input, the other inputs far below: the
     shifted matmul keeps float32 precision and finite gradients; 30 nats lower it would not,

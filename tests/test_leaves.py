@@ -37,7 +37,8 @@ def test_make_leaf_accepts_specs_names_and_mappings():
     (lambda: Gaussian().make_layer(4, 1, 2, False).__class__(4, 1, 2, False, min_std=0.0), "min_std must be a finite number > 0, got 0.0"),
 ])
 def test_invalid_leaf_arguments_raise_one_line_errors(make, message):
-    """Issue 12, case 3: ``Gaussian(min_std=0)`` / ``(min_std=-0.5)`` gave NaN log-likelihoods."""
+    """Bad leaf arguments raise one-line ValueErrors; ``Gaussian(min_std=0)`` or ``(min_std=-0.5)``
+    would give NaN log-likelihoods."""
     with pytest.raises(ValueError, match=re.escape(message)):
         make()
 
@@ -101,7 +102,7 @@ def test_categorical_log_prob_gradient_matches_autograd(shared):
     assert torch.allclose(layer.logits.grad, logits.grad)
 
 
-# ---------------------------------------------------------------- sampling from CDF tables (issue 13)
+# ---------------------------------------------------------------- sampling from CDF tables
 def test_cdf_rows_are_the_normalized_cdf():
     """``cdf_rows`` (no running maximum on CPU) equals ``normalized_cdf`` of the float64 cumulative
     sums: nondecreasing rows ending at exactly 1, also with zero and tiny probabilities."""

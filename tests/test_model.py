@@ -448,7 +448,7 @@ def test_cuda_matches_cpu(cls, kwargs):
     assert torch.allclose(gpu_model.float().log_prob(x.cuda()).double().cpu(), cpu, atol=1e-4)
 
 
-# ---------------------------------------------------------------- the hot path (issue 13)
+# ---------------------------------------------------------------- the hot path
 def test_value_checks_follow_validate_args(monkeypatch):
     """Public calls check the input values by default (one-line errors); ``validation(False)``
     (and ``validate_args = False``) skips the checks, each a host read, and gives the same values."""

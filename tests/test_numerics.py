@@ -1,5 +1,5 @@
 """Numerics at the edges: extreme weights and leaf parameters (up to ±1e4), float32 against the
-exact float64 enumeration of every latent, samples always in their support (issue 12)."""
+exact float64 enumeration of every latent, samples always in their support."""
 from __future__ import annotations
 
 import copy
@@ -174,9 +174,10 @@ def test_extreme_parameters_mpe_and_probe(cls, kwargs, scale):
         assert math.isfinite(r32.h_x.value) and math.isfinite(r32.h_x.se)
 
 
-# ------------------------------------------------------------------------ the issue's cases
+# ------------------------------------------------------- float32 CDF rows and tiny weights
 def test_categorical_samples_with_float32_cdfs_stay_in_the_support():
-    """Issue 12, case 1: a float32 CDF row passing 1 before its end gave values of -8."""
+    """Sharp categorical leaves whose float32 CDF rows may pass 1 before their end: samples and
+    inpainted values stay in ``0 .. 255``, at the frequencies of the one component drawn."""
     torch.manual_seed(0)
     model = CPConvAC(in_shape=(1, 1, 1), leaf=Categorical(256), num_components=3, rank=1)
     with torch.no_grad():
@@ -214,8 +215,9 @@ def test_sample_from_cdf_never_picks_an_empty_step():
     (90.0, -89.59453, [-1 / 6, -2 / 3, 1 / 6, 2 / 3], [1 / 3, -1 / 3]),
 ])
 def test_sum_with_a_tiny_weight_on_the_largest_child(gap, value, leaf_grads, sum_grads):
-    """Issue 12, case 2: the shifted linear sum underflowed to -inf (G = 110) or gave inf/NaN
-    gradients (G = 90); the right values are float64's."""
+    """A weight ``e^-G`` on the child with the largest value: the value and gradients are
+    float64's, where a plain shifted linear sum would underflow to -inf (G = 110) or give
+    inf/NaN gradients (G = 90)."""
     model = CPConvAC(in_shape=(1, 1, 1), leaf=Categorical(2), num_components=2, rank=1)
     with torch.no_grad():
         model.leaves.logits.copy_(torch.tensor([[[[0.0, gap], [0.0, 0.0]]]]))

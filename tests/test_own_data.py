@@ -1,4 +1,4 @@
-"""Your own data (issue 15): data=array, data=table, data=image_folder on small generated files,
+"""Your own data: data=array, data=table, data=image_folder on small generated files,
 the layout read from the data, missing values marginalized, one-line errors, and end-to-end runs."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``import convac``: the public names and subpackages (issue 12, case 6)."""
+"""``import convac``: the public names and subpackages."""
 from __future__ import annotations
 
 import subprocess
@@ -6,8 +6,8 @@ import sys
 
 
 def test_import_convac_reaches_every_public_subpackage():
-    """In a fresh interpreter: ``import convac`` then ``convac.entropy.probe(model)`` works (it
-    raised AttributeError), the other subpackages are attributes too, and the slow optional
+    """In a fresh interpreter: ``import convac`` then ``convac.entropy.probe(model)`` works (no
+    AttributeError), the other subpackages are attributes too, and the slow optional
     imports (scikit-learn, Hydra) wait until they are needed."""
     script = """
 import sys
@@ -32,8 +32,8 @@ else:
 
 def test_lightning_is_used_through_its_public_api_only():
     """No import of a private Lightning module or name (``lightning.x._y``, ``from lightning.x
-    import _y``): what lets pyproject.toml leave Lightning without an upper pin (issue 14; the
-    CSV logger used to extend Lightning's private ``ExperimentWriter``)."""
+    import _y``) and no override of a Lightning class's private method: what lets pyproject.toml
+    leave Lightning without an upper pin."""
     import ast
     from pathlib import Path
 
@@ -49,7 +49,7 @@ def test_lightning_is_used_through_its_public_api_only():
             else:
                 continue
             private += [f"{path.name}: {'.'.join(names)}" for name in names if name.startswith("_")]
-    # nor an override of a Lightning class's private method (the old logger's _check_log_dir_exists)
+    # nor an override of a Lightning class's private method (such as a logger's _check_log_dir_exists)
     import importlib
     import inspect
     import pkgutil

@@ -1,4 +1,4 @@
-"""Pictures of what a model does (issue 14): samples.png and inpaint.png from the Pictures
+"""Pictures of what a model does: samples.png and inpaint.png from the Pictures
 callback and from ``convac-plot --samples``; the rows hold what they say they hold."""
 from __future__ import annotations
 

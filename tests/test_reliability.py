@@ -1,4 +1,4 @@
-"""Reliability (issue 7): kill and resume, DDP on CPU, bad inputs through the CLI, non-finite guard.
+"""Reliability: kill and resume, DDP on CPU, bad inputs through the CLI, non-finite guard.
 
 The CLI cases run ``convac-train`` / ``convac-eval`` as subprocesses (``python -m``), as a user
 would; every bad input must exit non-zero with one line naming what was expected and what was
@@ -251,8 +251,8 @@ def test_unwritable_output_folder(tmp_path, cli_error):
     (["callbacks.entropy_probe.num_samples=1"], ["num_samples must be an integer >= 2, got 1"]),
 ])
 def test_invalid_model_settings_stop_before_the_run_folder(tmp_path, cli_error, overrides, words):
-    """Issue 12, case 3: ``model.leaf.min_std=-0.5`` used to start, write a checkpoint and stop at
-    step 0 on NaN likelihoods."""
+    """A bad model or callback setting (``model.leaf.min_std=-0.5`` would give NaN likelihoods at
+    step 0) exits with a one-line error naming it and leaves no run-folder files."""
     assert_user_error(cli_error("train", tmp_path / "run", *TINY, *overrides), "train", words)
     assert_no_run_files(tmp_path / "run")
 
@@ -323,10 +323,10 @@ def test_guard_finds_the_layer_whose_output_overflowed(tmp_path):
 
 
 def test_guard_names_the_leaves_when_they_make_the_first_nan(tmp_path):
-    """Issue 12, case 3: a NaN made by the leaves was blamed on ``model.sums.0``, the first layer
-    that the check saw; the leaf layer is now on the data path the guard watches."""
+    """A NaN made by the leaves is blamed on the leaf layer, not on ``model.sums.0``: the leaf
+    layer is on the data path the guard watches."""
     module = ConvACModule("ht", {**MODEL, "leaf": {"name": "gaussian"}})
-    object.__setattr__(module.model.leaves, "min_std", -0.5)  # as an unchecked min_std did: std < 0
+    object.__setattr__(module.model.leaves, "min_std", -0.5)  # an unchecked min_std: std < 0
     trainer = L.Trainer(max_epochs=1, limit_train_batches=2, num_sanity_val_steps=0, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                         default_root_dir=tmp_path, callbacks=[FiniteGuard()])

@@ -109,10 +109,10 @@ def test_plot_modes_exclude_each_other_and_report_an_empty_sweep(tmp_path, capsy
     assert exit_info.value.code == 2 and "not allowed with" in capsys.readouterr().err
 
 
-def test_sweep_rows_carry_the_interval_of_c_max_and_beta_max_and_read_older_runs(tmp_path):
-    """Each run's C_max and beta_max come with their cross-fitted estimates, SEs and upper values
-    (issue 23.4), into scaling.csv, the summary and the figure's error bars; a run logged before
-    they existed still reads, with NaN in their place."""
+def test_sweep_rows_carry_the_interval_of_c_max_and_beta_max_and_read_runs_without_it(tmp_path):
+    """Each run's C_max and beta_max come with their cross-fitted estimates, SEs and upper values,
+    into scaling.csv, the summary and the figure's error bars; a run whose entropy.csv lacks
+    those columns still reads, with NaN in their place."""
     base = {"epoch": 0, "entropy/H0": 10.0, "entropy/H1": 12.0, "entropy/H_X": 13.0, "entropy/H_X_se": 0.1,
             "scaling/n_mappings1": 4, "scaling/C_max": 1.0, "scaling/cap_max": 1.5, "scaling/cap_slack": 2.0,
             "scaling/beta_max": 1.2, "scaling/additive_slack": 2.5, "scaling/ratio_slack": 0.4}

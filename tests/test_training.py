@@ -172,7 +172,7 @@ def test_a_cosine_schedule_anneals_the_step_over_the_epochs(digits, optimizer):
     assert steps == pytest.approx(expected)
 
 
-# ---------------------------------------------------------------- the hot path (issue 13)
+# ---------------------------------------------------------------- the hot path
 def test_a_checked_datamodule_turns_the_per_batch_value_checks_off(digits, monkeypatch):
     """A convac datamodule checked every value of its splits when it was set up: after
     ``check_fits`` in ``setup``, the training, validation and test batches skip the model's value

@@ -4,7 +4,7 @@ is built.
 
 These groups are untyped at composition (a ``+trainer.profiler=simple`` must stay possible), so
 without this a wrong value starts the run and fails deep inside Lightning (``trainer.max_epochs=abc``
-ran the sanity check and died on an ``AssertionError``). :func:`check_targets` raises a one-line
+would run the sanity check and die on an ``AssertionError``). :func:`check_targets` raises a one-line
 ValueError naming the key instead:
 
     trainer.max_epochs: expected int or None, got 'abc' (str)

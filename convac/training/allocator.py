@@ -5,8 +5,10 @@ PyTorch's CPU tensors come from ``malloc``. With glibc's defaults a block of mor
 system and unmapped when freed, and freed memory at the top of the heap is returned to the
 system; the big tensors of every training step (activations, gradients, the leaf table) are
 then faulted in page by page again, step after step. On a virtual machine, where a page fault
-is expensive, this was measured as half of a 64x64 HT training step (585 against 289 ms, one
-thread) and much of the entropy probe's time.
+is expensive, this can be half of a 64x64 HT training step and much of the entropy probe's time:
+``python scripts/bench.py --only train`` measures it, run as it is and under
+``GLIBC_TUNABLES=glibc.malloc.trim_threshold=4294967296:glibc.malloc.mmap_threshold=4294967296``
+(which keeps freed memory as :func:`keep_freed_memory` does, set from the environment).
 """
 from __future__ import annotations
 

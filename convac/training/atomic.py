@@ -59,8 +59,9 @@ class CsvHistory:
     0, hence a fresh file). That write, and any write that brings a new column, rewrites the file
     atomically (:func:`write_csv_atomically`; the header is the union of the columns in order of
     appearance, or sorted with ``sort_columns``). Every other write appends its rows with one ``write`` call, so the cost of a
-    write does not grow with the history (rewriting it whole every epoch took 11 ms per file
-    after 50 epochs of the default run's ``gaps.csv``) and a kill leaves whole rows behind.
+    write does not grow with the history (the default run's ``gaps.csv`` gains a row per mapping
+    every epoch; ``python scripts/callback_cost.py`` measures the probe callback's cost per epoch,
+    its writes included) and a kill leaves whole rows behind.
     """
 
     def __init__(self, path: str | Path, key: str, sort_columns: bool = False) -> None:

@@ -134,8 +134,9 @@ class EntropyProbe(L.Callback):
         """Hand ``metrics`` to every logger at the global step (as Lightning's own
         ``LearningRateMonitor`` does) and to ``trainer.callback_metrics``, where monitors such as
         ``EarlyStopping`` and the CLI's summary read them. ``LightningModule.log_dict`` would
-        take about 10 ms for the default model's 40-odd metrics, twice the probe itself; every
-        rank holds the same values, so there is nothing to reduce across processes."""
+        cost about twice the probe itself for the default model's 40-odd metrics (the callback's
+        and the probe's time: ``python scripts/callback_cost.py``); every rank holds the same
+        values, so there is nothing to reduce across processes."""
         trainer.callback_metrics.update(zip(metrics, torch.tensor(list(metrics.values())).unbind()))
         row, step = {**metrics, "epoch": epoch}, trainer.global_step  # one row for all, as Lightning does
         for logger in trainer.loggers:
@@ -170,6 +171,6 @@ class EntropyProbe(L.Callback):
 
         path, gaps = self.csv_path(trainer), self.gaps_path(trainer)
         plot_entropy(path, path.with_suffix(".png"))
-        if gaps.exists():  # a run resumed from a version that wrote no gaps.csv has none
+        if gaps.exists():  # absent beside entropy.csv in a resumed run folder that lacked it
             plot_gaps(gaps, gaps.with_suffix(".png"))
 

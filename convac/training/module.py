@@ -105,9 +105,9 @@ class ConvACModule(L.LightningModule):
         init_std: when set, the new model's logits are drawn again from ``N(0, init_std^2)``
             (:meth:`ConvAC.reset_logits`; the model's own draw has std 1).
         compile: compile the model with ``torch.compile`` (``model.compile()``: its forward, which
-            every query calls; the first batches then take 10-70 s to compile). Measured on CPU
-            (``scripts/bench.py --only compile``): 1.5x faster for a 28x28 HT, 0.45x for the
-            digits model; not with EM.
+            every query calls; the first batches then take 10-70 s to compile). On CPU it speeds
+            up a 28x28 HT's training step and slows the digits model's (measured by
+            ``python scripts/bench.py --only compile``); not with EM.
     """
 
     def __init__(
