@@ -34,6 +34,9 @@ from convac.leaves import LeafSpec, cdf_rows, make_leaf, sample_indices, sample_
 from convac.validation import check_flag, check_grid, check_positive_float, check_positive_int, check_positive_ints
 
 STRUCTURES = ("grid", "learned")
+#: Discrete leaves of at most this many values are folded into the first sum layer
+#: (:attr:`ConvAC.fold_leaf_sums`): below the usual batch sizes, so the value table is cheaper.
+FOLD_MAX_VALUES = 32
 
 
 def marginalize_classes(log_joint: torch.Tensor) -> torch.Tensor:
@@ -60,7 +63,8 @@ class ConvAC(nn.Module):
         windows: ``[(ph, pw), ...]``, the pooling window of each fusion layer, ending at 1x1.
         patch_size: side ``p`` of the non-overlapping patches of level 0.
         num_classes: number of root weight vectors ``P(X | y)``.
-        share_leaves / share_weights: one set of leaf / sum parameters for every position.
+        share_leaves: one set of leaf parameters for every position.
+        share_weights: one set of sum weights for every position.
         class_prior: ``"uniform"`` (a fixed buffer) or ``"learned"``.
     """
 
@@ -131,6 +135,7 @@ class ConvAC(nn.Module):
             self.class_logits = nn.Parameter(torch.zeros(self.num_classes))
         else:
             self.register_buffer("class_logits", torch.zeros(self.num_classes))
+        self._fold_leaf_sums = self._can_fold_leaf_sums() and self.leaf_spec.num_values <= FOLD_MAX_VALUES
 
     # ---------------------------------------------------------------- structure
     @property
@@ -296,7 +301,7 @@ class ConvAC(nn.Module):
         patches = self._tree_positions(self._to_patches(x, 0))
         leaf_missing = None if missing is None else self._tree_positions(self._to_patches(missing, True))
         first = 0  # the first fusion layer still to run
-        if top_only and not max_product and self._folds_leaf_sums(patches.shape[1]):
+        if top_only and not max_product and self.fold_leaf_sums:
             h, first = self.pools[0](self._folded_leaf_sums(patches, leaf_missing)), 1
         elif max_product and missing is not None:
             h = self.leaves(patches, leaf_missing, self._tree_positions(self._to_patches(missing, False)))
@@ -308,17 +313,28 @@ class ConvAC(nn.Module):
             levels.append(h)
         return levels[-1:] if top_only else levels
 
-    #: Let likelihood passes fold the leaves into the first sum layer where that is cheaper
-    #: (:meth:`_folded_leaf_sums`); the values are the same. Off: always the layer-by-layer pass.
-    fold_leaf_sums: bool = True
+    @property
+    def fold_leaf_sums(self) -> bool:
+        """Whether likelihood passes fold the leaves into the first sum layer
+        (:meth:`_folded_leaf_sums`; the values and gradients are those of the layer-by-layer
+        pass). Chosen when the model is built: for discrete leaves of one variable per position
+        with at most :data:`FOLD_MAX_VALUES` values, under fusion layers. The table costs
+        ``num_values + 1`` rows of sum-layer work whatever the batch, the layer-by-layer pass one
+        row per example, so folding pays for batches larger than the table: a few values (binary
+        data, the 17 grey levels of the digits) against the batches of training and evaluation.
+        Set it to force either pass (True only where folding applies)."""
+        return self._fold_leaf_sums
 
-    def _folds_leaf_sums(self, batch: int) -> bool:
-        """Whether a likelihood pass over ``batch`` inputs folds the leaves into the first sum
-        layer: a model with fusion layers, discrete leaves of one variable per position and a
-        value table smaller than the batch (the sums then run over ``num_values`` rows instead of
-        ``batch``)."""
-        return (self.fold_leaf_sums and self.num_levels > 0 and self.leaf_spec.is_discrete
-                and self.leaves.num_vars == 1 and self.leaf_spec.num_values < batch)
+    @fold_leaf_sums.setter
+    def fold_leaf_sums(self, fold: bool) -> None:
+        if fold and not self._can_fold_leaf_sums():
+            raise InvalidValueError("fold_leaf_sums needs discrete leaves of one variable per position under at least one "
+                                    f"fusion layer; this model has {self.leaf_spec}, {self.leaves.num_vars} variables per "
+                                    f"position and {self.num_levels} fusion layers")
+        self._fold_leaf_sums = bool(fold)
+
+    def _can_fold_leaf_sums(self) -> bool:
+        return self.num_levels > 0 and self.leaf_spec.is_discrete and self.leaves.num_vars == 1
 
     def _folded_leaf_sums(self, patches: torch.Tensor, missing: torch.Tensor | None) -> torch.Tensor:
         """``sums[0](leaves(patches, missing))`` by way of the value table: ``patches``,

@@ -73,9 +73,8 @@ def full_batch_log_likelihoods(model, x, steps):
 @pytest.mark.parametrize("pseudocount", [0.0, 0.5])
 def test_full_batch_step_equals_the_closed_form_categorical(pseudocount, fold):
     model = build(Categorical(3))
-    model.fold_leaf_sums = fold  # the likelihood pass folds the leaves into the first sums (3 values < 40 rows)
+    model.fold_leaf_sums = fold  # the likelihood pass folds the leaves into the first sums
     x = torch.randint(0, 3, (40, 1, 1, 4), generator=torch.Generator().manual_seed(1))
-    assert model._folds_leaf_sums(len(x)) == fold
     f = model.leaves.log_probabilities().detach().exp()  # (P, 1, values, M)
     leaf_values = f[torch.arange(4).view(4, 1), 0, x.view(40, 4).t()]  # (P, B, M): f_{p,m}(x_p)
     counts = closed_form_counts(model, x, leaf_values)
@@ -138,7 +137,6 @@ def test_full_batch_step_with_missing_values_equals_the_closed_form(leaf, fold):
     model = build(leaf, seed=5)
     model.fold_leaf_sums = fold
     x, missing = partly_missing(leaf, 40, seed=6)
-    assert model._folds_leaf_sums(len(x)) == fold
     f = model.leaves.log_probabilities().detach().exp()[:, 0]  # (P, values, M)
     codes = x.view(40, 4).t()  # (P, B)
     observed_values = f[torch.arange(4).view(4, 1), codes]  # (P, B, M)
@@ -166,7 +164,6 @@ def test_flows_with_missing_values_are_those_of_the_layer_by_layer_pass(leaf):
     for fold in (True, False):
         model = build(leaf, seed=8)
         model.fold_leaf_sums = fold
-        assert model._folds_leaf_sums(len(x)) == fold
         recorder = FlowRecorder(model)
         (-model.log_prob(x, missing).sum()).backward()
         recorder.accumulate()
@@ -181,12 +178,13 @@ def test_flows_with_missing_values_are_those_of_the_layer_by_layer_pass(leaf):
 
 @pytest.mark.parametrize("leaf", DISCRETE_LEAVES, ids=["categorical", "bernoulli"])
 def test_full_batch_em_with_missing_values_does_not_depend_on_the_batch_size(leaf):
-    """Full-batch EM adds the counts of all batches: 20 batches of 2 rows (the layer-by-layer
-    pass) and one batch of 40 (the folded pass) give the same M-step."""
+    """Full-batch EM adds the counts of all batches: 20 batches of 2 rows through the
+    layer-by-layer pass and one batch of 40 through the folded pass give the same M-step."""
     x, missing = partly_missing(leaf, 40, seed=9)
     models = {}
     for batch in (2, 40):
         model = models[batch] = build(leaf, seed=10)
+        model.fold_leaf_sums = batch == 40
         optimizer = EM(model, lr=1.0, pseudocount=0.0, dataset_size=len(x))
         for start in range(0, len(x), batch):
             (-model.log_prob(x[start:start + batch], missing[start:start + batch]).sum()).backward()

@@ -139,6 +139,26 @@ def test_folded_leaf_sums_equal_the_layer_by_layer_pass(index):
         torch.testing.assert_close(a, b)
 
 
+def test_leaves_are_folded_by_a_choice_made_when_the_model_is_built():
+    """Few values (binary, the digits' 17) fold; many values (256 grey levels), patches of several
+    variables and continuous leaves take the layer-by-layer pass; forcing a fold where none
+    applies is refused."""
+    assert HTConvAC((1, 1, 8), Bernoulli(), 2, 3).fold_leaf_sums
+    assert HTConvAC((1, 4, 4), Categorical(17), 2, 3).fold_leaf_sums
+    assert not HTConvAC((1, 4, 4), Categorical(256), 2, 3).fold_leaf_sums
+    assert not HTConvAC((1, 4, 4), Categorical(17), 2, 3, patch_size=2).fold_leaf_sums
+    model = HTConvAC((1, 4, 4), Gaussian(), 2, 3)
+    assert not model.fold_leaf_sums
+    with pytest.raises(ValueError, match="fold_leaf_sums needs discrete leaves"):
+        model.fold_leaf_sums = True
+    wide = HTConvAC((1, 4, 4), Categorical(256), 2, 3)
+    wide.fold_leaf_sums = True  # forced: the same values by the table
+    x = torch.randint(0, 256, (5, 1, 4, 4))
+    folded = wide.log_prob(x)
+    wide.fold_leaf_sums = False
+    torch.testing.assert_close(folded, wide.log_prob(x))
+
+
 def test_all_missing_gives_log_one():
     model = build(*TINY[1])
     x = torch.zeros(3, *model.in_shape, dtype=torch.long)
