@@ -66,6 +66,19 @@ class ConvAC(nn.Module):
         share_leaves: one set of leaf parameters for every position.
         share_weights: one set of sum weights for every position.
         class_prior: ``"uniform"`` (a fixed buffer) or ``"learned"``.
+
+    The parts, which :mod:`convac.entropy` and :mod:`convac.training.em` read (with the queries
+    below and :meth:`parent_positions`); tensors of a level are position-major ``(P_l, B, K_l)``
+    with ``P_l = H_l * W_l`` positions in row-major order:
+
+    Attributes:
+        leaves: the leaf layer (:mod:`convac.leaves`): ``M`` components at every level-0 position.
+        sums: the sum layers of levels ``1..L`` (:class:`convac.layers.SumLayer`; ``sums[l - 1]``
+            mixes level ``l - 1`` into the ``K_l`` channels of level ``l``; its ``weights()``
+            and ``log_weights()`` are ``(P_{l-1} or 1, K_l, K_{l-1})``).
+        pools: the product pooling of levels ``1..L`` (:class:`convac.layers.ProductPool`).
+        root: the root sum layer, ``(1, num_classes, R * K_L)`` weights.
+        grids: ``[(H_l, W_l)]`` for ``l = 0..L``; channels: ``[M, K_1, ..., K_L]``.
     """
 
     def __init__(
@@ -142,6 +155,14 @@ class ConvAC(nn.Module):
     def num_levels(self) -> int:
         """``L``, the number of fusion layers."""
         return len(self.sums)
+
+    def parent_positions(self, level: int) -> torch.Tensor:
+        """(P_{l-1},) long, for ``1 <= level <= L``: the position on grid ``l`` of the product node
+        that the sum node at each position of grid ``l - 1`` (row-major) feeds: its parent in the
+        latent tree, whose channel ``Z_{l, parent}`` selects the sum node's weight row."""
+        if not 1 <= level <= self.num_levels:
+            raise InvalidValueError(f"level must lie in [1, {self.num_levels}], got {level}")
+        return self.pools[level - 1].parents
 
     @property
     def num_variables(self) -> int:
@@ -414,8 +435,9 @@ class ConvAC(nn.Module):
         top = (self.log_class_prior().exp().unsqueeze(1) * self.root.weights()[0]).sum(0)  # (R * K_L,)
         flow = top.view(self.num_repetitions, -1)  # (P_L, K_L) position-major: repetition r is position r
         flows = [flow]
-        for layer, pool in zip(reversed(self.sums), reversed(self.pools)):
-            parent = flow.index_select(0, pool.parents)  # (P, K_l): the flow of every sum node's parent
+        for level in range(self.num_levels, 0, -1):
+            parent = flow.index_select(0, self.parent_positions(level))  # (P, K_l): the flow of every sum node's parent
+            layer = self.sums[level - 1]
             flow = torch.bmm(parent.unsqueeze(1), layer.position_weights())[:, 0]  # (P, K_{l-1})
             flows.insert(0, flow)
         return [flow.t().reshape(-1, *grid) for flow, grid in zip(flows, self.grids)]

@@ -157,3 +157,15 @@ def test_every_position_of_a_repetition_carries_its_probability(name):
         rows = p_r.view(-1, 1).expand(h, w) if model.structure == "learned" else torch.ones(h, w, dtype=torch.float64)
         assert torch.allclose(mass, rows, rtol=1e-12, atol=1e-14), f"level {level}"
         assert abs(float(mass.sum()) - h * w / model.num_repetitions) < 1e-10  # sum over all positions
+
+
+def test_parent_positions_name_the_product_node_each_sum_node_feeds():
+    """``parent_positions(l)``: the sum node at position (r, c) of grid l - 1 feeds the product
+    node whose 2x2 window holds it; levels outside 1..L are refused."""
+    model = HTConvAC((1, 4, 4), "bernoulli", 2, [3, 3])
+    parents = model.parent_positions(1).view(4, 4)
+    expected = torch.tensor([[(r // 2) * 2 + c // 2 for c in range(4)] for r in range(4)])
+    assert torch.equal(parents, expected)
+    assert model.parent_positions(2).tolist() == [0, 0, 0, 0]
+    with pytest.raises(ValueError, match=r"level must lie in \[1, 2\]"):
+        model.parent_positions(0)

@@ -3,7 +3,10 @@
 With normalized leaves and simplex weights a ConvAC is a latent tree: ``Z_{l,i}`` is the channel
 chosen at position ``i`` of level ``l`` (``Z_{0,i}`` the leaf component). This module reads the
 model only through its public queries (``sample``, ``level_log_probs``, ``latent_marginals``,
-``sample_below``, ``leaf_entropy``) and its weights (``sums[l].weights()``, ``root``).
+``sample_below``, ``leaf_entropy``, ``log_class_prior``), the structure of its latent tree
+(``parent_positions``, ``grids``, ``channels``, ``num_repetitions``, the product pooling
+``pools``) and its weights (``sums[l].weights()``, ``log_weights()``, ``weight_rows()``,
+``position_weights()``; ``root``), as documented on :class:`convac.model.ConvAC`.
 
 All entropies are in nats and summed over positions.
 """
@@ -101,8 +104,8 @@ def one_pass_statistics(
 
     gaps = []
     latent = torch.zeros(n, dtype=torch.float64, device=x.device)
-    for level, (layer, pool) in enumerate(zip(model.sums, model.pools), start=1):
-        parent = chosen[level].index_select(0, pool.parents)  # (P, n) channel j of each sum node's parent
+    for level, layer in enumerate(model.sums, start=1):
+        parent = chosen[level].index_select(0, model.parent_positions(level))  # (P, n) channel j of each sum node's parent
         active = on_path[level - 1]  # (P, n) the sum node is on the path (exactly where its parent is)
         log_w = layer.log_weights()  # (P or 1, K_l, K_{l-1})
         k_child = log_w.shape[2]
@@ -172,8 +175,8 @@ def mapping_caps(
     """
     rows = row_entropies(model) if rows is None else rows
     caps = []
-    for layer, pool, flow, row_entropy in zip(model.sums, model.pools, flows[1:], rows):
-        parent = flow.flatten(1).t().index_select(0, pool.parents)  # (P, K_l): pi of each sum node's parent
+    for level, (layer, flow, row_entropy) in enumerate(zip(model.sums, flows[1:], rows), start=1):
+        parent = flow.flatten(1).t().index_select(0, model.parent_positions(level))  # (P, K_l): pi of each sum node's parent
         caps.append((parent * row_entropy).sum(1).view(layer.grid))
     pi_top = flows[-1].flatten()
     return caps, float(categorical_entropy(pi_top.log(), p=pi_top))
