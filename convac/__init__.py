@@ -44,4 +44,4 @@ __all__ = [
     "load_pretrained",
     "register_model",
 ]
-__version__ = "0.1.0"
+__version__ = "0.3.0.dev0"
