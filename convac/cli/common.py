@@ -153,8 +153,8 @@ def hydra_errors_raised(prog: str) -> Iterator[None]:
             _task_started = False  # set again when the task's own exit_on_error starts
             try:
                 yield
-            except OSError as e:
-                if _task_started or _traceback_wanted():
+            except OSError as e:  # Hydra's MissingConfigException is an OSError too: a config mistake
+                if _task_started or _traceback_wanted() or isinstance(e, CONFIG_ERRORS):
                     raise
                 _report(prog, f"{e.filename or e}: cannot create the run folder ({e.strerror or e})")
     finally:

@@ -137,7 +137,9 @@ def describe(annotation: Any) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (Union, types.UnionType):  # the literals of all members as one list, None last
         literals = [v for a in args if typing.get_origin(a) is Literal for v in typing.get_args(a)]
-        others = [describe(a) for a in args if typing.get_origin(a) is not Literal and a is not type(None)]
+        # sorted: typing caches a Union under the member order it first saw, so that order
+        # depends on what was imported before
+        others = sorted(describe(a) for a in args if typing.get_origin(a) is not Literal and a is not type(None))
         words = others + ([describe(Literal[tuple(literals)])] if literals else []) + (["None"] if type(None) in args else [])
         return " or ".join(dict.fromkeys(words))
     if origin is Literal:
