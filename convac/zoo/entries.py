@@ -64,6 +64,8 @@ ENTRIES: dict[str, ZooEntry] = {
         ZooEntry("ht_nltcs", "HT ConvAC density model of the DEBD set nltcs (16 binary variables)"),
         ZooEntry("ht_plants", "HT ConvAC density model of the DEBD set plants (69 binary variables)"),
         ZooEntry("ht_pumsb_star", "HT ConvAC density model of the DEBD set pumsb_star (163 binary variables)"),
+        ZooEntry("ht_mnist", "HT ConvAC density model P(x) of MNIST (t10k split: first 8,000 train, last 2,000 test), "
+                 "shared leaves, trained by EM"),
         ZooEntry("ht_mnist_classifier", "HT ConvAC classifier P(y | x) of MNIST (t10k split: first 8,000 train, "
                  "last 2,000 test), hybrid objective, shared leaves; classifies with missing pixels marginalized"),
     )
