@@ -12,7 +12,7 @@ from convac.errors import InvalidValueError, MissingFileError, UserError
 from convac.leaves import Bernoulli, Categorical, Gaussian
 from convac.model import ConvAC, CPConvAC, HTConvAC
 from convac.training import ConvACModule
-from convac.zoo import create_model, list_models, load_pretrained, register_model
+from convac.zoo import create_model, is_model, list_models, load_pretrained, register_model
 
 _LAZY_SUBPACKAGES = ("cli", "plotting")
 
@@ -40,6 +40,7 @@ __all__ = [
     "MissingFileError",
     "UserError",
     "create_model",
+    "is_model",
     "list_models",
     "load_pretrained",
     "register_model",

@@ -582,6 +582,14 @@ class ConvAC(nn.Module):
         filled, _ = self._descend(self.num_levels, top, repetition, evidence, mode, generator)
         return torch.where(missing, filled.to(x.dtype), x)
 
+    def save_pretrained(self, folder, **options):
+        """Write ``folder/model.safetensors``, ``config.json`` and ``README.md`` (the Hugging Face
+        Hub's layout) and return ``folder``: :func:`convac.zoo.hub.save_pretrained` (``options``:
+        ``card``, ``repo_id``, ``license``). The model must come from :func:`convac.create_model`."""
+        from convac.zoo.hub import save_pretrained  # convac.zoo imports this module
+
+        return save_pretrained(self, folder, **options)
+
     def extra_repr(self) -> str:
         structure = f", structure={self.structure}, repetitions={self.num_repetitions}" if self.structure != "grid" else ""
         return f"in_shape={self.in_shape}, leaf={self.leaf_spec}, grids={self.grids}, channels={self.channels}{structure}"

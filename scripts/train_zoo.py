@@ -2,16 +2,18 @@
 
     python scripts/train_zoo.py --data-root debd=/path/to/debd mnist=/path/to/mnist   # all entries
     python scripts/train_zoo.py --only ht_digits cp_digits       # some entries
-    python scripts/train_zoo.py --readme                         # only regenerate the README table
+    python scripts/train_zoo.py --readme                         # only regenerate the zoo table of docs/zoo.md
 
 For each entry: one fresh ``convac-train`` run (in ``--runs-dir/<name>``, emptied first; one
 CPU thread by default: oversubscribed threads slow PyTorch down badly on a shared machine),
-then its best checkpoint is exported to ``convac/zoo/weights/<name>.safetensors`` with a measured model card
-``convac/zoo/cards/<name>.json`` (see :mod:`convac.zoo.export`). The README's zoo section is
-regenerated from the cards at the end. Entries whose data is read from a local folder get it
-from ``--data-root DATA=DIR`` (``DATA`` the data config name: the DEBD entries read
-``NAME.{train,valid,test}.data`` from ``debd=DIR`` or its ``NAME/`` subfolders, the MNIST entry
-the t10k IDX files from ``mnist=DIR``); a bare ``DIR`` serves every such entry.
+then its best checkpoint is exported to ``convac/zoo/weights/<name>.safetensors`` with a
+measured model card ``convac/zoo/cards/<name>.json`` (see :mod:`convac.zoo.export`). The zoo
+table of the docs page ``docs/zoo.md`` (between the ``convac-zoo:begin`` / ``convac-zoo:end``
+markers, appended at its end when the page has none yet) is regenerated from the cards at the
+end. Entries whose data is read from a local folder get it from ``--data-root DATA=DIR``
+(``DATA`` the data config name: the DEBD entries read ``NAME.{train,valid,test}.data`` from
+``debd=DIR`` or its ``NAME/`` subfolders, the MNIST entry the t10k IDX files from
+``mnist=DIR``); a bare ``DIR`` serves every such entry.
 """
 from __future__ import annotations
 
@@ -60,9 +62,11 @@ def train(name: str, runs_dir: Path, root: str | None, threads: int) -> float:
     return time.perf_counter() - start
 
 
-def update_readme(path: Path) -> None:
-    """Regenerate the zoo section of the README from the shipped cards."""
+def update_zoo_table(path: Path) -> None:
+    """Regenerate the zoo table of the markdown page ``path`` from the shipped cards (the page
+    is created, or the marked section appended, when missing)."""
     text = path.read_text() if path.exists() else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(replace_readme_section(text, markdown_table(load_cards())))
     print(f"updated the zoo table in {path}")
 
@@ -75,8 +79,9 @@ def main(argv: list[str] | None = None) -> None:
                              "mnist=DIR (ht_mnist_classifier); a bare DIR for all")
     parser.add_argument("--runs-dir", type=Path, default=REPO / "outputs" / "zoo", help="where the runs go")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per training run (default 1)")
-    parser.add_argument("--readme", action="store_true", help="only regenerate the README's zoo table")
-    parser.add_argument("--readme-path", type=Path, default=REPO / "README.md")
+    parser.add_argument("--readme", action="store_true", help="only regenerate the zoo table (of --page)")
+    parser.add_argument("--page", type=Path, default=REPO / "docs" / "zoo.md",
+                        help="the markdown page holding the zoo table (default docs/zoo.md)")
     args = parser.parse_args(argv)
     if not args.readme:
         total = 0.0
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
             total += seconds
             print(f"  {name}: {seconds:.0f} s, test NLL {card.metrics['test/nll']:.4f} nats, {card.weights_path}")
         print(f"trained in {total:.0f} s")
-    update_readme(args.readme_path)
+    update_zoo_table(args.page)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,18 @@
-"""``convac-zoo list | info NAME | eval NAME``: the pretrained entries of the model zoo.
+"""``convac-zoo list | info NAME | eval NAME | push NAME --repo ORG/NAME``: the pretrained entries of the model zoo.
 
 * ``list``: one row per shipped entry (test NLL, bits/dim, accuracy, parameters, size, the
-  entropy chain and the config that trained it); ``--markdown`` prints the README table.
+  entropy chain and the config that trained it); ``--markdown`` prints the zoo table of
+  ``docs/zoo.md``.
 * ``info NAME``: the full model card.
 * ``eval NAME``: recompute the numbers of the entry's row from the shipped weights
   (sha256-verified): test metrics, parameters, size and entropy chain; exits with status 1
   if one differs by more than its tolerance. Entries trained on local data (DEBD) need
   ``--data-root``.
+* ``push NAME --repo ORG/NAME``: save the entry (sha256-verified weights, ``config.json`` and
+  a model card ``README.md``: :func:`convac.zoo.save_pretrained`) and upload it to that Hub
+  repository (created if missing); then ``convac.create_model("hf-hub:ORG/NAME",
+  pretrained=True)`` loads it. Needs ``pip install "convac[hub]"``, the network and a token
+  with write access (``HF_TOKEN``, or the Hugging Face CLI's login).
 """
 from __future__ import annotations
 
@@ -75,16 +81,36 @@ def _eval(card: ModelCard, data_root: str | None, rtol: float) -> bool:
     return all(row.ok for row in rows)
 
 
+def _push(card: ModelCard, repo: str, private: bool) -> None:
+    """Upload ``card``'s entry to the Hub repository ``repo`` (:func:`convac.zoo.push_to_hub`);
+    an HTTP error of the Hub (no token, no write access, ...) comes out as an InvalidValueError."""
+    from convac.zoo.hub import huggingface_hub, push_to_hub
+    from convac.zoo.registry import create_model
+
+    hub = huggingface_hub()
+    try:
+        url = push_to_hub(create_model(card.name, pretrained=True), repo, card, private=private)
+    except hub.utils.HfHubHTTPError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InvalidValueError(f"the Hub refused the upload to {repo} ({reason}); set HF_TOKEN, or log in with the "
+                                "Hugging Face CLI, with a token that can write to it") from None
+    print(f"pushed {card.name} to {url}\n  load it: convac.create_model(\"hf-hub:{repo}\", pretrained=True)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="convac-zoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     list_parser = commands.add_parser("list", help="the shipped entries and their metrics")
-    list_parser.add_argument("--markdown", action="store_true", help="print the README model-card table")
+    list_parser.add_argument("--markdown", action="store_true", help="print the model-card table of docs/zoo.md")
     commands.add_parser("info", help="the model card of an entry").add_argument("name")
     eval_parser = commands.add_parser("eval", help="recompute the numbers of an entry")
     eval_parser.add_argument("name")
     eval_parser.add_argument("--data-root", help="data folder of entries trained on local files (DEBD, MNIST)")
     eval_parser.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
+    push_parser = commands.add_parser("push", help="upload an entry to a Hugging Face Hub repository")
+    push_parser.add_argument("name")
+    push_parser.add_argument("--repo", required=True, metavar="ORG/NAME", help="the Hub repository (created if missing)")
+    push_parser.add_argument("--private", action="store_true", help="create the repository private")
     args = parser.parse_args(argv)
 
     cards = load_cards()
@@ -97,6 +123,9 @@ def main(argv: list[str] | None = None) -> None:
         _info(cards[args.name])
         return
     try:
+        if args.command == "push":
+            _push(cards[args.name], args.repo, args.private)
+            return
         ok = _eval(cards[args.name], args.data_root, args.rtol)
     except UserError as err:
         parser.exit(2, f"convac-zoo: error: {err}\n")

@@ -123,11 +123,18 @@ class ModelCard:
 
     @classmethod
     def load(cls, path: Path) -> "ModelCard":
-        content = json.loads(Path(path).read_text())
+        return cls.from_dict(json.loads(Path(path).read_text()), str(path))
+
+    @classmethod
+    def from_dict(cls, content: dict[str, Any], where: str) -> "ModelCard":
+        """The card of ``content`` (a dict of every field, as :meth:`save` writes them); a
+        missing or unexpected key raises :class:`InvalidValueError` naming ``where`` (the file)."""
+        if not isinstance(content, dict):
+            raise InvalidValueError(f"{where}: a model card is a JSON object, found {type(content).__name__}")
         expected = {f.name for f in fields(cls)}
         if set(content) != expected:
             raise InvalidValueError(
-                f"{path}: a model card needs the keys {sorted(expected)}; missing "
+                f"{where}: a model card needs the keys {sorted(expected)}; missing "
                 f"{sorted(expected - set(content))}, unexpected {sorted(set(content) - expected)}"
             )
         return cls(**content)
@@ -139,7 +146,8 @@ def load_cards(directory: Path = CARDS_DIR) -> dict[str, ModelCard]:
     return {card.name: card for card in cards}
 
 
-def _number(value: float | None, fmt: str) -> str:
+def format_number(value: float | None, fmt: str) -> str:
+    """``value`` formatted with ``fmt``, or a dash when it is None or NaN (not measured)."""
     return "–" if value is None or math.isnan(value) else format(value, fmt)
 
 
@@ -152,7 +160,7 @@ def markdown_table(cards: dict[str, ModelCard]) -> str:
     )
     rows = [
         f"| `{c.name}` | {c.dataset} | {c.metrics['test/nll']:.3f} | {c.metrics['test/bpd']:.4f} | "
-        f"{_number(c.metrics.get('test/acc'), '.4f')} | {c.num_parameters:,} | {c.size_bytes / 1024:.0f} KiB | "
+        f"{format_number(c.metrics.get('test/acc'), '.4f')} | {c.num_parameters:,} | {c.size_bytes / 1024:.0f} KiB | "
         f"{c.entropy_chain()} | `experiment={c.experiment}` |"
         for c in cards.values()
     ]
@@ -160,12 +168,13 @@ def markdown_table(cards: dict[str, ModelCard]) -> str:
 
 
 def replace_readme_section(text: str, table: str) -> str:
-    """``text`` (a README) with the part between the zoo markers replaced by ``table``; the
-    marked section is appended when the README has no markers yet."""
+    """``text`` (a markdown page: ``docs/zoo.md``) with the part between the zoo markers
+    (:data:`README_BEGIN`, :data:`README_END`) replaced by ``table``; the marked section is
+    appended when the page has no markers yet."""
     section = f"{README_BEGIN}\n{table}{README_END}"
     begin, end = text.find(README_BEGIN), text.find(README_END)
     if begin == -1 and end == -1:
         return text.rstrip("\n") + ("\n\n" if text.strip() else "") + section + "\n"
     if begin == -1 or end < begin:
-        raise InvalidValueError(f"the README has a broken zoo section: expected {README_BEGIN!r} before {README_END!r}")
+        raise InvalidValueError(f"the page has a broken zoo section: expected {README_BEGIN!r} before {README_END!r}")
     return text[:begin] + section + text[end + len(README_END):]

@@ -17,7 +17,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError
@@ -25,13 +25,13 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
-from convac.errors import MissingFileError
+from convac.errors import InvalidValueError, MissingFileError
 
 FORMAT = "convac-weights-1"  # the ``format`` metadata value this module writes and expects
 SUFFIXES = (".safetensors", ".ckpt")
 
 
-class PretrainedError(ValueError):
+class PretrainedError(InvalidValueError):
     """A weight file that cannot be trusted or used (the subclasses say why)."""
 
 
@@ -49,6 +49,14 @@ class ArchitectureMismatchError(PretrainedError):
 
 class UnsafeCheckpointError(PretrainedError):
     """A pickle that asks for objects outside torch's weights-only allowlist (it was not run)."""
+
+
+class Architecture(NamedTuple):
+    """What rebuilds a model: a registry builder's ``name`` (``"ht"``, ``"cp"``, ...) and its
+    constructor ``kwargs``. :func:`convac.create_model` records it as ``model.architecture``."""
+
+    name: str
+    kwargs: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -91,17 +99,24 @@ def read_weights(path: str | Path, sha256: str | None = None) -> Weights:
 
 
 def save_weights(path: str | Path, model: nn.Module, model_name: str, model_kwargs: dict[str, Any]) -> str:
-    """Write ``model``'s state as ``.safetensors`` with its architecture in the metadata;
-    returns the file's sha256."""
+    """Write ``model``'s state as ``.safetensors`` with its architecture in the metadata
+    (:func:`weights_bytes`); returns the file's sha256."""
+    data = weights_bytes(model, model_name, model_kwargs)
+    Path(path).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def weights_bytes(model: nn.Module, model_name: str, model_kwargs: dict[str, Any]) -> bytes:
+    """``model``'s state dict (on the CPU) as the bytes of a ``.safetensors`` file whose metadata
+    names the architecture (``model_name``, ``model_kwargs`` as JSON); the same tensors and
+    architecture always give the same bytes (:func:`_canonical_header`)."""
     metadata = {
         "format": FORMAT,
         "convac.model_name": model_name,
         "convac.model_kwargs": json.dumps(model_kwargs, sort_keys=True),
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    data = _canonical_header(save_safetensors_bytes(tensors, metadata=metadata))
-    Path(path).write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
+    return _canonical_header(save_safetensors_bytes(tensors, metadata=metadata))
 
 
 def _canonical_header(data: bytes) -> bytes:
