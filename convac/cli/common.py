@@ -165,12 +165,18 @@ def hydra_errors_raised(prog: str) -> Iterator[None]:
             os.environ["HYDRA_FULL_ERROR"] = saved
 
 
+# Group options that a Hydra plugin of an optional extra registers (hparams_search/debd_optuna.yaml
+# picks hydra/sweeper=optuna): where it is missing, the message names the extra to install.
+PLUGIN_EXTRAS = {"hydra/sweeper=optuna": "optuna"}
+
+
 def one_line(e: BaseException) -> str:
     """The message of ``e`` in one line, led by the config key where there is one:
 
     * OmegaConf's errors (also as the cause of Hydra's): ``data.root: missing mandatory value
       (set it: data.root=...)``, ``model.chanels: Key 'chanels' not in 'HTModelConfig' (...)``;
-    * an unknown group option: ``model=foo: no such option in 'model'; available: cp, ht, ...``;
+    * an unknown group option: ``model=foo: no such option in 'model'; available: cp, ht, ...``
+      (with the extra to install for an option of :data:`PLUGIN_EXTRAS`);
     * an override that does not parse: ``model.channels=[4: no viable alternative at input '[4' ...``;
     * anything else: its lines joined."""
     cause = e if isinstance(e, OmegaConfBaseException) else e.__cause__
@@ -178,7 +184,9 @@ def one_line(e: BaseException) -> str:
         return f"{e.override}: {_joined(e.message)}"
     if isinstance(e, MissingConfigException) and e.options is not None and "/" in (e.missing_cfg_file or ""):
         group, option = e.missing_cfg_file.rsplit("/", 1)
-        return f"{group}={option}: no such option in '{group}'; available: {', '.join(e.options)}"
+        extra = PLUGIN_EXTRAS.get(f"{group}={option}")
+        hint = f" (it comes with the {extra} extra: pip install \"convac[{extra}]\")" if extra else ""
+        return f"{group}={option}: no such option in '{group}'; available: {', '.join(e.options)}{hint}"
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         key = cause.full_key
         if isinstance(cause, MissingMandatoryValue):

@@ -9,9 +9,14 @@ first, and the layout read from it fills the config's null ``data.in_shape`` (``
 with the same ``hydra.run.dir`` resumes a run (also one that was killed). The data, the model
 and a checkpoint to resume are checked before anything is written, so a bad input leaves no
 partial run folder files; the console entry point reports such errors in one line.
+
+The Hydra application returns the final value of the config's ``optimized_metric`` (default
+``val/loss``) to Hydra's sweepers (``hparams_search=debd_optuna``: Optuna minimizes it).
 """
 from __future__ import annotations
 
+import difflib
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from convac.cli.common import (build_trainer, exit_on_error, hydra_errors_raised, make_run_folder, read_checkpoint,
                                setup_data, start)
 from convac.config import schema
+from convac.errors import InvalidValueError
 from convac.training import ConvACModule
 from convac.training.module import check_precision
 
@@ -49,15 +55,40 @@ def train(cfg: DictConfig) -> dict[str, float]:
     make_run_folder(out)
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # testing resets them
-    notes = checkpoint_notes(trainer)  # before testing, which reloads the callbacks' state
-    checkpoint = trainer.checkpoint_callback
-    if cfg.test:
-        trainer.test(module, datamodule=datamodule, ckpt_path=(checkpoint and checkpoint.best_model_path) or None)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # testing resets them
+        notes = checkpoint_notes(trainer)  # before testing, which reloads the callbacks' state
+        checkpoint = trainer.checkpoint_callback
+        if cfg.test:
+            trainer.test(module, datamodule=datamodule, ckpt_path=(checkpoint and checkpoint.best_model_path) or None)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    finally:
+        finish_wandb_run()
     rank_zero_only(print)(run_summary(out, started, notes))
     return metrics
+
+
+def finish_wandb_run() -> None:
+    """End the W&B run that ``logger=wandb`` started, if any (``wandb.finish``: its files are
+    complete, and the next run of this process, e.g. a sweep's next trial, starts a run of its
+    own; Lightning's WandbLogger leaves it open)."""
+    wandb = sys.modules.get("wandb")  # imported only by a WandbLogger that logged
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
+def optimized_value(metrics: dict[str, float], name: str | None) -> float | None:
+    """The final value of the metric ``name`` (the config's ``optimized_metric``) among a run's
+    ``metrics``, for a Hydra sweeper; None when ``name`` is None. A name the run did not log
+    raises an :class:`InvalidValueError` naming it (and the closest names logged)."""
+    if name is None:
+        return None
+    if name not in metrics:
+        close = difflib.get_close_matches(name, list(metrics), n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"logged: {', '.join(sorted(metrics)) or 'none'}"
+        raise InvalidValueError(f"optimized_metric={name}: the run logged no such metric ({hint})")
+    return metrics[name]
 
 
 def resume_path(ckpt_path: str | None, out: Path) -> Path | None:
@@ -80,6 +111,14 @@ RUN_FILES = {
     "gaps.png": "where information is created: the gaps per level",
     "samples.png": "samples of the model (one row per class for classifiers)",
     "inpaint.png": "completions of masked test images (sampling and MPE)",
+    "fit-profile.txt": "time spent in each training hook and step (trainer.profiler, debug=profiler)",
+    "test-profile.txt": "time spent in each test hook and step (trainer.profiler, debug=profiler)",
+    "mlflow.db": "MLflow's store of the run (logger=mlflow; browse it: mlflow ui --backend-store-uri sqlite:///<this file>)",
+}
+# Folders of the run folder that a logger fills with many files of its own: one line each.
+RUN_FOLDERS = {
+    "wandb": "W&B's offline run (logger=wandb; upload it: wandb sync <this folder>/offline-run-*)",
+    "mlartifacts": "MLflow's artifacts of the run (logger=mlflow with logger.mlflow.log_model=true)",
 }
 
 
@@ -97,15 +136,19 @@ def checkpoint_notes(trainer: L.Trainer) -> dict[Path, str]:
 def run_summary(out: Path, since: float, notes: dict[Path, str]) -> str:
     """Every file this run wrote into the run folder ``out`` (modified at or after the time
     ``since``, in seconds since the epoch), and checkpoints it wrote elsewhere, each with what it
-    holds (``notes`` for checkpoints, :data:`RUN_FILES` by name)."""
-    written = [p for p in sorted(out.rglob("*")) if p.is_file() and ".hydra" not in p.parts and p.stat().st_mtime >= since]
+    holds (``notes`` for checkpoints, :data:`RUN_FILES` by name); a logger's folder of
+    :data:`RUN_FOLDERS` is one line."""
+    new = [p for p in sorted(out.rglob("*")) if p.is_file() and ".hydra" not in p.parts and p.stat().st_mtime >= since]
+    folders = [f for f in RUN_FOLDERS if any(p.relative_to(out).parts[0] == f for p in new)]
+    written = [p for p in new if p.relative_to(out).parts[0] not in RUN_FOLDERS]
     written += [p for p in notes if p.is_file() and p not in written]
     names = [str(p.relative_to(out)) if p.is_relative_to(out) else str(p) for p in written]
-    width = max(map(len, names), default=0)
+    width = max(map(len, names + [f + "/" for f in folders]), default=0)
     lines = [f"\nrun folder: {out.resolve()}"]
     for path, name in zip(written, names):
         what = notes.get(path) or RUN_FILES.get(path.name) or ("the log" if path.suffix == ".log" else "")
         lines.append(f"  {name:<{width}}  {what}".rstrip())
+    lines += [f"  {folder + '/':<{width}}  {RUN_FOLDERS[folder]}" for folder in folders]
     if (out / ".hydra").is_dir():
         lines.append(f"  {'.hydra/':<{width}}  Hydra's record of the command (config.yaml, overrides.yaml)")
     return "\n".join(lines)
@@ -113,9 +156,10 @@ def run_summary(out: Path, since: float, notes: dict[Path, str]) -> str:
 
 @hydra.main(version_base="1.3", config_path="pkg://convac.configs", config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
-    """The Hydra application: trains ``cfg``; returns the final ``val/loss`` (for Hydra sweepers)."""
+    """The Hydra application: trains ``cfg``; returns the final value of ``cfg.optimized_metric``
+    (default ``val/loss``; for Hydra sweepers, :func:`optimized_value`)."""
     with exit_on_error("convac-train"):  # inside the job, so that Hydra adds no report of its own
-        return train(cfg).get("val/loss")
+        return optimized_value(train(cfg), cfg.optimized_metric)
 
 
 def main() -> None:

@@ -254,6 +254,8 @@ class TrainConfig:
     ckpt_path: Optional[str] = None  # "last" resumes the run in hydra.run.dir
     test: bool = True  # evaluate the best checkpoint on the test split after training
     output_dir: str = MISSING
+    tags: List[str] = field(default_factory=list)  # labels: config.yaml, and the loggers that take tags
+    optimized_metric: Optional[str] = "val/loss"  # what the run returns to a sweeper (hparams_search/)
 
 
 @dataclass
