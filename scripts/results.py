@@ -1,4 +1,5 @@
-"""Quality tables of the README (issue 6): classification under missing data, density estimation.
+"""The results tables of the docs: classification under missing data, density estimation, the
+default run, the DEBD recipe's time on an unseen set, and the precisions.
 
     python scripts/results.py missing [--dataset digits | mnist-t10k] [--model NAME] [--out results/missing.json]
     python scripts/results.py density [--datasets digits nltcs] [--out results/density.json]   (scripts/density.py)
@@ -12,7 +13,7 @@ classified by exact marginalization (``argmax_y log P(y | x_obs)``), beside scik
 classifiers trained on complete images and fed mean-, zero- or KNN-imputed ones; it prints the
 table and writes a figure (accuracy against the share missing, one line per method).
 ``recipe-time`` times the DEBD recipe on a set it has never seen, of the size the recipe is
-budgeted for (issue 10: at most 10 minutes on one thread for 15,000 rows of 100 variables).
+budgeted for (at most 10 minutes on one thread for 15,000 rows of 100 variables).
 ``precision`` trains the digits default and the MNIST t10k recipe under each Lightning precision
 (one thread, probe and pictures off, the same seed) and reports the test NLL and the seconds
 per epoch (the run's wall time over its epochs, start-up and test included).
