@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from typing import Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -37,6 +37,16 @@ STRUCTURES = ("grid", "learned")
 #: Discrete leaves of at most this many values are folded into the first sum layer
 #: (:attr:`ConvAC.fold_leaf_sums`): below the usual batch sizes, so the value table is cheaper.
 FOLD_MAX_VALUES = 32
+
+
+class Architecture(NamedTuple):
+    """What rebuilds a model: a registry builder's ``name`` (``"ht"``, ``"cp"``, ...) and its
+    constructor ``kwargs``. :class:`HTConvAC` and :class:`CPConvAC` record theirs as
+    ``model.architecture`` (so does :func:`convac.create_model` for any builder), which
+    ``save_pretrained`` writes into ``config.json``."""
+
+    name: str
+    kwargs: dict[str, Any]
 
 
 def marginalize_classes(log_joint: torch.Tensor) -> torch.Tensor:
@@ -628,6 +638,10 @@ class HTConvAC(ConvAC):
         channel_growth: float = 1.0,
         max_channels: int | None = None,
     ):
+        arguments = dict(in_shape=in_shape, leaf=leaf, num_components=num_components, channels=channels, pool=pool,
+                         patch_size=patch_size, num_classes=num_classes, share_leaves=share_leaves,
+                         share_weights=share_weights, class_prior=class_prior, structure=structure,
+                         num_repetitions=num_repetitions, channel_growth=channel_growth, max_channels=max_channels)
         grid = _leaf_grid(in_shape, patch_size)
         if structure == "learned":
             if not (isinstance(pool, numbers.Integral) and pool >= 2 and pool & (pool - 1) == 0):
@@ -645,6 +659,7 @@ class HTConvAC(ConvAC):
             raise InvalidValueError("channel_growth and max_channels shape an int channels; with a list, give every layer's width")
         super().__init__(in_shape, leaf, num_components, channels, windows, patch_size,
                          num_classes, share_leaves, share_weights, class_prior, structure, num_repetitions)
+        self.architecture = Architecture("ht", arguments)
 
     @staticmethod
     def _schedule(grid: Grid, pool) -> list[Grid]:
@@ -682,3 +697,7 @@ class CPConvAC(ConvAC):
         global_window = _leaf_grid(in_shape, patch_size)
         super().__init__(in_shape, leaf, num_components, [check_positive_int("rank", rank)], [global_window], patch_size,
                          num_classes, share_leaves, share_weights, class_prior)
+        self.architecture = Architecture("cp", dict(in_shape=in_shape, leaf=leaf, num_components=num_components, rank=rank,
+                                                    patch_size=patch_size, num_classes=num_classes,
+                                                    share_leaves=share_leaves, share_weights=share_weights,
+                                                    class_prior=class_prior))

@@ -18,7 +18,7 @@ import yaml
 import convac
 from convac.cli.zoo import main as zoo_main
 from convac.errors import InvalidValueError, MissingFileError, UserError
-from convac.model import HTConvAC
+from convac.model import ConvAC, HTConvAC
 from convac.zoo import ArchitectureMismatchError, CorruptWeightsError, HashMismatchError, MissingExtraError
 from convac.zoo.cards import README_BEGIN, README_END, load_cards
 from convac.zoo.hub import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
@@ -287,9 +287,16 @@ def test_a_weight_file_is_not_a_folder(tmp_path):
         convac.create_model("ht_digits").save_pretrained(CARDS["ht_digits"].weights_path)
 
 
-def test_only_a_model_that_records_its_architecture_is_saved_and_only_with_its_own_card(tmp_path):
-    with pytest.raises(InvalidValueError, match="records no architecture: build it with convac.create_model"):
-        HTConvAC(**TINY).save_pretrained(tmp_path / "direct")
+def test_a_model_built_directly_saves_and_loads_and_only_with_its_own_card(tmp_path):
+    """HTConvAC and CPConvAC record the arguments that rebuild them; a ConvAC that records none
+    (built from the base class) is refused."""
+    direct = HTConvAC(**TINY)
+    x = direct.sample(5, generator=torch.Generator().manual_seed(0))
+    loaded = convac.create_model(f"local-dir:{direct.save_pretrained(tmp_path / 'direct')}", pretrained=True)
+    assert torch.equal(loaded.log_prob(x), direct.log_prob(x))
+    bare = ConvAC((1, 1, 4), "bernoulli", 2, [2, 2], [(1, 2), (1, 2)])
+    with pytest.raises(InvalidValueError, match="records no architecture"):
+        bare.save_pretrained(tmp_path / "bare")
     untrained = convac.create_model("ht_digits")  # the entry's architecture, not its weights
     with pytest.raises(HashMismatchError, match="the card of ht_digits describes the weights with sha256"):
         untrained.save_pretrained(tmp_path / "untrained", card=CARDS["ht_digits"])

@@ -38,8 +38,8 @@ from torch import nn
 
 from convac.errors import InvalidValueError, MissingFileError, UserError
 from convac.zoo.cards import ModelCard, format_number, load_cards
+from convac.model import Architecture
 from convac.zoo.pretrained import (
-    Architecture,
     ArchitectureMismatchError,
     HashMismatchError,
     Weights,
@@ -170,12 +170,13 @@ class SavedConfig:
 
 
 def architecture_of(model: nn.Module) -> Architecture:
-    """The architecture :func:`convac.create_model` recorded on ``model`` (``model.architecture``),
+    """The architecture recorded on ``model`` (``model.architecture``: by :class:`HTConvAC`,
+    :class:`CPConvAC` and :func:`convac.create_model`),
     its arguments as plain JSON values (a leaf spec such as ``Categorical(17)`` as its dict).
 
     Raises:
-        InvalidValueError: the model records none (built by ``HTConvAC(...)`` directly), or an
-            argument has no JSON form.
+        InvalidValueError: the model records none (a ConvAC subclass of your own that does not
+            set ``architecture``), or an argument has no JSON form.
     """
     architecture = getattr(model, "architecture", None)
     if not isinstance(architecture, Architecture):

@@ -17,7 +17,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -49,14 +49,6 @@ class ArchitectureMismatchError(PretrainedError):
 
 class UnsafeCheckpointError(PretrainedError):
     """A pickle that asks for objects outside torch's weights-only allowlist (it was not run)."""
-
-
-class Architecture(NamedTuple):
-    """What rebuilds a model: a registry builder's ``name`` (``"ht"``, ``"cp"``, ...) and its
-    constructor ``kwargs``. :func:`convac.create_model` records it as ``model.architecture``."""
-
-    name: str
-    kwargs: dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from convac.errors import InvalidValueError
-from convac.model import CPConvAC, HTConvAC
+from convac.model import Architecture, CPConvAC, HTConvAC
 from convac.zoo import hub
 from convac.zoo import pretrained as weights_io
 from convac.zoo.cards import ModelCard, load_cards
@@ -138,7 +138,7 @@ def pretrained_cfg(name: str) -> dict[str, Any]:
         file = None if hub_id else folder / hub.WEIGHTS_FILE
         return hub.SavedConfig.read(folder).pretrained_cfg(name, hf_hub_id=hub_id, file=file)
     card = _card(name)
-    config = hub.SavedConfig(weights_io.Architecture(card.model_name, card.model_kwargs), card.sha256, hub.LICENSE, card)
+    config = hub.SavedConfig(Architecture(card.model_name, card.model_kwargs), card.sha256, hub.LICENSE, card)
     return config.pretrained_cfg(name, file=card.weights_path)
 
 
@@ -166,8 +166,8 @@ def _build(name: str, kwargs: dict[str, Any], where: Path | None = None) -> nn.M
         if where is None:
             raise
         raise InvalidValueError(f"{where}: the arguments {kwargs} do not fit the architecture {name!r} ({err})") from None
-    if not isinstance(getattr(model, "architecture", None), weights_io.Architecture):
-        model.architecture = weights_io.Architecture(name, dict(kwargs))
+    if not isinstance(getattr(model, "architecture", None), Architecture):
+        model.architecture = Architecture(name, dict(kwargs))
     return model
 
 
