@@ -156,3 +156,19 @@ def test_synthetic_teacher_is_fixed_and_known():
     assert 0 < nll < 64 * np.log(4)  # a sharp teacher beats the uniform distribution
     other = create_datamodule("synthetic", seed=1, num_train=50, num_val=10, num_test=20)
     assert not torch.equal(other.split("test")[0], xa)
+
+
+def test_debd_max_train_rows_keeps_the_first_training_rows(tmp_path):
+    """``data.max_train_rows=N``: the first N rows of the training file (a small-data cut); the
+    validation and test splits stay whole; a bad value is refused."""
+    rows = np.random.default_rng(0).integers(0, 2, (9, 5))
+    for suffix in ("train", "valid", "test"):
+        np.savetxt(tmp_path / f"toy.{suffix}.data", rows, fmt="%d", delimiter=",")
+    dm = create_datamodule("debd", root=str(tmp_path), dataset="toy", max_train_rows=4)
+    assert np.array_equal(dm.split("train")[0][:, 0, 0].numpy(), rows[:4])
+    assert len(dm.split("val")[0]) == 9 and len(dm.split("test")[0]) == 9
+    assert len(create_datamodule("debd", root=str(tmp_path), dataset="toy", max_train_rows=100).split("train")[0]) == 9
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="max_train_rows"):
+            create_datamodule("debd", root=str(tmp_path), dataset="toy", max_train_rows=bad)
+

@@ -153,6 +153,7 @@ class IDXDataConfig(DataConfig):
 class DEBDDataConfig(DataConfig):
     root: str = MISSING
     dataset: str = MISSING
+    max_train_rows: Optional[int] = None  # only the first N training rows (small-data cuts); null: all
 
 
 @dataclass

@@ -37,6 +37,10 @@ class DEBDDataModule(ConvACDataModule):
 
     ``in_shape`` is ``(1, 1, D)`` with ``D`` the set's number of variables (16 for nltcs, 69
     for plants), read from the files when not given; a given one that differs is reported.
+
+    ``max_train_rows``: when set, only the first ``max_train_rows`` rows of the training file
+    are used (the validation and test splits stay whole): the small-data cuts of the density
+    experiments (``data.max_train_rows=500``). None: every row.
     """
 
     name = "debd"
@@ -48,11 +52,16 @@ class DEBDDataModule(ConvACDataModule):
         in_shape: list[int] | tuple[int, ...] | None = None,
         num_values: int | None = 2,
         num_classes: int | None = 1,
+        max_train_rows: int | None = None,
         **kwargs,
     ) -> None:
+        if max_train_rows is not None and (isinstance(max_train_rows, bool) or int(max_train_rows) != max_train_rows
+                                           or max_train_rows < 1):
+            raise InvalidValueError(f"data.max_train_rows must be a positive number of rows or null, got {max_train_rows!r}")
         super().__init__(in_shape, num_values, num_classes, **kwargs)
         self.root = Path(root)
         self.dataset = dataset
+        self.max_train_rows = None if max_train_rows is None else int(max_train_rows)
 
     def expected_files(self) -> list[str]:
         return [f"{self.dataset}.{suffix}.data" for suffix in _FILE_SPLITS.values()]
@@ -74,5 +83,7 @@ class DEBDDataModule(ConvACDataModule):
         splits = {}
         for split, suffix in _FILE_SPLITS.items():
             x = read_debd(folder / f"{self.dataset}.{suffix}.data")
+            if split == "train" and self.max_train_rows is not None:
+                x = x[: self.max_train_rows]  # the first rows: a small-data cut
             splits[split] = (x, torch.zeros(len(x), dtype=torch.long))
         return splits
