@@ -130,3 +130,17 @@ def cli_error(monkeypatch, capsys):
         return exit_info.value.code, capsys.readouterr().err
 
     return run
+
+
+def run_zoo(capsys, *argv: str) -> tuple[int, str]:
+    """``convac-zoo argv`` in this process -> (exit status, stdout + stderr)."""
+    from convac.cli.zoo import main as zoo_main
+
+    try:
+        zoo_main(list(argv))
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    out = capsys.readouterr()
+    return status, out.out + out.err
+

@@ -16,7 +16,6 @@ import torch
 import yaml
 
 import convac
-from convac.cli.zoo import main as zoo_main
 from convac.errors import InvalidValueError, MissingFileError, UserError
 from convac.model import ConvAC, HTConvAC
 from convac.zoo import ArchitectureMismatchError, CorruptWeightsError, HashMismatchError, MissingExtraError
@@ -24,7 +23,7 @@ from convac.zoo.cards import README_BEGIN, README_END, load_cards
 from convac.zoo.hub import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 from convac.zoo.pretrained import sha256_file
 
-from tests.conftest import imported_script
+from tests.conftest import imported_script, run_zoo
 
 CARDS = load_cards()
 FILES = [CARD_FILE, CONFIG_FILE, WEIGHTS_FILE]
@@ -100,16 +99,6 @@ def front_matter(text: str) -> dict:
 def edit_config(folder: Path, **changes) -> None:
     path = folder / CONFIG_FILE
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
-
-
-def run_zoo(capsys, *argv: str) -> tuple[int, str]:
-    try:
-        zoo_main(list(argv))
-        status = 0
-    except SystemExit as exit_:
-        status = exit_.code
-    out = capsys.readouterr()
-    return status, out.out + out.err
 
 
 # ------------------------------------------------------------------------ round trips

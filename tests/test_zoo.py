@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import convac
-from convac.cli.zoo import main as zoo_main
 from convac.config import schema
 from convac.model import CPConvAC, HTConvAC
 from convac.training import ConvACModule
@@ -26,7 +25,7 @@ from convac.zoo.cards import README_BEGIN, README_END, load_cards, replace_readm
 from convac.zoo.entries import ENTRIES, compose_train_config
 from convac.zoo.pretrained import read_weights, save_weights, sha256_file
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, run_zoo
 CARDS = load_cards()
 MODEL_CONFIGS = sorted(p.name.removesuffix(".yaml") for p in (resources.files("convac.configs") / "model").iterdir()
                        if p.name.endswith(".yaml"))
@@ -35,17 +34,6 @@ CONSTRUCTORS = {"ht": HTConvAC, "cp": CPConvAC}
 
 def shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
-
-
-def run_zoo(capsys, *argv: str) -> tuple[int, str]:
-    """``convac-zoo argv`` -> (exit status, stdout + stderr)."""
-    try:
-        zoo_main(list(argv))
-        status = 0
-    except SystemExit as exit_:
-        status = exit_.code
-    out = capsys.readouterr()
-    return status, out.out + out.err
 
 
 # ------------------------------------------------------------------------------ registry
