@@ -45,7 +45,7 @@ from convac import Categorical, HTConvAC, kernels
 from cirkit_recipes import compile_circuit, quad_tree
 from convac.layers import log_einsum_exp
 
-SECTIONS = ["sum_layer", "train", "probe", "scaling", "compile"]
+SECTIONS = ["sum_layer", "train", "probe", "scaling", "compile", "fold"]
 
 # ------------------------------------------------------------------------------------------
 # Settings of the three modes
@@ -76,6 +76,10 @@ class Settings:
     probe_samples: int | None = None  # None: the probe's default
     probe_train_images: int | None = None  # None: the whole digits train split
     warmup: int = 2
+    # (shape, values, batch) of the folded-leaves comparison
+    fold_cases: tuple[tuple[tuple[int, int, int], int, int], ...] = (
+        ((1, 28, 28), 256, 100), ((1, 8, 8), 17, 100), ((1, 8, 8), 17, 8), ((1, 1, 100), 2, 100),
+    )
 
 
 FULL = Settings()
@@ -85,6 +89,7 @@ DRY_RUN = Settings(
     train_cases=(("8x8 categorical-256", (1, 8, 8), 256), ("digits 4x4 categorical-17", (1, 4, 4), 17)),
     train_channels=4, train_batch=8, train_repeats=1, scaling_sizes=(4, 8), scaling_repeats=1,
     probe_repeats=1, probe_samples=64, probe_train_images=128, warmup=1,
+    fold_cases=(((1, 4, 4), 5, 8), ((1, 1, 8), 2, 4)),
 )
 
 
@@ -489,6 +494,37 @@ def bench_compile(settings: Settings, device: torch.device) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------------------------------
+# Folded leaves: the value table against the layer-by-layer pass
+# ------------------------------------------------------------------------------------------
+def bench_fold(settings: Settings, device: torch.device) -> list[dict]:
+    """Forward + backward of a likelihood (no optimizer step) of the same HT with the leaves
+    folded into the first sum layer and layer by layer (``ConvAC.fold_leaf_sums`` forced),
+    interleaved; rows ``{"case", "folded_ms", "layered_ms", "folded_by_default"}``: the measurement
+    behind ``FOLD_MAX_VALUES``."""
+    rows = []
+    for shape, num_values, batch in settings.fold_cases:
+        x, _ = _train_batch(shape, num_values, batch, device)
+        model = ht_model(shape, num_values, settings.train_channels, device)
+        by_default = model.fold_leaf_sums
+
+        def step(fold: bool) -> Callable[[], None]:
+            def run() -> None:
+                model.fold_leaf_sums = fold
+                model.zero_grad()
+                (-model.log_prob(x).sum()).backward()
+            return run
+
+        best = interleaved_min({"folded": step(True), "layered": step(False)}, settings.train_repeats, settings.warmup, device)
+        case = f"{'x'.join(map(str, shape[1:]))} categorical-{num_values}, batch {batch}"
+        row = {"case": case, "folded_ms": 1e3 * best["folded"], "layered_ms": 1e3 * best["layered"],
+               "folded_by_default": by_default}
+        rows.append(row)
+        print(f"  fold {case}: folded {row['folded_ms']:8.2f} ms  layer by layer {row['layered_ms']:8.2f} ms"
+              f"  (the model folds: {by_default})", flush=True)
+    return rows
+
+
 def summary(results: dict) -> list[str]:
     """One line per speed target, with the measured values (sections not run are left out)."""
     lines = []
@@ -600,7 +636,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     sections = args.only or [s for s in SECTIONS if s != "compile" or mode == "full"]
     results: dict = {"machine": machine_info(device, args.threads), "mode": mode, "sum_layer": None, "train": None,
-                     "train_structure": None, "probe": None, "scaling": None, "compile": None}
+                     "train_structure": None, "probe": None, "scaling": None, "compile": None, "fold": None}
     machine = results["machine"]
     print(f"convac bench ({mode}) on {machine['cpu']}, {args.threads} thread(s), device {device}\n"
           f"  vector extensions: CPU {machine['cpu_flags']}; torch dispatches {machine['torch_capability']}; "
@@ -615,6 +651,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["scaling"] = bench_scaling(settings, device, mode, args.threads, overrides)
     if "compile" in sections:
         results["compile"] = bench_compile(settings, device)
+    if "fold" in sections:
+        results["fold"] = bench_fold(settings, device)
     results["kernels"] = {op: {" ".join(str(k) for k in key if k is not None): name for key, name in choices.items()}
                           for op, choices in kernels.chosen().items()}
     results["summary"] = summary(results) + [
