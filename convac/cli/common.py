@@ -101,8 +101,8 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
 
 # While :func:`hydra_errors_raised` runs a Hydra application: whether the user asked for
 # tracebacks (HYDRA_FULL_ERROR=1), since the variable itself is then set for Hydra; and whether
-# the task itself has started (:func:`exit_on_error` inside it), so that an OSError before it is
-# Hydra's own setup of the run folder.
+# the task itself has started (:func:`task_errors`), so that an OSError before it is Hydra's own
+# setup of the run folder.
 _user_wants_traceback: bool | None = None
 _task_started = False
 
@@ -125,16 +125,24 @@ def exit_on_error(prog: str) -> Iterator[None]:
     status 1; with ``HYDRA_FULL_ERROR=1`` the exception propagates with its traceback, and so
     does any other exception (a bug).
 
-    Used inside a Hydra task (where exiting keeps Hydra from adding its own report) and around
-    one (:func:`hydra_errors_raised`)."""
-    global _task_started
-    _task_started = True
+    Used around a Hydra application (:func:`hydra_errors_raised`), inside its task
+    (:func:`task_errors`) and by the commands without Hydra."""
     try:
         yield
     except (*CONFIG_ERRORS, *USER_ERRORS) as e:
         if _traceback_wanted():
             raise
         _report(prog, one_line(e))
+
+
+@contextmanager
+def task_errors(prog: str) -> Iterator[None]:
+    """:func:`exit_on_error` inside a Hydra task (where exiting keeps Hydra from adding its own
+    report), marking that the task has started: an OSError from here on is the task's."""
+    global _task_started
+    _task_started = True
+    with exit_on_error(prog):
+        yield
 
 
 @contextmanager
@@ -150,7 +158,6 @@ def hydra_errors_raised(prog: str) -> Iterator[None]:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         with exit_on_error(prog):
-            _task_started = False  # set again when the task's own exit_on_error starts
             try:
                 yield
             except OSError as e:  # Hydra's MissingConfigException is an OSError too: a config mistake

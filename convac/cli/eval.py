@@ -12,8 +12,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from convac.cli.common import (build_trainer, exit_on_error, hydra_errors_raised, make_run_folder, read_checkpoint,
-                               setup_data, start)
+from convac.cli.common import (build_trainer, hydra_errors_raised, make_run_folder, read_checkpoint,
+                               setup_data, start, task_errors)
 from convac.data import create_datamodule
 from convac.errors import InvalidValueError
 from convac.training import ConvACModule
@@ -46,7 +46,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="pkg://convac.configs", config_name="eval")
 def hydra_main(cfg: DictConfig) -> None:
     """The Hydra application: evaluates ``cfg.ckpt``."""
-    with exit_on_error("convac-eval"):  # inside the job, so that Hydra adds no report of its own
+    with task_errors("convac-eval"):
         evaluate(cfg)
 
 

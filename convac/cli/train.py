@@ -25,8 +25,8 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from convac.cli.common import (build_trainer, exit_on_error, hydra_errors_raised, make_run_folder, read_checkpoint,
-                               setup_data, start)
+from convac.cli.common import (build_trainer, hydra_errors_raised, make_run_folder, read_checkpoint,
+                               setup_data, start, task_errors)
 from convac.config import schema
 from convac.errors import InvalidValueError
 from convac.training import ConvACModule
@@ -158,7 +158,7 @@ def run_summary(out: Path, since: float, notes: dict[Path, str]) -> str:
 def hydra_main(cfg: DictConfig) -> float | None:
     """The Hydra application: trains ``cfg``; returns the final value of ``cfg.optimized_metric``
     (default ``val/loss``; for Hydra sweepers, :func:`optimized_value`)."""
-    with exit_on_error("convac-train"):  # inside the job, so that Hydra adds no report of its own
+    with task_errors("convac-train"):
         return optimized_value(train(cfg), cfg.optimized_metric)
 
 
