@@ -60,7 +60,7 @@ def float32_under_autocast(sum_node: Callable[[torch.Tensor, torch.Tensor], torc
         device = x.device.type
         if not _autocast_on(device):
             return sum_node(x, weights)
-        with _autocast_off(device):
+        with torch.autocast(device, enabled=False):
             return sum_node(*(t.float() if t.dtype in LOW_PRECISION else t for t in (x, weights)))
 
     return run
