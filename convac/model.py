@@ -49,6 +49,11 @@ class Architecture(NamedTuple):
     kwargs: dict[str, Any]
 
 
+def _arguments(frame_locals: dict[str, Any]) -> dict[str, Any]:
+    """A constructor's arguments, from ``locals()`` taken first thing in its ``__init__``."""
+    return {k: v for k, v in frame_locals.items() if k not in ("self", "__class__")}
+
+
 def marginalize_classes(log_joint: torch.Tensor) -> torch.Tensor:
     """``log P(x, y)`` (B, num_classes) -> ``log P(x) = logsumexp_y log P(x, y)`` (B,); one class
     is read off without a ``logsumexp`` (a step of every training batch of a density model)."""
@@ -595,7 +600,7 @@ class ConvAC(nn.Module):
     def save_pretrained(self, folder, **options):
         """Write ``folder/model.safetensors``, ``config.json`` and ``README.md`` (the Hugging Face
         Hub's layout) and return ``folder``: :func:`convac.zoo.hub.save_pretrained` (``options``:
-        ``card``, ``repo_id``, ``license``). The model must come from :func:`convac.create_model`."""
+        ``card``, ``repo_id``, ``license``), from the arguments recorded in :attr:`architecture`."""
         from convac.zoo.hub import save_pretrained  # convac.zoo imports this module
 
         return save_pretrained(self, folder, **options)
@@ -638,10 +643,7 @@ class HTConvAC(ConvAC):
         channel_growth: float = 1.0,
         max_channels: int | None = None,
     ):
-        arguments = dict(in_shape=in_shape, leaf=leaf, num_components=num_components, channels=channels, pool=pool,
-                         patch_size=patch_size, num_classes=num_classes, share_leaves=share_leaves,
-                         share_weights=share_weights, class_prior=class_prior, structure=structure,
-                         num_repetitions=num_repetitions, channel_growth=channel_growth, max_channels=max_channels)
+        arguments = _arguments(locals())
         grid = _leaf_grid(in_shape, patch_size)
         if structure == "learned":
             if not (isinstance(pool, numbers.Integral) and pool >= 2 and pool & (pool - 1) == 0):
@@ -694,10 +696,8 @@ class CPConvAC(ConvAC):
         share_weights: bool = False,
         class_prior: str = "uniform",
     ):
+        arguments = _arguments(locals())
         global_window = _leaf_grid(in_shape, patch_size)
         super().__init__(in_shape, leaf, num_components, [check_positive_int("rank", rank)], [global_window], patch_size,
                          num_classes, share_leaves, share_weights, class_prior)
-        self.architecture = Architecture("cp", dict(in_shape=in_shape, leaf=leaf, num_components=num_components, rank=rank,
-                                                    patch_size=patch_size, num_classes=num_classes,
-                                                    share_leaves=share_leaves, share_weights=share_weights,
-                                                    class_prior=class_prior))
+        self.architecture = Architecture("cp", arguments)

@@ -201,8 +201,8 @@ def save_pretrained(model: nn.Module, folder: str | Path, card: ModelCard | None
     ``config.json`` and ``README.md`` (the module docstring says what each holds).
 
     Args:
-        model: a model built (or loaded) by :func:`convac.create_model` or
-            :func:`convac.load_pretrained`, which record its architecture.
+        model: a model that records its architecture (``model.architecture``: an ``HTConvAC`` or
+            ``CPConvAC``, or anything :func:`convac.create_model` builds).
         folder: created if needed; the three files are overwritten, other files are left alone.
         card: the zoo card of these exact weights (``convac.zoo.cards.load_cards()[name]``): its
             metrics, entropy chain and recipe go into ``config.json`` and ``README.md``.
