@@ -114,17 +114,19 @@ class Candidate:
 
 
 # ------------------------------------------------------------------------------- choosing
-def _timing_arguments(operation: str, device: torch.device, dtype: torch.dtype, channels: int | None) -> tuple:
-    """A representative input of ``operation`` (seeded; the values of a sum node's pass)."""
-    g = torch.Generator().manual_seed(0)
-    if operation == "shift":
-        rows = max(1, TIMING_ELEMENTS // channels)
-        return (torch.randn(rows, channels, generator=g).mul_(3).to(device, dtype),)
-    if operation == "exp":
-        return (torch.randn(TIMING_ELEMENTS, generator=g).abs_().mul_(-3).to(device, dtype),)
-    mixed = torch.rand(TIMING_ELEMENTS // 16, 16, generator=g).add_(0.1).to(device, dtype)
-    shift = torch.randn(TIMING_ELEMENTS // 16, 1, generator=g).to(device, dtype)
-    return mixed, shift, True
+# Representative inputs (seeded; the values of a sum node's pass), on the CPU in float32: the
+# arguments an operation's candidates are timed on, given the channel count for ``shift``.
+def _shift_input(g: torch.Generator, channels: int | None) -> tuple:
+    return (torch.randn(max(1, TIMING_ELEMENTS // channels), channels, generator=g).mul_(3),)
+
+
+def _exp_input(g: torch.Generator, channels: int | None) -> tuple:
+    return (torch.randn(TIMING_ELEMENTS, generator=g).abs_().mul_(-3),)
+
+
+def _log_add_input(g: torch.Generator, channels: int | None) -> tuple:
+    rows = TIMING_ELEMENTS // 16
+    return torch.rand(rows, 16, generator=g).add_(0.1), torch.randn(rows, 1, generator=g), True
 
 
 def _seconds(candidate: Candidate, arguments: tuple, device: torch.device) -> float:
@@ -148,8 +150,10 @@ class Operation:
     """An operation with candidate kernels; calling it runs the kernel chosen for the arguments'
     ``(device type, dtype[, channels])``, timing the candidates the first time (module docstring)."""
 
-    def __init__(self, name: str, candidates: list[Candidate], by_channels: bool = False):
+    def __init__(self, name: str, candidates: list[Candidate], timing_input: Callable[..., tuple],
+                 by_channels: bool = False):
         self.name = name
+        self.timing_input = timing_input
         self.candidates = {c.name: c for c in candidates}
         self.reference = candidates[0]
         self.by_channels = by_channels
@@ -168,7 +172,8 @@ class Operation:
     @torch.no_grad()
     def _choose(self, key: tuple, device: torch.device) -> Candidate:
         _, dtype, channels = key
-        arguments = _timing_arguments(self.name, device, dtype, channels)
+        arguments = tuple(a.to(device, dtype) if isinstance(a, torch.Tensor) else a
+                          for a in self.timing_input(torch.Generator().manual_seed(0), channels))
         usable = [c for c in self.candidates.values() if c.applies(*arguments)]
         seconds = {c.name: _seconds(c, arguments, device) for c in usable}
         fastest = min(usable, key=lambda c: seconds[c.name])
@@ -182,10 +187,11 @@ class Operation:
 
 
 OPERATIONS = {
-    "shift": Operation("shift", [Candidate("amax", max_reduce), Candidate("halving", max_halving)], by_channels=True),
-    "exp": Operation("exp", [Candidate("exp", exp_direct), Candidate("exp2", exp_by_exp2)]),
-    "log_add": Operation("log_add", [Candidate("torch", log_add_torch),
-                                     Candidate("numpy", log_add_numpy, _numpy_applies)]),
+    "shift": Operation("shift", [Candidate("amax", max_reduce), Candidate("halving", max_halving)], _shift_input,
+                       by_channels=True),
+    "exp": Operation("exp", [Candidate("exp", exp_direct), Candidate("exp2", exp_by_exp2)], _exp_input),
+    "log_add": Operation("log_add", [Candidate("torch", log_add_torch), Candidate("numpy", log_add_numpy, _numpy_applies)],
+                         _log_add_input),
 }
 channel_max = OPERATIONS["shift"]
 exp_ = OPERATIONS["exp"]
