@@ -131,7 +131,7 @@ def test_debd_files(tmp_path, nested):
     x, y = dm.split("val")
     assert x.shape == (7, 1, 1, 5) and x.dtype == torch.long and y.eq(0).all()
     assert np.array_equal(x[:, 0, 0].numpy(), rows)
-    assert dm.layout == {"in_shape": [1, 1, 5], "num_values": 2, "num_classes": 1}
+    assert dm.layout == {"in_shape": [1, 1, 5], "num_values": 2, "num_classes": 1, "train_size": 7}
     assert dm.hparams.in_shape == [1, 1, 5]  # stored in checkpoints
     with pytest.raises(ValueError, match=r"data.in_shape is \[1, 1, 16\] .* shape \[1, 1, 5\]; set data.in_shape=\[1, 1, 5\]"):
         create_datamodule("debd", root=str(tmp_path), dataset="toy", in_shape=[1, 1, 16]).setup()
@@ -171,4 +171,17 @@ def test_debd_max_train_rows_keeps_the_first_training_rows(tmp_path):
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="max_train_rows"):
             create_datamodule("debd", root=str(tmp_path), dataset="toy", max_train_rows=bad)
+
+
+def test_train_size_is_read_after_the_cut_and_a_declared_one_is_checked(tmp_path):
+    """``data.train_size`` (what the DEBD recipe's rule reads): the training examples as served,
+    after ``max_train_rows``; a declared value that differs is refused, naming both."""
+    rows = np.random.default_rng(0).integers(0, 2, (9, 5))
+    for suffix in ("train", "valid", "test"):
+        np.savetxt(tmp_path / f"toy.{suffix}.data", rows, fmt="%d", delimiter=",")
+    assert create_datamodule("debd", root=str(tmp_path), dataset="toy").layout["train_size"] == 9
+    assert create_datamodule("debd", root=str(tmp_path), dataset="toy", max_train_rows=4).layout["train_size"] == 4
+    assert create_datamodule("debd", root=str(tmp_path), dataset="toy", train_size=9).layout["train_size"] == 9
+    with pytest.raises(ValueError, match="data.train_size is 4 but the debd train split has 9 examples"):
+        create_datamodule("debd", root=str(tmp_path), dataset="toy", train_size=4).setup()
 

@@ -40,7 +40,7 @@ def test_array_npy_sequences_layout_and_seeded_splits(tmp_path):
     x = np.random.default_rng(0).integers(0, 5, (50, 7))
     np.save(tmp_path / "x.npy", x)
     dm = create_datamodule("array", path=str(tmp_path / "x.npy"))
-    assert dm.layout == {"in_shape": [1, 1, 7], "num_values": int(x.max()) + 1, "num_classes": 1}
+    assert dm.layout == {"in_shape": [1, 1, 7], "num_values": int(x.max()) + 1, "num_classes": 1, "train_size": 36}
     assert sizes(dm) == {"train": 36, "val": 4, "test": 10}  # 20% test, then 10% of the rest
     served = torch.cat([dm.split(s)[0] for s in ("train", "val", "test")])
     assert served.dtype == torch.long and served.shape == (50, 1, 1, 7)
@@ -57,7 +57,7 @@ def test_array_npz_images_with_labels(tmp_path):
     x, y = rng.integers(0, 3, (40, 5, 6)), rng.integers(0, 4, 40)
     np.savez(tmp_path / "d.npz", x=x, y=y)
     dm = create_datamodule("array", path=str(tmp_path / "d.npz"))
-    assert dm.layout == {"in_shape": [1, 5, 6], "num_values": 3, "num_classes": 4}
+    assert dm.layout == {"in_shape": [1, 5, 6], "num_values": 3, "num_classes": 4, "train_size": 29}
     pairs = {(tuple(a.reshape(-1).tolist()), int(b)) for s in ("train", "val", "test") for a, b in zip(*dm.split(s))}
     assert pairs == {(tuple(a.reshape(-1).tolist()), int(b)) for a, b in zip(x, y)}  # labels stay with their samples
     x4 = rng.integers(0, 2, (10, 3, 4, 4))
@@ -103,7 +103,7 @@ def test_array_real_values_need_continuous(tmp_path):
     with pytest.raises(ValueError, match=r"holds non-integer values \(e.g. .*\) but data.continuous is false"):
         create_datamodule("array", path=str(tmp_path / "r.npy")).setup()
     dm = create_datamodule("array", path=str(tmp_path / "r.npy"), continuous=True)
-    assert dm.layout == {"in_shape": [1, 1, 5], "num_values": None, "num_classes": 1} and dm.bin_width is None
+    assert dm.layout == {"in_shape": [1, 1, 5], "num_values": None, "num_classes": 1, "train_size": 14} and dm.bin_width is None
     served = torch.cat([dm.split(s)[0] for s in ("train", "val", "test")])
     assert rows_of(served) == rows_of(torch.from_numpy(x).float())  # as read, NaN kept
     with pytest.raises(ValueError, match="model/leaf=gaussian"):
@@ -188,14 +188,14 @@ def test_table_header_label_column_and_missing_cells(tmp_path):
     rows[7][3] = "NaN"    # a NaN cell
     path = write_csv(tmp_path / "t.csv", rows)
     dm = create_datamodule("table", path=str(path), label_column="label", test_fraction=0.0, val_fraction=0.0)
-    assert dm.layout == {"in_shape": [1, 1, 3], "num_values": 4, "num_classes": 2} and dm.columns == ["a", "b", "c"]
+    assert dm.layout == {"in_shape": [1, 1, 3], "num_values": 4, "num_classes": 2, "train_size": 20} and dm.columns == ["a", "b", "c"]
     x, y = dm.split("train")
     assert x.dtype == torch.float32 and int(torch.isnan(x).sum()) == 2 and dm.has_missing
     expected = [[r[0], -1 if r[1] == "" else r[1], -1 if r[3] == "NaN" else r[3], r[2]] for r in rows[1:]]
     assert rows_of(torch.cat([x[:, 0, 0], y[:, None].float()], 1)) == rows_of(np.array(expected, dtype=float))
     # no header: every column a variable, or a label column by position
     bare = write_csv(tmp_path / "bare.csv", [[1, 0, 2], [0, 1, 1], [1, 1, 0], [0, 0, 1]])
-    assert create_datamodule("table", path=str(bare)).layout == {"in_shape": [1, 1, 3], "num_values": 3, "num_classes": 1}
+    assert create_datamodule("table", path=str(bare)).layout == {"in_shape": [1, 1, 3], "num_values": 3, "num_classes": 1, "train_size": 3}
     dm = create_datamodule("table", path=str(bare), label_column="2", test_fraction=0.0, val_fraction=0.0)
     assert dm.layout["num_classes"] == 3 and sorted(dm.split("train")[1].tolist()) == [0, 1, 1, 2]
     with pytest.raises(ValueError, match="data.label_column='x' is not one of the header's columns 1, 0, 2"):
@@ -253,7 +253,7 @@ def test_image_folder_rgb_classes_pixels_and_quantization(tmp_path):
     written = write_image_folder(tmp_path, {"circle": 6, "square": 4, "triangle": 5})
     (tmp_path / "circle" / "notes.txt").write_text("not an image")  # skipped
     dm = create_datamodule("image_folder", root=str(tmp_path))
-    assert dm.layout == {"in_shape": [3, 6, 5], "num_values": 256, "num_classes": 3}
+    assert dm.layout == {"in_shape": [3, 6, 5], "num_values": 256, "num_classes": 3, "train_size": 11}
     assert dm.classes == ["circle", "square", "triangle"] and sum(sizes(dm).values()) == 15
     served = {(tuple(x.reshape(-1).tolist()), int(y)) for s in ("train", "val", "test") for x, y in zip(*dm.split(s))}
     labels = {"circle": 0, "square": 1, "triangle": 2}
@@ -283,7 +283,7 @@ def test_image_folder_modes_and_sizes(tmp_path):
     # resized to a common size; unlabelled when the root holds the images
     write_image_folder(tmp_path / "loose", {"": 4}, size=(9, 7))
     dm = create_datamodule("image_folder", root=str(tmp_path / "loose"), size=[4, 3])
-    assert dm.layout == {"in_shape": [3, 4, 3], "num_values": 256, "num_classes": 1}
+    assert dm.layout == {"in_shape": [3, 4, 3], "num_values": 256, "num_classes": 1, "train_size": 3}
 
 
 BAD_FOLDERS = {
@@ -348,7 +348,7 @@ def test_missing_cells_are_marginalized_in_validation_and_test(tmp_path):
         rows.append(row)
     path = write_csv(tmp_path / "m.csv", rows)
     dm = create_datamodule("table", path=str(path), label_column="y", batch_size=8, test_fraction=0.3, val_fraction=0.3)
-    assert dm.layout == {"in_shape": [1, 1, 4], "num_values": 3, "num_classes": 2}
+    assert dm.layout == {"in_shape": [1, 1, 4], "num_values": 3, "num_classes": 2, "train_size": 15}
     module = ConvACModule("ht", {"in_shape": dm.layout["in_shape"], "leaf": {"name": "categorical", "num_values": 3},
                                  "num_components": 2, "channels": 3, "num_classes": 2})
     dm.check_fits(module.model)

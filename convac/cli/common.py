@@ -49,9 +49,10 @@ def start(cfg: DictConfig) -> None:
 
 def setup_data(cfg: DictConfig) -> ConvACDataModule:
     """The DataModule of ``cfg.data``, set up (its files read and checked), with the layout it
-    read (``in_shape``, ``num_values``, ``num_classes``: :attr:`ConvACDataModule.layout`)
-    written into ``cfg.data``, so that the model config's ``${data.in_shape}`` (and
-    ``${data.num_values}``, ``${data.num_classes}``) resolve to what the data holds."""
+    read (``in_shape``, ``num_values``, ``num_classes``, ``train_size``:
+    :attr:`ConvACDataModule.layout`) written into ``cfg.data``, so that the model config's
+    ``${data.in_shape}`` (and ``${data.num_values}``, ``${data.num_classes}``, a recipe's
+    ``${data.train_size}``) resolve to what the data holds."""
     datamodule = create_datamodule(**schema.to_kwargs(cfg.data))
     datamodule.setup()
     for key, value in datamodule.layout.items():

@@ -44,7 +44,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = ConvACModule(
         model_name=model_kwargs.pop("name"),
         model_kwargs=model_kwargs,
-        **OmegaConf.to_container(cfg.module, enum_to_str=True),
+        **OmegaConf.to_container(cfg.module, resolve=True, enum_to_str=True),
     )
     datamodule.check_fits(module.model, "the model")
     resume = resume_path(cfg.ckpt_path, out)

@@ -115,9 +115,10 @@ class ImageMode(str, Enum):
 class DataConfig:
     """Arguments shared by every DataModule (see ``convac.data.base.ConvACDataModule``).
 
-    ``in_shape``, ``num_values`` and ``num_classes`` are read from the data when null (a given
-    value is checked against it); the entry points fill the values read into the config
-    (``convac.cli.common.setup_data``) before the model's ``${data.in_shape}`` is resolved."""
+    ``in_shape``, ``num_values``, ``num_classes`` and ``train_size`` are read from the data when
+    null (a given value is checked against it); the entry points fill the values read into the
+    config (``convac.cli.common.setup_data``) before the model's ``${data.in_shape}`` (and a
+    recipe's ``${data.train_size}``) is resolved."""
 
     name: str = MISSING
     in_shape: Optional[List[int]] = None
@@ -129,6 +130,7 @@ class DataConfig:
     val_fraction: float = 0.1
     continuous: bool = False
     resize: bool = False  # serve the samples resized to in_shape (area means): depth sweeps
+    train_size: Optional[int] = None  # the number of training examples, read from the data
 
 
 @dataclass
@@ -276,7 +278,11 @@ def register() -> None:
     """Store the schemas (idempotent) in the ``schema`` group: ``schema/train``,
     ``schema/eval``, ``schema/model/{ht,cp}``, ``schema/data/{digits,idx,debd,synthetic,array,table,
     image_folder}``;
-    a yaml file extends one with ``- /schema/model/ht@_here_`` in its defaults."""
+    a yaml file extends one with ``- /schema/model/ht@_here_`` in its defaults. Also registers
+    the recipes' resolvers (``${convac.em_step:...}``, :mod:`convac.training.small_data`)."""
+    from convac.training.small_data import register_resolvers
+
+    register_resolvers()
     cs = ConfigStore.instance()
     cs.store(group="schema", name="train", node=TrainConfig)
     cs.store(group="schema", name="eval", node=EvalConfig)

@@ -134,6 +134,7 @@ class ConvACDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         continuous: bool = False,
         resize: bool = False,
+        train_size: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -149,6 +150,7 @@ class ConvACDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.continuous = continuous
         self.resize = resize
+        self.train_size = None if train_size is None else int(train_size)
         self.has_missing = False
         self._real_valued = False
         self._data: dict[str, Split] | None = None
@@ -160,11 +162,12 @@ class ConvACDataModule(L.LightningDataModule):
 
     @property
     def layout(self) -> dict[str, Any]:
-        """``{"in_shape": [C, H, W], "num_values": int or None, "num_classes": int}``: what
-        the model configs interpolate (``${data.in_shape}``, ...), read from the data by
+        """``{"in_shape": [C, H, W], "num_values": int or None, "num_classes": int, "train_size":
+        int}``: what the configs interpolate (``${data.in_shape}``, ...), read from the data by
         :meth:`setup`."""
         self.setup()
-        return {"in_shape": list(self.in_shape), "num_values": self.num_values, "num_classes": self.num_classes}
+        return {"in_shape": list(self.in_shape), "num_values": self.num_values, "num_classes": self.num_classes,
+                "train_size": self.train_size}
 
     def load_splits(self) -> dict[str, Split]:
         """Read the dataset: ``{"train", "val", "test"}`` -> ``(x (N, C, H, W), y (N,))``.
@@ -230,7 +233,14 @@ class ConvACDataModule(L.LightningDataModule):
         return f"the {self.name} {split} split"
 
     def _read_layout(self, splits: dict[str, Split]) -> None:
-        """Read (or check) ``in_shape``, ``num_values`` and ``num_classes`` over every split."""
+        """Read (or check) ``in_shape``, ``num_values``, ``num_classes`` and ``train_size`` over every split."""
+        rows = len(splits["train"][0])
+        if self.train_size is not None and rows != self.train_size:
+            raise InvalidValueError(
+                f"data.train_size is {self.train_size} but {self._where('train')} has {rows} examples; "
+                f"leave data.train_size unset (null) to read it from the data"
+            )
+        self.train_size = rows
         first = None
         for split, (x, _) in splits.items():
             shape = list(x.shape[1:])

@@ -1,0 +1,74 @@
+"""The DEBD recipe's rule for the size of the training set: EM's step size and the ensemble's size.
+
+A set of a few hundred or thousand rows leaves the recipe's model (widening to 128 channels)
+with a large gap between training and validation likelihood. Two settings, each set from the
+number of training examples ``N`` alone (not from the data set's name or its validation score),
+narrow it; ``docs/results/density.md`` ("Small training sets") has the measurements behind them.
+
+* **Online EM's step size** ``s`` (the ``module.lr`` of :class:`convac.training.em.EM`). The
+  running counts forget geometrically, so they average about the last ``B / s`` examples
+  (``B`` the batch size). Stochastic EM, like SGD, is regularized by the noise of that average
+  (Cappe & Moulines, JRSS-B 2009, study its convergence; the annealed step, here a cosine
+  schedule to 0, averages the noise away at the end). On a large set the recipe's step 0.2
+  averages the last 500 rows, a few percent of an epoch; on 1,600 rows the same step averages a
+  third of the data, and the parameters settle on the training set early. The rule keeps the
+  average to at most a 20th of the training set, ``s = 20 B / N``, between the full-data step
+  0.2 (``N >= 10,000`` at ``B = 100``: the large sets keep the recipe they were measured with)
+  and 1 (each step the batch's own counts, at ``N <= 2,000``).
+* **Ensemble members** ``G`` (``module.ensemble_members``, one tree each,
+  :mod:`convac.training.ensemble`). The members' errors on held-out rows differ, and their
+  uniform mixture averages the variance of small-data fits away; an epoch costs ``G N``
+  member-rows. The rule gives an epoch the cost of 4 members on 12,500 rows:
+  ``G`` the largest power of two ``<= 50,000 / N``, between the recipe's 4 and 16.
+
+The configs call these through OmegaConf resolvers (:func:`register_resolvers`):
+``module.lr: ${convac.em_step:${data.train_size},${data.batch_size}}`` and
+``module.ensemble_members: ${convac.ensemble_members:${data.train_size}}``; ``data.train_size``
+is read from the data (after ``data.max_train_rows``) before the model is built. A number in
+their place (``module.lr=0.2``) overrides the rule.
+"""
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from convac.errors import InvalidValueError
+
+LARGE_SET_STEP = 0.2  # the recipe's measured step on sets of 12,000 rows and more
+STEP_FRACTION = 20  # the running counts average at most N / STEP_FRACTION examples
+MEMBER_ROWS = 50_000  # G N: an epoch's member-rows (4 members on 12,500 rows)
+MIN_MEMBERS, MAX_MEMBERS = 4, 16
+
+
+def _check_size(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InvalidValueError(f"{name} must be a positive number of examples, got {value!r}")
+
+
+def em_step(train_size: int | None, batch_size: int) -> float:
+    """Online EM's step size for ``train_size`` training examples in batches of ``batch_size``:
+    ``clamp(STEP_FRACTION * batch_size / train_size, LARGE_SET_STEP, 1)`` (module docstring).
+    ``train_size`` None (the config checked before the data is read) gives the large-set step.
+    Raises :class:`InvalidValueError` for a size or batch size that is not a positive int."""
+    _check_size("data.train_size", train_size)
+    _check_size("data.batch_size", batch_size)
+    if train_size is None:
+        return LARGE_SET_STEP
+    return min(1.0, max(LARGE_SET_STEP, STEP_FRACTION * batch_size / train_size))
+
+
+def ensemble_members(train_size: int | None) -> int:
+    """The number of ensemble members for ``train_size`` training examples: the largest power of
+    two ``<= MEMBER_ROWS / train_size``, clamped to ``[MIN_MEMBERS, MAX_MEMBERS]`` (module
+    docstring). ``train_size`` None (before the data is read) gives ``MIN_MEMBERS``."""
+    _check_size("data.train_size", train_size)
+    if train_size is None:
+        return MIN_MEMBERS
+    members = 1 << max(0, (MEMBER_ROWS // train_size).bit_length() - 1)
+    return min(MAX_MEMBERS, max(MIN_MEMBERS, members))
+
+
+def register_resolvers() -> None:
+    """Register ``${convac.em_step:N,B}`` and ``${convac.ensemble_members:N}`` (idempotent)."""
+    for name, rule in (("convac.em_step", em_step), ("convac.ensemble_members", ensemble_members)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, rule)
