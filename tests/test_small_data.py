@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 
 from convac.cli.common import setup_data
 from convac.config import schema
-from convac.training.small_data import (LARGE_SET_STEP, MAX_MEMBERS, MIN_MEMBERS, em_step,
-                                        ensemble_members)
+from convac.training.small_data import (LARGE_SET_PATIENCE, LARGE_SET_STEP, MAX_MEMBERS, MIN_MEMBERS,
+                                        early_stopping_patience, em_step, ensemble_members)
 
 
 @pytest.mark.parametrize("rows,step", [(100_000, 0.2), (10_000, 0.2), (8_000, 0.25), (4_000, 0.5), (2_000, 1.0),
@@ -53,18 +53,31 @@ def test_the_rule_refuses_a_size_that_is_not_a_positive_int(bad):
         em_step(100, bad)
 
 
+@pytest.mark.parametrize("step,patience", [(0.2, 5), (0.25, 7), (0.5, 13), (1.0, 25), (0.01, 1)])
+def test_early_stopping_patience_grows_with_the_step_from_the_large_set_patience(step, patience):
+    assert early_stopping_patience(step) == patience
+    assert early_stopping_patience(LARGE_SET_STEP) == LARGE_SET_PATIENCE
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.5, None, True])
+def test_early_stopping_patience_refuses_a_step_outside_zero_one(bad):
+    with pytest.raises(ValueError, match=r"module.lr \(the EM step\) must be in \(0, 1\]"):
+        early_stopping_patience(bad)
+
+
 def _debd(root, rows: int) -> None:
     x = np.random.default_rng(0).integers(0, 2, (rows, 6))
     for suffix in ("train", "valid", "test"):
         np.savetxt(root / f"toy.{suffix}.data", x, fmt="%d", delimiter=",")
 
 
-@pytest.mark.parametrize("rows,cut,step,members", [(300, None, 1.0, 16), (300, 100, 1.0, 16), (12_500, None, 0.2, 4),
-                                                   (12_500, 5_000, 0.4, 8)])
-def test_the_recipe_resolves_the_rule_from_the_training_rows_read(tmp_path, rows, cut, step, members):
-    """``experiment=debd_ht``: ``module.lr``, ``module.ensemble_members`` and
-    ``model.num_repetitions`` (one tree per member) follow ``data.train_size`` as the entry
-    points fill it in (after ``data.max_train_rows``); a number given overrides the rule."""
+@pytest.mark.parametrize("rows,cut,step,members,patience", [(300, None, 1.0, 16, 25), (300, 100, 1.0, 16, 25),
+                                                            (12_500, None, 0.2, 4, 5), (12_500, 5_000, 0.4, 8, 10)])
+def test_the_recipe_resolves_the_rule_from_the_training_rows_read(tmp_path, rows, cut, step, members, patience):
+    """``experiment=debd_ht``: ``module.lr``, ``module.ensemble_members``,
+    ``model.num_repetitions`` (one tree per member) and early stopping's patience follow
+    ``data.train_size`` as the entry points fill it in (after ``data.max_train_rows``); a
+    number given overrides the rule."""
     _debd(tmp_path, rows)
     overrides = [f"experiment=debd_ht", f"data.root={tmp_path}", "data.dataset=toy", "output_dir=/tmp/convac-test"]
     if cut is not None:
@@ -76,7 +89,9 @@ def test_the_recipe_resolves_the_rule_from_the_training_rows_read(tmp_path, rows
     assert cfg.data.train_size == (cut or rows)
     assert cfg.module.lr == pytest.approx(step)
     assert cfg.module.ensemble_members == members and cfg.model.num_repetitions == members
+    assert cfg.callbacks.early_stopping.patience == patience
     assert schema.to_object(cfg).module.ensemble_members == members
     setup_data(fixed)
     assert fixed.module.lr == 0.3 and fixed.model.num_repetitions == 2
+    assert fixed.callbacks.early_stopping.patience == 8
     assert OmegaConf.to_container(fixed.module, resolve=True)["ensemble_members"] == 2
