@@ -1,7 +1,8 @@
-"""The DEBD recipe's rule for the size of the training set: EM's step size and the ensemble's size.
+"""The DEBD recipe's rule for the size of the training set: EM's step size, the ensemble's size
+and early stopping's patience.
 
 A set of a few hundred or thousand rows leaves the recipe's model (widening to 128 channels)
-with a large gap between training and validation likelihood. Two settings, each set from the
+with a large gap between training and validation likelihood. Three settings, each set from the
 number of training examples ``N`` alone (not from the data set's name or its validation score),
 narrow it; ``docs/results/density.md`` ("Small training sets") has the measurements behind them.
 
@@ -20,7 +21,6 @@ narrow it; ``docs/results/density.md`` ("Small training sets") has the measureme
   uniform mixture averages the variance of small-data fits away; an epoch costs ``G N``
   member-rows. The rule gives an epoch the cost of 4 members on 12,500 rows:
   ``G`` the largest power of two ``<= 50,000 / N``, between the recipe's 4 and 16.
-
 * **Early stopping's patience** follows the step (:func:`early_stopping_patience`): the
   validation NLL of a run at step ``s`` moves between epochs with the last ``B / s`` rows, so a
   plateau at step 0.2 shows in 5 epochs without a better score and at step ``s`` in about
@@ -43,7 +43,7 @@ from omegaconf import OmegaConf
 
 from convac.errors import InvalidValueError
 
-LARGE_SET_STEP = 0.2  # the recipe's measured step on sets of 12,000 rows and more
+LARGE_SET_STEP = 0.2  # the recipe's step measured on the full DEBD sets (12,262 rows and more)
 STEP_FRACTION = 20  # the running counts average at most N / STEP_FRACTION examples
 MEMBER_ROWS = 50_000  # G N: an epoch's member-rows (4 members on 12,500 rows)
 MIN_MEMBERS, MAX_MEMBERS = 4, 16
