@@ -11,6 +11,7 @@ variables per patch (``C * p * p``), ``M`` components.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Mapping, Union
@@ -145,6 +146,27 @@ def _observed_values(x: torch.Tensor, observed: torch.Tensor | None) -> torch.Te
     """The entries of ``x`` where the bool mask ``observed`` (like ``x``) is True; ``x`` itself
     when there is no mask or every entry is observed (no boolean gather)."""
     return x if observed is None or observed.all() else x[observed]
+
+
+def softened_log_probabilities(log_p: torch.Tensor, flip: float, dim: int = 2) -> torch.Tensor:
+    """Data softening (Liu & Van den Broeck, "Tractable Regularization of Probabilistic Circuits",
+    NeurIPS 2021): an observed value ``x`` is soft evidence that keeps ``x`` with probability
+    ``1 - flip`` (their ``beta``) and moves to each of the other ``K - 1`` values with
+    ``flip / (K - 1)``. A categorical leaf ``f`` then gives
+
+        log sum_t T[x, t] f(t) = log( flip / (K - 1) + (1 - flip K / (K - 1)) f(x) ),
+
+    ``log_p`` the log-probabilities over ``K`` values along ``dim`` (any shape) -> the softened
+    ones, same shape, in nats. Since the circuit is smooth and decomposable, softening every
+    leaf softens every variable of the data independently, which is their softened likelihood.
+    ``flip`` in ``[0, (K - 1) / K)`` (at ``(K - 1) / K`` the evidence says nothing); raises
+    :class:`InvalidValueError` outside."""
+    k = log_p.shape[dim]
+    if not 0.0 <= flip < (k - 1) / k:
+        raise InvalidValueError(f"data softening's flip probability must be in [0, {(k - 1) / k:g}) for {k} values, got {flip}")
+    if flip == 0.0:
+        return log_p
+    return torch.logaddexp(log_p + math.log1p(-flip * k / (k - 1)), torch.full((), math.log(flip / (k - 1)), dtype=log_p.dtype, device=log_p.device))
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,6 +312,20 @@ class CategoricalLayer(LeafLayer):
         self.num_values = check_positive_int("num_values", num_values, minimum=2)
         self.family_name = name
         self.logits = nn.Parameter(torch.randn(self._param_positions, num_vars, num_values, num_components))
+        self.flip = 0.0  # data softening's flip probability while in a softened() block
+
+    @contextlib.contextmanager
+    def softened(self, flip: float):
+        """Within the block every observed value is soft evidence (:func:`softened_log_probabilities`;
+        training with data softening): the leaves, hence the model's likelihood and its
+        gradients (EM's expected counts too), are those of the softened data. ``flip`` 0 leaves
+        them exact. Raises :class:`InvalidValueError` for a flip probability out of range."""
+        softened_log_probabilities(torch.zeros(1, 1, self.num_values), flip)  # checks the range
+        previous, self.flip = self.flip, float(flip)
+        try:
+            yield self
+        finally:
+            self.flip = previous
 
     def log_probabilities(self) -> torch.Tensor:
         """(P or 1, V, num_values, M): ``log softmax(theta)`` over the values (once in a
@@ -324,14 +360,15 @@ class CategoricalLayer(LeafLayer):
         ``index_add`` of rows, never a ``(B, M, V, P)`` dense tensor (DESIGN section 6), and it
         is cheaper than indexing the 4-d table with three index tensors. In a
         :meth:`fixed_weights` block the rows are read from the table normalized once
-        (:meth:`log_probabilities`).
+        (:meth:`log_probabilities`); in a :meth:`softened` block from the softened table (whose
+        backward is autograd's dense one: data softening is for training tables of a few values).
         """
         v = x.shape[-1]
         var_idx = torch.arange(v, device=x.device).view(1, 1, -1)
         rows = (self._position_index(x.device).unsqueeze(-1) * v + var_idx) * self.num_values + self.prepare(x, missing)
-        if self._normalized is None:
+        if self._normalized is None and not self.flip:
             return _LogSoftmaxRows.apply(self.logits, rows)
-        table = self.log_probabilities().view(-1, self.num_components)
+        table = softened_log_probabilities(self.log_probabilities(), self.flip).view(-1, self.num_components)
         return table.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)
 
     def entropy_per_variable(self) -> torch.Tensor:

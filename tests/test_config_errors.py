@@ -57,6 +57,7 @@ def test_every_group_names_the_key_in_one_line(tmp_path, cli_error, group, kind)
     ("callbacks.entropy_probe.plot=maybe", ["callbacks.entropy_probe.plot: expected bool, got 'maybe' (str)"]),
     ("callbacks.model_checkpoint._target_=no.such.Callback", ["callbacks.model_checkpoint._target_: cannot import 'no.such.Callback'"]),
     ("model.channels=[4", ["model.channels=[4"]),  # an override that does not parse
+    ("module.data_softening=0.99", ["data softening's flip probability must be in [0, 0.941176) for 17 values, got 0.99"]),
 ])
 def test_other_mistakes_in_one_line(tmp_path, cli_error, override, words):
     assert_one_line(cli_error("train", tmp_path / "run", override), words)

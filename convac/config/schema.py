@@ -237,6 +237,7 @@ class ModuleConfig:
     scheduler_kwargs: Dict[str, Any] = field(default_factory=dict)
     structure_learning: StructureLearningConfig = field(default_factory=StructureLearningConfig)
     ensemble_members: int = 1
+    data_softening: float = 0.0
     init_std: Optional[float] = None
     compile: bool = False
 

@@ -6,6 +6,7 @@ weights_only=True)`` rebuilds it without unpickling code.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
@@ -102,6 +103,11 @@ class ConvACModule(L.LightningModule):
             ``R / G`` consecutive repetitions each fitted to all of the data on its own (generative
             objective only; :mod:`convac.training.ensemble`); the loss is then the members' mean
             NLL and ``nll`` the ensemble's. 1 (the default): one mixture, fitted jointly.
+        data_softening: the flip probability ``1 - beta`` of data softening while training (Liu &
+            Van den Broeck, NeurIPS 2021; categorical and Bernoulli leaves): every observed
+            value of a training batch is soft evidence, kept with probability ``1 - flip``
+            (:meth:`CategoricalLayer.softened`), so the training loss (and EM's counts) are those
+            of the softened data; validation and test use the data as it is. 0: off.
         init_std: when set, the new model's logits are drawn again from ``N(0, init_std^2)``
             (:meth:`ConvAC.reset_logits`; the model's own draw has std 1).
         compile: compile the model with ``torch.compile`` (``model.compile()``: its forward, which
@@ -125,6 +131,7 @@ class ConvACModule(L.LightningModule):
         scheduler_kwargs: dict[str, Any] | None = None,
         structure_learning: dict[str, Any] | None = None,
         ensemble_members: int = 1,
+        data_softening: float = 0.0,
         init_std: float | None = None,
         compile: bool = False,
     ) -> None:
@@ -157,6 +164,12 @@ class ConvACModule(L.LightningModule):
         if ensemble_members > 1 and objective != "generative":
             raise InvalidValueError(f"ensemble_members > 1 fits each member's likelihood: it needs objective=generative, "
                              f"got {objective!r}")
+        if data_softening:
+            if not hasattr(self.model.leaves, "softened"):
+                raise InvalidValueError(f"module.data_softening softens discrete values: it needs categorical or Bernoulli "
+                                        f"leaves, got {self.model.leaf_spec}")
+            with self.model.leaves.softened(data_softening):  # checks the flip probability's range now
+                pass
         if init_std is not None:
             self.model.reset_logits(init_std)
         if objective != "generative" and self.model.num_classes < 2:
@@ -216,7 +229,8 @@ class ConvACModule(L.LightningModule):
         """Compute the objective of ``batch = (x (B, C, H, W), y (B,))`` and log its metrics."""
         x, y = batch
         members = self.hparams.ensemble_members
-        with self.model.validation(not self.data_checked):
+        softening = self.hparams.data_softening if stage == "train" else 0.0
+        with self.model.validation(not self.data_checked), self._softened(softening):
             if members == 1:
                 log_joint = fitted = self.model.log_joint(x)  # (B, K): log P(x, y)
             else:  # the ensemble's log P(x, y) and the members' mean (the objective)
@@ -246,6 +260,10 @@ class ConvACModule(L.LightningModule):
             on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(x), sync_dist=True,
         )  # epoch means over every process's batches (reduced once, at the epoch's end)
         return loss
+
+    def _softened(self, flip: float) -> contextlib.AbstractContextManager:
+        """The leaves softened by ``flip`` (``data_softening``) for a training batch; a no-op at 0."""
+        return self.model.leaves.softened(flip) if flip else contextlib.nullcontext()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
