@@ -19,8 +19,9 @@ narrow it; ``docs/results/density.md`` ("Small training sets") has the measureme
 * **Ensemble members** ``G`` (``module.ensemble_members``, one tree each,
   :mod:`convac.training.ensemble`). The members' errors on held-out rows differ, and their
   uniform mixture averages the variance of small-data fits away; an epoch costs ``G N``
-  member-rows. The rule gives an epoch the cost of 4 members on 12,500 rows:
-  ``G`` the largest power of two ``<= 50,000 / N``, between the recipe's 4 and 16.
+  member-rows. The rule gives an epoch about the cost of 4 members on 12,500 rows: ``G`` the
+  power of two nearest to ``50,000 / N`` (in log scale, so within a factor ``sqrt 2``), between the
+  recipe's 4 and 32.
 * **Early stopping's patience** follows the step (:func:`early_stopping_patience`): the
   validation NLL of a run at step ``s`` moves between epochs with the last ``B / s`` rows, so a
   plateau at step 0.2 shows in 5 epochs without a better score and at step ``s`` in about
@@ -46,7 +47,7 @@ from convac.errors import InvalidValueError
 LARGE_SET_STEP = 0.2  # the recipe's step measured on the full DEBD sets (12,262 rows and more)
 STEP_FRACTION = 20  # the running counts average at most N / STEP_FRACTION examples
 MEMBER_ROWS = 50_000  # G N: an epoch's member-rows (4 members on 12,500 rows)
-MIN_MEMBERS, MAX_MEMBERS = 4, 16
+MIN_MEMBERS, MAX_MEMBERS = 4, 32
 LARGE_SET_PATIENCE = 5  # epochs without a better val/nll at the large-set step
 
 
@@ -68,13 +69,14 @@ def em_step(train_size: int | None, batch_size: int) -> float:
 
 
 def ensemble_members(train_size: int | None) -> int:
-    """The number of ensemble members for ``train_size`` training examples: the largest power of
-    two ``<= MEMBER_ROWS / train_size``, clamped to ``[MIN_MEMBERS, MAX_MEMBERS]`` (module
-    docstring). ``train_size`` None (before the data is read) gives ``MIN_MEMBERS``."""
+    """The number of ensemble members for ``train_size`` training examples: the power of two
+    nearest to ``MEMBER_ROWS / train_size`` in log scale (``2^k`` for a ratio in
+    ``[2^(k - 1/2), 2^(k + 1/2))``), clamped to ``[MIN_MEMBERS, MAX_MEMBERS]`` (module docstring).
+    ``train_size`` None (before the data is read) gives ``MIN_MEMBERS``."""
     _check_size("data.train_size", train_size)
     if train_size is None:
         return MIN_MEMBERS
-    members = 1 << max(0, (MEMBER_ROWS // train_size).bit_length() - 1)
+    members = 1 << max(0, math.floor(math.log2(MEMBER_ROWS / train_size) + 0.5))
     return min(MAX_MEMBERS, max(MIN_MEMBERS, members))
 
 
