@@ -5,7 +5,9 @@ For every dataset whose files are present (digits is bundled; the others are rea
 
 * convac: the dataset's recipe (its experiment config) on the grid structure and on the learned
   one, with Adam and with EM (on tables also the learned recipe as one joint mixture, with
-  matching trees only, and with Chow-Liu trees read depth-first); each row is
+  matching trees only, and with Chow-Liu trees read depth-first; on the cuts of each DEBD set to
+  its first 500 and 1,600 training rows, ``NAME-ROWS``, the recipe with its small-data rule and
+  with the full sets' settings); each row is
   ``convac-train experiment=... <overrides>`` with one thread and the probe off, and reads the
   test NLL of the best checkpoint from its metrics.csv, with the wall time and the
   structure-learning time the run logged (``structure/seconds``);
@@ -45,6 +47,7 @@ class Dataset:
     data_overrides: tuple[str, ...] = ()
     root: str | None = None  # folder under the data root, None for bundled data
     images: bool = False
+    small: bool = False  # a cut of a set's first training rows: the recipe with and without its small-data rule
 
 
 DATASETS = [
@@ -53,6 +56,9 @@ DATASETS = [
     Dataset("nltcs", "debd_ht", ("data.dataset=nltcs",), root="debd"),
     Dataset("plants", "debd_ht", ("data.dataset=plants",), root="debd"),
     Dataset("pumsb_star", "debd_ht", ("data.dataset=pumsb_star",), root="debd"),
+    # the first N training rows (validation and test splits whole): sets as small as many users have
+    *(Dataset(f"{name}-{rows}", "debd_ht", (f"data.dataset={name}", f"data.max_train_rows={rows}"), root="debd", small=True)
+      for rows in (500, 1600) for name in ("nltcs", "plants", "pumsb_star")),
 ]
 # convac variants of each kind of data: (label, overrides on top of the recipe), the recipe first.
 # Each optimizer runs with its own settings: EM with the recipe's (step 0.2), Adam with the
@@ -69,6 +75,11 @@ VARIANTS = {
         ("grid, EM", GRID_DEBD),
         ("learned, Adam", ADAM_DEBD),
         ("grid, Adam", (*GRID_DEBD, *ADAM_DEBD)),
+    ],
+    "small tabular": [
+        ("learned, EM: the recipe", ()),
+        ("learned, EM, the settings of the full sets (no small-data rule)",
+         ("module.lr=0.2", "module.ensemble_members=4", "callbacks.early_stopping.patience=5")),
     ],
     "images": [
         ("grid, EM: the recipe", ()),
@@ -180,7 +191,8 @@ def run_density(out_dir: Path, base: Path, only: set[str] | None = None) -> dict
                                    + ([f"data.root={root}"] if root else []))
         datamodule = setup_data(cfg)
         dims = math.prod(datamodule.in_shape)
-        for label, overrides in VARIANTS["images" if dataset.images else "tabular"]:
+        kind = "images" if dataset.images else "small tabular" if dataset.small else "tabular"
+        for label, overrides in VARIANTS[kind]:
             run_dir = out_dir / "runs" / dataset.name / re.sub(r"\W+", "_", label).strip("_")  # one folder a row
             rows.append({"dataset": dataset.name, "model": f"convac HT ({label})", "dims": dims,
                          **run_convac(dataset, overrides, root, run_dir)})
