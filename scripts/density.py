@@ -156,7 +156,8 @@ def run_cirkit(dataset: Dataset, cfg, datamodule) -> list[dict]:
     if not dataset.images:
         recipe = cirkit_recipes.DEBD_RECIPE
         circuit = cirkit_recipes.compile_circuit(cirkit_recipes.random_binary_trees(math.prod(shape)), values, recipe["units"])
-        result = cirkit_recipes.train(circuit, datamodule, recipe["lr"], recipe["batch_size"], recipe["max_epochs"], recipe["patience"])
+        max_epochs = cirkit_recipes.debd_max_epochs(len(datamodule.split("train")[0]))
+        result = cirkit_recipes.train(circuit, datamodule, recipe["lr"], recipe["batch_size"], max_epochs, recipe["patience"])
         return [{"model": f"libcirkit random binary trees (depth 3, R=10, K={recipe['units']})", **result}]
     rows = []
     units = 32 if math.prod(shape) <= 256 else 16
