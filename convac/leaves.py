@@ -163,10 +163,12 @@ def softened_log_probabilities(log_p: torch.Tensor, flip: float, dim: int = 2) -
     :class:`InvalidValueError` outside."""
     k = log_p.shape[dim]
     if not 0.0 <= flip < (k - 1) / k:
-        raise InvalidValueError(f"data softening's flip probability must be in [0, {(k - 1) / k:g}) for {k} values, got {flip}")
+        raise InvalidValueError(f"data softening's flip probability must be in [0, {(k - 1) / k:g}) for {k} values, "
+                                f"got {flip}")
     if flip == 0.0:
         return log_p
-    return torch.logaddexp(log_p + math.log1p(-flip * k / (k - 1)), torch.full((), math.log(flip / (k - 1)), dtype=log_p.dtype, device=log_p.device))
+    floor = torch.full((), math.log(flip / (k - 1)), dtype=log_p.dtype, device=log_p.device)  # log(flip / (K - 1))
+    return torch.logaddexp(log_p + math.log1p(-flip * k / (k - 1)), floor)
 
 
 # --------------------------------------------------------------------------------------------
