@@ -148,6 +148,15 @@ def _observed_values(x: torch.Tensor, observed: torch.Tensor | None) -> torch.Te
     return x if observed is None or observed.all() else x[observed]
 
 
+def check_flip_probability(flip: float, num_values: int) -> None:
+    """Raise :class:`InvalidValueError` unless data softening's ``flip`` is in ``[0, (K - 1) / K)``
+    for ``K = num_values`` (at ``(K - 1) / K`` the evidence says nothing)."""
+    bound = (num_values - 1) / num_values
+    if not 0.0 <= flip < bound:
+        raise InvalidValueError(f"data softening's flip probability must be in [0, {bound:g}) for {num_values} values, "
+                                f"got {flip}")
+
+
 def softened_log_probabilities(log_p: torch.Tensor, flip: float, dim: int = 2) -> torch.Tensor:
     """Data softening (Liu & Van den Broeck, "Tractable Regularization of Probabilistic Circuits",
     NeurIPS 2021): an observed value ``x`` is soft evidence that keeps ``x`` with probability
@@ -159,12 +168,9 @@ def softened_log_probabilities(log_p: torch.Tensor, flip: float, dim: int = 2) -
     ``log_p`` the log-probabilities over ``K`` values along ``dim`` (any shape) -> the softened
     ones, same shape, in nats. Since the circuit is smooth and decomposable, softening every
     leaf softens every variable of the data independently, which is their softened likelihood.
-    ``flip`` in ``[0, (K - 1) / K)`` (at ``(K - 1) / K`` the evidence says nothing); raises
-    :class:`InvalidValueError` outside."""
+    ``flip`` in ``[0, (K - 1) / K)`` (:func:`check_flip_probability`)."""
     k = log_p.shape[dim]
-    if not 0.0 <= flip < (k - 1) / k:
-        raise InvalidValueError(f"data softening's flip probability must be in [0, {(k - 1) / k:g}) for {k} values, "
-                                f"got {flip}")
+    check_flip_probability(flip, k)
     if flip == 0.0:
         return log_p
     floor = torch.full((), math.log(flip / (k - 1)), dtype=log_p.dtype, device=log_p.device)  # log(flip / (K - 1))
@@ -260,12 +266,34 @@ class LeafLayer(FixedParameters, nn.Module):
     :meth:`~convac.fixed.FixedParameters.fixed_weights` block a family's normalized parameters
     (the categorical log-probability table) are computed once."""
 
+    flip = 0.0  # data softening's flip probability inside a softened() block
+
     def __init__(self, num_positions: int, num_vars: int, num_components: int, shared: bool):
         super().__init__()
         self.num_positions = check_positive_int("num_positions", num_positions)
         self.num_vars = check_positive_int("num_vars", num_vars)
         self.num_components = check_positive_int("num_components", num_components)
         self.shared = check_flag("shared", shared)
+
+    def check_softening(self, flip: float) -> None:
+        """Raise :class:`InvalidValueError` unless the family can be trained on data softened by
+        ``flip``: continuous leaves only by 0 (no softening); discrete ones override this."""
+        if flip:
+            raise InvalidValueError(f"data softening softens discrete values: it needs categorical or Bernoulli leaves, "
+                                    f"got {self.family_name}")
+
+    @contextlib.contextmanager
+    def softened(self, flip: float):
+        """Within the block every observed value is soft evidence (:func:`softened_log_probabilities`;
+        training with data softening): the leaves, hence the model's likelihood and its
+        gradients (EM's expected counts too), are those of the softened data. ``flip`` 0 leaves
+        them exact. Raises :class:`InvalidValueError` where :meth:`check_softening` does."""
+        self.check_softening(flip)
+        previous, self.flip = self.flip, float(flip)
+        try:
+            yield self
+        finally:
+            self.flip = previous
 
     @property
     def _param_positions(self) -> int:
@@ -314,20 +342,11 @@ class CategoricalLayer(LeafLayer):
         self.num_values = check_positive_int("num_values", num_values, minimum=2)
         self.family_name = name
         self.logits = nn.Parameter(torch.randn(self._param_positions, num_vars, num_values, num_components))
-        self.flip = 0.0  # data softening's flip probability while in a softened() block
 
-    @contextlib.contextmanager
-    def softened(self, flip: float):
-        """Within the block every observed value is soft evidence (:func:`softened_log_probabilities`;
-        training with data softening): the leaves, hence the model's likelihood and its
-        gradients (EM's expected counts too), are those of the softened data. ``flip`` 0 leaves
-        them exact. Raises :class:`InvalidValueError` for a flip probability out of range."""
-        softened_log_probabilities(torch.zeros(1, 1, self.num_values), flip)  # checks the range
-        previous, self.flip = self.flip, float(flip)
-        try:
-            yield self
-        finally:
-            self.flip = previous
+    def check_softening(self, flip: float) -> None:
+        """Raise :class:`InvalidValueError` unless ``flip`` is a flip probability for
+        ``num_values`` values (:func:`check_flip_probability`)."""
+        check_flip_probability(flip, self.num_values)
 
     def log_probabilities(self) -> torch.Tensor:
         """(P or 1, V, num_values, M): ``log softmax(theta)`` over the values (once in a

@@ -6,7 +6,6 @@ weights_only=True)`` rebuilds it without unpickling code.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from typing import Any
@@ -106,7 +105,7 @@ class ConvACModule(L.LightningModule):
         data_softening: the flip probability ``1 - beta`` of data softening while training (Liu &
             Van den Broeck, NeurIPS 2021; categorical and Bernoulli leaves): every observed
             value of a training batch is soft evidence, kept with probability ``1 - flip``
-            (:meth:`CategoricalLayer.softened`), so the training loss (and EM's counts) are those
+            (:meth:`LeafLayer.softened`), so the training loss (and EM's counts) are those
             of the softened data; validation and test use the data as it is. 0: off.
         init_std: when set, the new model's logits are drawn again from ``N(0, init_std^2)``
             (:meth:`ConvAC.reset_logits`; the model's own draw has std 1).
@@ -164,12 +163,7 @@ class ConvACModule(L.LightningModule):
         if ensemble_members > 1 and objective != "generative":
             raise InvalidValueError(f"ensemble_members > 1 fits each member's likelihood: it needs objective=generative, "
                              f"got {objective!r}")
-        if data_softening:
-            if not hasattr(self.model.leaves, "softened"):
-                raise InvalidValueError(f"module.data_softening softens discrete values: it needs categorical or Bernoulli "
-                                        f"leaves, got {self.model.leaf_spec}")
-            with self.model.leaves.softened(data_softening):  # checks the flip probability's range now
-                pass
+        self.model.leaves.check_softening(data_softening)
         if init_std is not None:
             self.model.reset_logits(init_std)
         if objective != "generative" and self.model.num_classes < 2:
@@ -230,7 +224,7 @@ class ConvACModule(L.LightningModule):
         x, y = batch
         members = self.hparams.ensemble_members
         softening = self.hparams.data_softening if stage == "train" else 0.0
-        with self.model.validation(not self.data_checked), self._softened(softening):
+        with self.model.validation(not self.data_checked), self.model.leaves.softened(softening):
             if members == 1:
                 log_joint = fitted = self.model.log_joint(x)  # (B, K): log P(x, y)
             else:  # the ensemble's log P(x, y) and the members' mean (the objective)
@@ -260,10 +254,6 @@ class ConvACModule(L.LightningModule):
             on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(x), sync_dist=True,
         )  # epoch means over every process's batches (reduced once, at the epoch's end)
         return loss
-
-    def _softened(self, flip: float) -> contextlib.AbstractContextManager:
-        """The leaves softened by ``flip`` (``data_softening``) for a training batch; a no-op at 0."""
-        return self.model.leaves.softened(flip) if flip else contextlib.nullcontext()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
