@@ -140,6 +140,11 @@ class ModelCard:
         return cls(**content)
 
 
+def count_parameters(model) -> int:
+    """The trainable parameters of ``model`` (an ``nn.Module``): a card's ``num_parameters``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def load_cards(directory: Path = CARDS_DIR) -> dict[str, ModelCard]:
     """Every card in ``directory``, by name."""
     cards = (ModelCard.load(p) for p in sorted(directory.glob("*.json")))

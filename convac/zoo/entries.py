@@ -13,12 +13,13 @@ import functools
 import json
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from omegaconf import DictConfig
 from torch import nn
 
 from convac.errors import InvalidValueError
+from convac.model import Architecture
 from convac.zoo.cards import local_data_key
 from convac.zoo.registry import create_model, register_model
 
@@ -49,10 +50,9 @@ class ZooEntry:
         """Whether the entry's data is read from a local folder or file (:attr:`local_data_key`)."""
         return self.local_data_key is not None
 
-    def architecture(self) -> tuple[str, dict[str, Any]]:
+    def architecture(self) -> Architecture:
         """``(model_name, model_kwargs)`` of the entry's ``model`` config node."""
-        name, kwargs = json.loads(_architecture_json(self.experiment))
-        return name, kwargs
+        return Architecture(*json.loads(_architecture_json(self.experiment)))
 
 
 ENTRIES: dict[str, ZooEntry] = {

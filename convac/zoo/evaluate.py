@@ -13,7 +13,7 @@ import torch
 from convac.data import ConvACDataModule
 from convac.entropy import probe
 from convac.model import ConvAC
-from convac.zoo.cards import ModelCard
+from convac.zoo.cards import ModelCard, count_parameters
 
 ENTROPY_SAMPLES = 2048
 ENTROPY_SEED = 0
@@ -86,7 +86,7 @@ def reproduce(card: ModelCard, model: ConvAC, datamodule: ConvACDataModule, rtol
         for k in ("test/nll", "test/bpd", "test/acc")
         if k in card.metrics
     ]
-    num_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    num_parameters = count_parameters(model)
     size = card.weights_path.stat().st_size
     rows += [
         Comparison("parameters", card.num_parameters, num_parameters, num_parameters == card.num_parameters),

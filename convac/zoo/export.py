@@ -13,7 +13,7 @@ from convac.data import create_datamodule
 from convac.errors import InvalidValueError, MissingFileError
 from convac.model import ConvAC
 from convac.zoo import evaluate
-from convac.zoo.cards import CARDS_DIR, WEIGHTS_DIR, ModelCard, with_local_data
+from convac.zoo.cards import CARDS_DIR, WEIGHTS_DIR, ModelCard, count_parameters, with_local_data
 from convac.zoo.entries import ZooEntry
 from convac.zoo.pretrained import load_into, read_weights, save_weights
 from convac.zoo.registry import create_model
@@ -54,7 +54,7 @@ def export_run(entry: ZooEntry, run_dir: str | Path, data_root: str | None, seco
     cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
     ckpt = best_checkpoint(run_dir)
     weights = read_weights(ckpt)
-    if [weights.model_name, weights.model_kwargs] != list(entry.architecture()):
+    if weights.architecture != entry.architecture():
         raise InvalidValueError(
             f"{ckpt} holds {weights.model_name} {weights.model_kwargs}, but experiment={entry.experiment} "
             f"defines {entry.architecture()}; retrain without model overrides"
@@ -90,7 +90,7 @@ def export_run(entry: ZooEntry, run_dir: str | Path, data_root: str | None, seco
         weights=path.name,
         sha256=save_weights(path, model, weights.model_name, weights.model_kwargs),
         size_bytes=path.stat().st_size,
-        num_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        num_parameters=count_parameters(model),
         metrics=metrics,
         entropy=entropy,
         check=evaluate.check_batch(model),

@@ -37,7 +37,7 @@ import yaml
 from torch import nn
 
 from convac.errors import InvalidValueError, MissingFileError, UserError
-from convac.zoo.cards import ModelCard, format_number, load_cards
+from convac.zoo.cards import ModelCard, count_parameters, format_number, load_cards
 from convac.model import Architecture
 from convac.zoo.pretrained import (
     ArchitectureMismatchError,
@@ -230,7 +230,7 @@ def save_pretrained(model: nn.Module, folder: str | Path, card: ModelCard | None
     folder.mkdir(parents=True, exist_ok=True)
     config = SavedConfig(architecture, sha256, license, card)
     name = card.name if card is not None else (repo_id or folder.resolve().name).rsplit("/", 1)[-1]
-    num_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    num_parameters = count_parameters(model)
     load_as = HUB_PREFIX + repo_id if repo_id else LOCAL_PREFIX + str(folder)
     (folder / WEIGHTS_FILE).write_bytes(data)
     (folder / CONFIG_FILE).write_text(json.dumps(config.to_json(), indent=1) + "\n")
@@ -360,9 +360,8 @@ def source_folder(source: str, weights: bool = True) -> Path:
     repo_id = hub_repo_id(source[len(HUB_PREFIX):])
     hub = huggingface_hub()
     files = [CONFIG_FILE, WEIGHTS_FILE] if weights else [CONFIG_FILE]
-    try:  # the cache and offline mode of huggingface_hub's settings (HF_HUB_CACHE, HF_HUB_OFFLINE), read now
+    try:  # huggingface_hub's cache (HF_HUB_CACHE) and, read now, its offline mode (HF_HUB_OFFLINE)
         return Path(hub.snapshot_download(repo_id, allow_patterns=files, library_name=LIBRARY,
-                                          cache_dir=hub.constants.HF_HUB_CACHE,
                                           local_files_only=hub.constants.HF_HUB_OFFLINE))
     except hub.utils.RepositoryNotFoundError:
         raise MissingFileError(f"{source}: no such repository on the Hub, or a private or gated one this token "
@@ -386,7 +385,7 @@ def read_saved_weights(folder: Path, config: SavedConfig) -> Weights:
         raise MissingFileError(f"{folder}: expected {WEIGHTS_FILE} (convac reads safetensors weights only, never a "
                                f"pickle), found {_file_names(folder)}")
     weights = read_weights(path, sha256=config.sha256)
-    if (weights.model_name, weights.model_kwargs) != config.architecture:
+    if weights.architecture != config.architecture:
         raise ArchitectureMismatchError(
             f"{path} was written for {weights.model_name} {weights.model_kwargs}, but {CONFIG_FILE} describes "
             f"{config.architecture.name} {config.architecture.kwargs}"
@@ -403,16 +402,22 @@ def push_to_hub(model: nn.Module, repo_id: str, card: ModelCard | None = None, *
 
     Raises:
         what :func:`save_pretrained` and :func:`hub_repo_id` raise (before anything is sent), and
-        huggingface_hub's HTTP errors (``HfHubHTTPError``: no token, no write access, ...).
+        :class:`InvalidValueError` when the Hub refuses the upload (an ``HfHubHTTPError`` of
+        huggingface_hub: no token, no write access, ...).
     """
     hub = huggingface_hub()
     repo_id = hub_repo_id(repo_id)
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(model, tmp, card, repo_id=repo_id, license=license)
         api = hub.HfApi()
-        url = api.create_repo(repo_id, private=private, exist_ok=True)
         message = commit_message or f"Upload {card.name if card else repo_id} with convac"
-        api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=message)
+        try:
+            url = api.create_repo(repo_id, private=private, exist_ok=True)
+            api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=message)
+        except hub.utils.HfHubHTTPError as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise InvalidValueError(f"the Hub refused the upload to {repo_id} ({reason}); set HF_TOKEN, or log in with "
+                                    "the Hugging Face CLI, with a token that can write to it") from None
     return str(url)
 
 

@@ -26,6 +26,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from convac.errors import InvalidValueError, MissingFileError
+from convac.model import Architecture
 
 FORMAT = "convac-weights-1"  # the ``format`` metadata value this module writes and expects
 SUFFIXES = (".safetensors", ".ckpt")
@@ -60,6 +61,11 @@ class Weights:
     state_dict: dict[str, torch.Tensor]
     path: Path
     sha256: str
+
+    @property
+    def architecture(self) -> Architecture:
+        """``(model_name, model_kwargs)``: what the weights were saved for."""
+        return Architecture(self.model_name, self.model_kwargs)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -70,7 +70,7 @@ def create_model(name: str, pretrained: bool | str | Path = False, checkpoint_pa
     :class:`~convac.zoo.pretrained.ArchitectureMismatchError`.
 
     The model records what rebuilds it as ``model.architecture``
-    (:class:`~convac.zoo.pretrained.Architecture`), which ``save_pretrained`` writes.
+    (:class:`~convac.model.Architecture`), which ``save_pretrained`` writes.
 
     Raises:
         InvalidValueError: an unknown name, a name without shipped weights for
