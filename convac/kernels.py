@@ -14,8 +14,9 @@ and ``log`` may not vectorize at all, and NumPy's ``log2`` is several times fast
 ``torch.log`` where NumPy dispatches AVX-512 and several times slower where it does not.
 No rule about the hardware predicts this, so, as cuDNN's benchmark mode picks a convolution
 algorithm, every operation times its candidates on a fixed representative input the first time
-it runs on a ``(device type, dtype)`` (and channel count, for ``shift``), keeps the fastest, and
-logs the choice once (logger ``convac.kernels``, INFO). The first candidate is PyTorch's own
+it runs on a ``(device type, dtype)``, a size class (:func:`size_class`: per-call costs decide on
+small tensors, the loops on large ones) and, for ``shift``, a channel count; it keeps the
+fastest and logs the choice once (logger ``convac.kernels``, INFO). The first candidate is PyTorch's own
 operation; another replaces it only when measured at least :data:`MARGIN` times faster, so that
 candidates of equal speed do not flip between runs. The choice does not depend on the thread
 count set later. ``shift`` candidates agree bit for bit; ``exp`` and ``log_add`` candidates
@@ -43,10 +44,13 @@ LOG2_E = 1.0 / math.log(2.0)
 LN_2 = math.log(2.0)
 #: How much faster than PyTorch's own operation a candidate must be measured to replace it.
 MARGIN = 1.2
-#: Elements of the representative input every candidate is timed on (a sum layer's activations
-#: at batch 256 on a 16x16 grid with 4 channels; large enough that per-call overheads vanish).
-TIMING_ELEMENTS = 1 << 18
-TIMING_ROUNDS = 5
+#: Size classes: a tensor of ``n`` elements is in class ``floor(log4 n)``, clamped to this range
+#: (:func:`size_class`); each class has its own choice, timed on a representative input of
+#: ``4^class`` elements (4,096 to 4,194,304: a deep level's activations at a small batch to a
+#: batch of 256 on a 64x64 grid with 4 channels). On small tensors the per-call costs decide
+#: (``halving`` launches ``log2 K`` operations), on large ones the loops and the caches.
+SIZE_CLASSES = range(6, 12)
+TIMING_ROUNDS = 20
 
 
 # ------------------------------------------------------------------------------- candidates
@@ -116,17 +120,22 @@ class Candidate:
 # ------------------------------------------------------------------------------- choosing
 # Representative inputs (seeded; the values of a sum node's pass), on the CPU in float32: the
 # arguments an operation's candidates are timed on, given the channel count for ``shift``.
-def _shift_input(g: torch.Generator, channels: int | None) -> tuple:
-    return (torch.randn(max(1, TIMING_ELEMENTS // channels), channels, generator=g).mul_(3),)
+def _shift_input(g: torch.Generator, channels: int | None, elements: int) -> tuple:
+    return (torch.randn(max(1, elements // channels), channels, generator=g).mul_(3),)
 
 
-def _exp_input(g: torch.Generator, channels: int | None) -> tuple:
-    return (torch.randn(TIMING_ELEMENTS, generator=g).abs_().mul_(-3),)
+def _exp_input(g: torch.Generator, channels: int | None, elements: int) -> tuple:
+    return (torch.randn(elements, generator=g).abs_().mul_(-3),)
 
 
-def _log_add_input(g: torch.Generator, channels: int | None) -> tuple:
-    rows = TIMING_ELEMENTS // 16
+def _log_add_input(g: torch.Generator, channels: int | None, elements: int) -> tuple:
+    rows = elements // 16
     return torch.rand(rows, 16, generator=g).add_(0.1), torch.randn(rows, 1, generator=g), True
+
+
+def size_class(tensor: torch.Tensor) -> int:
+    """``floor(log4 numel)`` clamped to :data:`SIZE_CLASSES`: the class whose choice runs on ``tensor``."""
+    return min(max((tensor.numel().bit_length() - 1) // 2, SIZE_CLASSES[0]), SIZE_CLASSES[-1])
 
 
 def _seconds(candidate: Candidate, arguments: tuple, device: torch.device) -> float:
@@ -148,7 +157,8 @@ def _seconds(candidate: Candidate, arguments: tuple, device: torch.device) -> fl
 
 class Operation:
     """An operation with candidate kernels; calling it runs the kernel chosen for the arguments'
-    ``(device type, dtype[, channels])``, timing the candidates the first time (module docstring)."""
+    ``(device type, dtype, channels or None, size class)`` (:func:`size_class` of the first
+    argument), timing the candidates the first time (module docstring)."""
 
     def __init__(self, name: str, candidates: list[Candidate], timing_input: Callable[..., tuple],
                  by_channels: bool = False):
@@ -158,12 +168,13 @@ class Operation:
         self.reference = candidates[0]
         self.by_channels = by_channels
         self.choices: dict[tuple, Candidate] = {}
+        self.timings: dict[tuple, dict[str, float]] = {}  # seconds of each candidate, per key
         self.pinned: Candidate | None = None
 
     def __call__(self, tensor: torch.Tensor, *rest):
         if torch.compiler.is_compiling():
             return self.reference.run(tensor, *rest)
-        key = (tensor.device.type, tensor.dtype, tensor.shape[-1] if self.by_channels else None)
+        key = (tensor.device.type, tensor.dtype, tensor.shape[-1] if self.by_channels else None, size_class(tensor))
         kernel = self.pinned or self.choices.get(key) or self._choose(key, tensor.device)
         if not kernel.applies(tensor, *rest):
             kernel = self.reference
@@ -171,15 +182,17 @@ class Operation:
 
     @torch.no_grad()
     def _choose(self, key: tuple, device: torch.device) -> Candidate:
-        _, dtype, channels = key
+        _, dtype, channels, size = key
         arguments = tuple(a.to(device, dtype) if isinstance(a, torch.Tensor) else a
-                          for a in self.timing_input(torch.Generator().manual_seed(0), channels))
+                          for a in self.timing_input(torch.Generator().manual_seed(0), channels, 4 ** size))
         usable = [c for c in self.candidates.values() if c.applies(*arguments)]
         seconds = {c.name: _seconds(c, arguments, device) for c in usable}
         fastest = min(usable, key=lambda c: seconds[c.name])
         chosen = fastest if seconds[fastest.name] * MARGIN <= seconds[self.reference.name] else self.reference
         self.choices[key] = chosen
-        where = f"{device.type} {str(dtype).removeprefix('torch.')}" + ("" if channels is None else f" K={channels}")
+        self.timings[key] = seconds
+        where = (f"{device.type} {str(dtype).removeprefix('torch.')}" + ("" if channels is None else f" K={channels}")
+                 + f", 4^{size} elements")
         times = ", ".join(f"{name} {1e3 * s:.3f} ms" for name, s in seconds.items())
         logger.info("sum-node kernel %s on %s: %s (%s, per %d values)", self.name, where, chosen.name, times,
                     arguments[0].numel())
@@ -212,13 +225,20 @@ def pin(**kernels: str | None) -> None:
 
 
 def chosen() -> dict[str, dict[tuple, str]]:
-    """The kernels chosen so far: ``{operation: {(device type, dtype, channels or None): name}}``
-    (a pinned operation lists ``{("pinned",): name}``)."""
+    """The kernels chosen so far: ``{operation: {(device type, dtype, channels or None, size class): name}}``
+    (:func:`size_class`; a pinned operation lists ``{("pinned",): name}``)."""
     return {name: ({("pinned",): op.pinned.name} if op.pinned else {k: c.name for k, c in op.choices.items()})
             for name, op in OPERATIONS.items()}
+
+
+def measured() -> dict[str, dict[tuple, dict[str, float]]]:
+    """The timings behind :func:`chosen`: ``{operation: {key: {candidate: seconds}}}``, each the
+    fastest of :data:`TIMING_ROUNDS` runs on the representative input of the key's size class."""
+    return {name: {key: dict(seconds) for key, seconds in op.timings.items()} for name, op in OPERATIONS.items()}
 
 
 def forget() -> None:
     """Forget every measured choice (the next call measures again); pins stay."""
     for op in OPERATIONS.values():
         op.choices.clear()
+        op.timings.clear()

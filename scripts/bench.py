@@ -13,8 +13,9 @@ ends with a summary: one line per speed target with the measured value (the sum 
 at least 35% of a plain bmm's throughput at K = 16 and 50% at K >= 64, a training step at least
 2x libcirkit's, the entropy probe at most 5% of an epoch).
 
-The JSON has the top-level keys ``machine``, ``sum_layer``, ``train``, ``probe``, ``scaling``,
-``compile`` and ``summary`` (a section not run is null; ``probe`` is null when
+The JSON has the top-level keys ``machine``, ``kernel_timings`` (section ``kernels``: every
+candidate kernel of the sum node timed at each size class), ``sum_layer``, ``train``, ``probe``,
+``scaling``, ``compile``, ``fold``, ``kernels`` (the choices made) and ``summary`` (a section not run is null; ``probe`` is null when
 ``convac.entropy`` cannot be imported, ``train`` rows have null ``cirkit_img_s`` when libcirkit,
 the ``bench`` extra, is not installed), plus ``mode`` and ``train_structure`` (what each side
 of the training comparison builds).
@@ -45,7 +46,7 @@ from convac import Categorical, HTConvAC, kernels
 from cirkit_recipes import compile_circuit, quad_tree
 from convac.layers import log_einsum_exp
 
-SECTIONS = ["sum_layer", "train", "probe", "scaling", "compile", "fold"]
+SECTIONS = ["kernels", "sum_layer", "train", "probe", "scaling", "compile", "fold"]
 
 # ------------------------------------------------------------------------------------------
 # Settings of the three modes
@@ -80,6 +81,8 @@ class Settings:
     fold_cases: tuple[tuple[tuple[int, int, int], int, int], ...] = (
         ((1, 28, 28), 256, 100), ((1, 8, 8), 17, 100), ((1, 8, 8), 17, 8), ((1, 1, 100), 2, 100),
     )
+    kernel_classes: tuple[int, ...] = tuple(kernels.SIZE_CLASSES)  # size classes of the kernels section
+    kernel_channels: tuple[int, ...] = (16, 32)  # channel counts of its shift
 
 
 FULL = Settings()
@@ -89,7 +92,7 @@ DRY_RUN = Settings(
     train_cases=(("8x8 categorical-256", (1, 8, 8), 256), ("digits 4x4 categorical-17", (1, 4, 4), 17)),
     train_channels=4, train_batch=8, train_repeats=1, scaling_sizes=(4, 8), scaling_repeats=1,
     probe_repeats=1, probe_samples=64, probe_train_images=128, warmup=1,
-    fold_cases=(((1, 4, 4), 5, 8), ((1, 1, 8), 2, 4)),
+    fold_cases=(((1, 4, 4), 5, 8), ((1, 1, 8), 2, 4)), kernel_classes=(6, 7), kernel_channels=(16,),
 )
 
 
@@ -495,6 +498,35 @@ def bench_compile(settings: Settings, device: torch.device) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------
+# Sum-node kernels: every candidate at every size class
+# ------------------------------------------------------------------------------------------
+def bench_kernels(settings: Settings, device: torch.device) -> list[dict]:
+    """Every candidate of every sum-node operation timed at each size class in
+    ``settings.kernel_classes`` (the shift at each of ``settings.kernel_channels``), by
+    ``convac.kernels``' own measurement, the one a run makes on first use (the choices made
+    before are forgotten); rows ``{"operation", "K", "size_class", "values", "ms", "chosen"}``,
+    ``ms`` in milliseconds per candidate."""
+    kernels.forget()
+    for size in settings.kernel_classes:
+        values = 4 ** size
+        for k in settings.kernel_channels:
+            kernels.channel_max(torch.zeros(values // k, k, device=device))
+        kernels.exp_(torch.zeros(values, device=device))
+        kernels.log_add(torch.ones(values // 16, 16, device=device), torch.zeros(values // 16, 1, device=device), True)
+    chosen, rows = kernels.chosen(), []
+    for operation, timings in kernels.measured().items():
+        for key, seconds in timings.items():
+            _, _, channels, size = key
+            row = {"operation": operation, "K": channels, "size_class": size, "values": 4 ** size,
+                   "ms": {name: 1e3 * s for name, s in seconds.items()}, "chosen": chosen[operation][key]}
+            rows.append(row)
+            times = ", ".join(f"{name} {ms:.3f} ms" for name, ms in row["ms"].items())
+            where = f"{operation}{'' if channels is None else f' K={channels}'} at 4^{size} values"
+            print(f"  kernel {where}: {times} -> {row['chosen']}", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------
 # Folded leaves: the value table against the layer-by-layer pass
 # ------------------------------------------------------------------------------------------
 def bench_fold(settings: Settings, device: torch.device) -> list[dict]:
@@ -620,6 +652,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def kernel_key(key: tuple) -> str:
+    """A key of :func:`convac.kernels.chosen` as text: ``"cpu float32 K=16 4^10"`` (device type,
+    dtype, channels where the choice depends on them, size class as elements), or ``"pinned"``."""
+    if key == ("pinned",):
+        return "pinned"
+    device, dtype, channels, size = key
+    return " ".join([device, str(dtype).removeprefix("torch."), *([] if channels is None else [f"K={channels}"]), f"4^{size}"])
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     mode = "quick" if args.quick else "dry-run" if args.dry_run else "full"
@@ -635,12 +676,15 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     sections = args.only or [s for s in SECTIONS if s != "compile" or mode == "full"]
-    results: dict = {"machine": machine_info(device, args.threads), "mode": mode, "sum_layer": None, "train": None,
+    results: dict = {"machine": machine_info(device, args.threads), "mode": mode, "kernel_timings": None,
+                     "sum_layer": None, "train": None,
                      "train_structure": None, "probe": None, "scaling": None, "compile": None, "fold": None}
     machine = results["machine"]
     print(f"convac bench ({mode}) on {machine['cpu']}, {args.threads} thread(s), device {device}\n"
           f"  vector extensions: CPU {machine['cpu_flags']}; torch dispatches {machine['torch_capability']}; "
           f"NumPy dispatches {machine['numpy_dispatch'] or 'baseline only'}", flush=True)
+    if "kernels" in sections:
+        results["kernel_timings"] = bench_kernels(settings, device)
     if "sum_layer" in sections:
         results["sum_layer"] = bench_sum_layer(settings, device)
     if "train" in sections:
@@ -653,7 +697,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["compile"] = bench_compile(settings, device)
     if "fold" in sections:
         results["fold"] = bench_fold(settings, device)
-    results["kernels"] = {op: {" ".join(str(k) for k in key if k is not None): name for key, name in choices.items()}
+    results["kernels"] = {op: {kernel_key(key): name for key, name in choices.items()}
                           for op, choices in kernels.chosen().items()}
     results["summary"] = summary(results) + [
         "sum-node kernels chosen here: " + "; ".join(f"{op} {choices}" for op, choices in results["kernels"].items())]

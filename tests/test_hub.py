@@ -147,8 +147,8 @@ def test_hf_hub_offline_and_hf_hub_cache_work_from_the_environment(saved, ht_dig
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", script, json.dumps(x.tolist())], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    with torch.no_grad():
-        assert json.loads(result.stdout) == ht_digits.log_prob(x).tolist()
+    with torch.no_grad():  # the same weights; the sum-node kernels, chosen per process, agree to float rounding
+        torch.testing.assert_close(torch.tensor(json.loads(result.stdout)), ht_digits.log_prob(x), rtol=1e-6, atol=0)
 
 
 def test_a_model_saved_without_a_card_round_trips(tmp_path):

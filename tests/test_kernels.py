@@ -78,8 +78,10 @@ def test_the_choice_is_measured_once_per_device_dtype_and_channels(monkeypatch, 
         torch.set_num_threads(torch.get_num_threads())  # the thread count is not part of the choice
         kernels.channel_max(torch.randn(4, 16, dtype=torch.float64))
     assert timed == ["amax", "halving"] * 3
-    assert kernels.chosen()["shift"] == {("cpu", torch.float32, 16): "halving", ("cpu", torch.float32, 64): "halving",
-                                         ("cpu", torch.float64, 16): "halving"}
+    small = kernels.SIZE_CLASSES[0]
+    assert kernels.chosen()["shift"] == {("cpu", torch.float32, 16, small): "halving",
+                                         ("cpu", torch.float32, 64, small): "halving",
+                                         ("cpu", torch.float64, 16, small): "halving"}
     assert sum("sum-node kernel shift" in r.message for r in caplog.records) == 3  # logged once per choice
 
 
@@ -89,7 +91,28 @@ def test_a_candidate_replaces_torch_only_when_clearly_faster(monkeypatch, numpy_
     fast (within the margin), PyTorch's log stays."""
     fake_timings(monkeypatch, {"torch": 1.0, "numpy": numpy_seconds})
     kernels.log_add(torch.rand(8, 4), torch.zeros(8, 1), False)
-    assert kernels.chosen()["log_add"] == {("cpu", torch.float32, None): expected}
+    assert kernels.chosen()["log_add"] == {("cpu", torch.float32, None, kernels.SIZE_CLASSES[0]): expected}
+
+
+def test_each_size_class_is_timed_on_its_own_size_and_keeps_its_own_choice(monkeypatch):
+    """Per-call costs decide on small tensors, the loops on large ones: a kernel of several
+    operations (halving) can lose on a small tensor and win on a large one."""
+    sizes = []
+
+    def timer(candidate, arguments, device):
+        sizes.append(arguments[0].numel())
+        small = arguments[0].numel() < 4 ** 9
+        return {"amax": 1.0, "halving": 2.0 if small else 0.5}[candidate.name]
+
+    monkeypatch.setattr(kernels, "_seconds", timer)
+    for rows in (1, 100, 2_000, 70_000, 300_000, 10**6):
+        kernels.channel_max(torch.zeros(rows, 16))
+    assert [kernels.size_class(torch.empty(n)) for n in (0, 4095, 4 ** 7, 4 ** 8 - 1, 4 ** 11, 4 ** 12)] == [6, 6, 7, 7, 11, 11]
+    assert kernels.chosen()["shift"] == {("cpu", torch.float32, 16, 6): "amax", ("cpu", torch.float32, 16, 7): "amax",
+                                         ("cpu", torch.float32, 16, 10): "halving",
+                                         ("cpu", torch.float32, 16, 11): "halving"}
+    # each class timed once per candidate, on 4^class values (rows of K = 16)
+    assert sizes == [4 ** c for c in (6, 7, 10, 11) for _ in range(2)]
 
 
 def test_a_kernel_that_cannot_run_on_the_arguments_falls_back_to_torch(monkeypatch):
