@@ -14,11 +14,11 @@ and ``log`` may not vectorize at all, and NumPy's ``log2`` is several times fast
 ``torch.log`` where NumPy dispatches AVX-512 and several times slower where it does not.
 No rule about the hardware predicts this, so, as cuDNN's benchmark mode picks a convolution
 algorithm, every operation times its candidates on a fixed representative input the first time
-it runs on a ``(device type, dtype)``, a size class (:func:`size_class`: per-call costs decide on
-small tensors, the loops on large ones) and, for ``shift``, a channel count; it keeps the
-fastest and logs the choice once (logger ``convac.kernels``, INFO). The first candidate is PyTorch's own
-operation; another replaces it only when measured at least :data:`MARGIN` times faster, so that
-candidates of equal speed do not flip between runs. The choice does not depend on the thread
+it runs on a ``(device type, dtype)``, a size class (:func:`size_class`: per-call costs decide
+on small tensors, the loops on large ones) and, for ``shift``, a channel count; it keeps the
+fastest and logs the choice once (logger ``convac.kernels``, INFO). The first candidate is
+PyTorch's own operation; another replaces it only when measured at least :data:`MARGIN` times
+faster, so that candidates of equal speed do not flip between runs. The choice does not depend on the thread
 count set later. ``shift`` candidates agree bit for bit; ``exp`` and ``log_add`` candidates
 agree to about one float32 ulp. Under ``torch.compile`` the PyTorch operation is always used.
 

@@ -11,7 +11,8 @@
 #      once (the exact-position plan) and runs under torch.cuda.set_sync_debug_mode("error") once
 #      that plan is made (tests/test_gpu.py);
 #   3. scripts/bench.py --device cuda with a large model (K = 128, batch 512) beside libcirkit on
-#      the same GPU: sum layer, training rows (28x28, digits, 64x64), probe -> bench_gpu.json;
+#      the same GPU: the sum-node kernels chosen per size class, sum layer, training rows (28x28,
+#      digits, 64x64), probe -> bench_gpu.json;
 #   4. the scaling rows on the GPU (8x8 .. 128x128, peak memory) -> bench_gpu_scaling.json;
 #   5. torch.compile against eager on the GPU -> bench_gpu_compile.json;
 #   6. a 5-epoch MNIST t10k run (convac-train experiment=mnist_t10k_ht trainer=gpu) -> mnist/.
@@ -46,7 +47,7 @@ stage environment 30 bash -c '
 stage gpu_tests 100 python -m pytest -q -m gpu -p no:cacheprovider tests/
 
 stage bench 150 python scripts/bench.py --quick --device cuda --train-channels 128 --train-batch 512 \
-    --only sum_layer train probe --out "$OUT/bench_gpu.json"
+    --only kernels sum_layer train probe --out "$OUT/bench_gpu.json"
 
 stage scaling 80 python scripts/bench.py --quick --device cuda --only scaling --out "$OUT/bench_gpu_scaling.json"
 
