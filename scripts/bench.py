@@ -15,9 +15,10 @@ at least 35% of a plain bmm's throughput at K = 16 and 50% at K >= 64, a trainin
 
 The JSON has the top-level keys ``machine``, ``kernel_timings`` (section ``kernels``: every
 candidate kernel of the sum node timed at each size class), ``sum_layer``, ``train``, ``probe``,
-``scaling``, ``compile``, ``fold``, ``kernels`` (the choices made) and ``summary`` (a section not run is null; ``probe`` is null when
-``convac.entropy`` cannot be imported, ``train`` rows have null ``cirkit_img_s`` when libcirkit,
-the ``bench`` extra, is not installed), plus ``mode`` and ``train_structure`` (what each side
+``scaling``, ``compile``, ``fold``, ``kernels`` (the choices made) and ``summary`` (a section
+not run is null; ``probe`` is null when ``convac.entropy`` cannot be imported, ``train`` rows
+have null ``cirkit_img_s`` when libcirkit, the ``bench`` extra, is not installed), plus ``mode``
+and ``train_structure`` (what each side
 of the training comparison builds).
 
 On CPU, glibc returns freed blocks of more than a few tens of MB to the system, so every
