@@ -18,8 +18,7 @@ candidate kernel of the sum node timed at each size class), ``sum_layer``, ``tra
 ``scaling``, ``compile``, ``fold``, ``kernels`` (the choices made) and ``summary`` (a section
 not run is null; ``probe`` is null when ``convac.entropy`` cannot be imported, ``train`` rows
 have null ``cirkit_img_s`` when libcirkit, the ``bench`` extra, is not installed), plus ``mode``
-and ``train_structure`` (what each side
-of the training comparison builds).
+and ``train_structure`` (what each side of the training comparison builds).
 
 On CPU, glibc returns freed blocks of more than a few tens of MB to the system, so every
 training step of a large model page-faults its big tensors back in; on virtual machines where
