@@ -31,20 +31,31 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import getpass
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
+# Inductor's on-disk cache keys a compiled graph without the vector extensions its kernels were
+# built for: a graph cached by a plain run on an AVX-512 host crashes (SIGSEGV, heap corruption)
+# in a run under ATEN_CPU_CAPABILITY=avx2, and the other way round. An emulated dispatch gets a
+# cache of its own (set before torch is imported, which reads it).
+if os.environ.get("ATEN_CPU_CAPABILITY") and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
+        tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{os.environ['ATEN_CPU_CAPABILITY']}")
 
-from convac import Categorical, HTConvAC, kernels
-from cirkit_recipes import compile_circuit, quad_tree
-from convac.layers import log_einsum_exp
+import torch  # noqa: E402
+
+from convac import Categorical, HTConvAC, kernels  # noqa: E402
+from cirkit_recipes import compile_circuit, quad_tree  # noqa: E402
+from convac.layers import log_einsum_exp  # noqa: E402
 
 SECTIONS = ["kernels", "sum_layer", "train", "probe", "scaling", "compile", "fold"]
 
