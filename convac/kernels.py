@@ -85,22 +85,22 @@ def exp_by_exp2(d: torch.Tensor) -> torch.Tensor:
     return d.mul_(LOG2_E).exp2_()
 
 
-def log_add_torch(mixed: torch.Tensor, shift: torch.Tensor, in_place: bool) -> torch.Tensor:
-    """``log(mixed) + shift``; ``in_place`` overwrites ``mixed``."""
-    return (mixed.log_() if in_place else torch.log(mixed)).add_(shift)
+def log_add_torch(mixed: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = log(mixed) + shift`` (``out`` may be ``mixed`` itself); returns ``out``."""
+    return torch.log(mixed, out=out).add_(shift)
 
 
-def log_add_numpy(mixed: torch.Tensor, shift: torch.Tensor, in_place: bool) -> torch.Tensor:
-    """``shift + ln 2 * log2(mixed)`` with NumPy's ``log2`` (one thread) on a CPU tensor's memory,
-    the scaling folded into the addition."""
-    values = mixed.detach().numpy()
+def log_add_numpy(mixed: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = shift + ln 2 * log2(mixed)`` with NumPy's ``log2`` (one thread) on CPU tensors'
+    memory, the scaling folded into the addition (``out`` may be ``mixed`` itself); returns ``out``."""
     with numpy.errstate(divide="ignore", invalid="ignore"):  # log 0 = -inf and NaN stay as they are
-        log2 = torch.from_numpy(numpy.log2(values, out=values if in_place else None))
-    return torch.add(shift, log2, alpha=LN_2, out=log2)
+        numpy.log2(mixed.detach().numpy(), out=out.detach().numpy())
+    return torch.add(shift, out, alpha=LN_2, out=out)
 
 
-def _numpy_applies(mixed: torch.Tensor, *_) -> bool:
-    return mixed.device.type == "cpu" and mixed.dtype in (torch.float32, torch.float64) and mixed.is_contiguous()
+def _numpy_applies(mixed: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> bool:
+    return (mixed.device.type == "cpu" and mixed.dtype in (torch.float32, torch.float64) and mixed.is_contiguous()
+            and out.is_contiguous() and out.shape == mixed.shape and out.dtype == mixed.dtype)
 
 
 def _always(*_) -> bool:
@@ -130,7 +130,8 @@ def _exp_input(g: torch.Generator, channels: int | None, elements: int) -> tuple
 
 def _log_add_input(g: torch.Generator, channels: int | None, elements: int) -> tuple:
     rows = elements // 16
-    return torch.rand(rows, 16, generator=g).add_(0.1), torch.randn(rows, 1, generator=g), True
+    mixed = torch.rand(rows, 16, generator=g).add_(0.1)
+    return mixed, torch.randn(rows, 1, generator=g), mixed
 
 
 def size_class(tensor: torch.Tensor) -> int:
@@ -140,10 +141,11 @@ def size_class(tensor: torch.Tensor) -> int:
 
 def _seconds(candidate: Candidate, arguments: tuple, device: torch.device) -> float:
     """The fastest of :data:`TIMING_ROUNDS` runs (after one untimed run) of ``candidate`` on fresh
-    copies of ``arguments`` (the kernels work in place)."""
+    copies of ``arguments`` (the kernels work in place; an argument passed twice stays one tensor)."""
     best = math.inf
     for round_ in range(TIMING_ROUNDS + 1):
-        copies = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in arguments)
+        fresh = {id(a): a.clone() for a in arguments if isinstance(a, torch.Tensor)}
+        copies = tuple(fresh.get(id(a), a) for a in arguments)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()

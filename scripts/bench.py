@@ -14,7 +14,8 @@ at least 35% of a plain bmm's throughput at K = 16 and 50% at K >= 64, a trainin
 2x libcirkit's, the entropy probe at most 5% of an epoch).
 
 The JSON has the top-level keys ``machine``, ``kernel_timings`` (section ``kernels``: every
-candidate kernel of the sum node timed at each size class), ``sum_layer``, ``train``, ``probe``,
+candidate kernel of the sum node timed at each size class), ``sum_layer``, ``blocks`` (a CPU
+sum node block by block against one block), ``train``, ``probe``,
 ``scaling``, ``compile``, ``fold``, ``kernels`` (the choices made) and ``summary`` (a section
 not run is null; ``probe`` is null when ``convac.entropy`` cannot be imported, ``train`` rows
 have null ``cirkit_img_s`` when libcirkit, the ``bench`` extra, is not installed), plus ``mode``
@@ -55,9 +56,10 @@ import torch  # noqa: E402
 
 from convac import Categorical, HTConvAC, kernels  # noqa: E402
 from cirkit_recipes import compile_circuit, quad_tree  # noqa: E402
+from convac import layers  # noqa: E402
 from convac.layers import log_einsum_exp  # noqa: E402
 
-SECTIONS = ["kernels", "sum_layer", "train", "probe", "scaling", "compile", "fold"]
+SECTIONS = ["kernels", "sum_layer", "blocks", "train", "probe", "scaling", "compile", "fold"]
 
 # ------------------------------------------------------------------------------------------
 # Settings of the three modes
@@ -118,15 +120,18 @@ def _sync(device: torch.device) -> None:
 
 
 def interleaved_min(contenders: dict[str, Callable[[], object]], repeats: int, warmup: int,
-                    device: torch.device) -> dict[str, float]:
+                    device: torch.device, alternate: bool = False) -> dict[str, float]:
     """Seconds per call of each contender: ``warmup`` untimed rounds, then ``repeats`` rounds
-    calling every contender once in turn (interleaved); the minimum over the rounds."""
+    calling every contender once in turn (interleaved); the minimum over the rounds. With
+    ``alternate`` every other round runs them in reverse order, so that none always follows the
+    same one (for contenders that differ by little, where the order shows)."""
     for _ in range(warmup):
         for fn in contenders.values():
             fn()
     best = {name: math.inf for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
+    for round_ in range(repeats):
+        order = list(contenders.items())
+        for name, fn in (order[::-1] if alternate and round_ % 2 else order):
             _sync(device)
             start = time.perf_counter()
             fn()
@@ -523,7 +528,8 @@ def bench_kernels(settings: Settings, device: torch.device) -> list[dict]:
         for k in settings.kernel_channels:
             kernels.channel_max(torch.zeros(values // k, k, device=device))
         kernels.exp_(torch.zeros(values, device=device))
-        kernels.log_add(torch.ones(values // 16, 16, device=device), torch.zeros(values // 16, 1, device=device), True)
+        mixed = torch.ones(values // 16, 16, device=device)
+        kernels.log_add(mixed, torch.zeros(values // 16, 1, device=device), mixed)
     chosen, rows = kernels.chosen(), []
     for operation, timings in kernels.measured().items():
         for key, seconds in timings.items():
@@ -534,6 +540,48 @@ def bench_kernels(settings: Settings, device: torch.device) -> list[dict]:
             times = ", ".join(f"{name} {ms:.3f} ms" for name, ms in row["ms"].items())
             where = f"{operation}{'' if channels is None else f' K={channels}'} at 4^{size} values"
             print(f"  kernel {where}: {times} -> {row['chosen']}", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------
+# Blocks: the CPU sum node block by block against one block
+# ------------------------------------------------------------------------------------------
+def bench_blocks(settings: Settings, device: torch.device) -> list[dict]:
+    """A training step (forward, backward, Adam) and a no-grad likelihood of the training
+    models, with the sum nodes' CPU blocks (``convac.layers.CPU_BLOCK_VALUES``) and with the whole
+    tensor as one block, interleaved; rows ``{"dataset", "step_blocks_ms", "step_one_block_ms",
+    "eval_blocks_ms", "eval_one_block_ms"}``: the measurement behind ``CPU_BLOCK_VALUES``."""
+    rows, default = [], layers.CPU_BLOCK_VALUES
+    for name, shape, num_values in settings.train_cases:
+        model = ht_model(shape, num_values, settings.train_channels, device)
+        x, _ = _train_batch(shape, num_values, settings.train_batch, device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+
+        def run(budget: int, train: bool) -> Callable[[], None]:
+            def call() -> None:
+                layers.CPU_BLOCK_VALUES = budget
+                if train:
+                    optimizer.zero_grad()
+                    (-model.log_prob(x).mean()).backward()
+                    optimizer.step()
+                else:
+                    with torch.no_grad():
+                        model.log_prob(x)
+            return call
+
+        best = {}
+        try:
+            for kind, train in (("step", True), ("eval", False)):
+                best |= interleaved_min({f"{kind}_blocks": run(default, train), f"{kind}_one_block": run(1 << 62, train)},
+                                        settings.train_repeats, settings.warmup, device, alternate=True)
+        finally:
+            layers.CPU_BLOCK_VALUES = default
+        row = {"dataset": name, **{f"{key}_ms": 1e3 * seconds for key, seconds in best.items()}}
+        rows.append(row)
+        print(f"  blocks {name}: step {row['step_one_block_ms']:.2f} -> {row['step_blocks_ms']:.2f} ms "
+              f"(x{row['step_one_block_ms'] / row['step_blocks_ms']:.2f}), no-grad likelihood "
+              f"{row['eval_one_block_ms']:.2f} -> {row['eval_blocks_ms']:.2f} ms "
+              f"(x{row['eval_one_block_ms'] / row['eval_blocks_ms']:.2f})", flush=True)
     return rows
 
 
@@ -688,7 +736,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     sections = args.only or [s for s in SECTIONS if s != "compile" or mode == "full"]
     results: dict = {"machine": machine_info(device, args.threads), "mode": mode, "kernel_timings": None,
-                     "sum_layer": None, "train": None,
+                     "sum_layer": None, "blocks": None, "train": None,
                      "train_structure": None, "probe": None, "scaling": None, "compile": None, "fold": None}
     machine = results["machine"]
     print(f"convac bench ({mode}) on {machine['cpu']}, {args.threads} thread(s), device {device}\n"
@@ -698,6 +746,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["kernel_timings"] = bench_kernels(settings, device)
     if "sum_layer" in sections:
         results["sum_layer"] = bench_sum_layer(settings, device)
+    if "blocks" in sections:
+        results["blocks"] = bench_blocks(settings, device)
     if "train" in sections:
         results["train"], results["train_structure"] = bench_train(settings, device)
     if "probe" in sections:

@@ -26,6 +26,11 @@ def test_sections_at_dry_run_sizes(bench):
     for row in timings:
         assert row["chosen"] in row["ms"] and all(ms > 0 for ms in row["ms"].values()) and row["values"] == 4 ** row["size_class"]
 
+    blocks = bench.bench_blocks(settings, device)
+    assert [r["dataset"] for r in blocks] == [case[0] for case in settings.train_cases]
+    assert all(r[key] > 0 for r in blocks for key in ("step_blocks_ms", "step_one_block_ms", "eval_blocks_ms",
+                                                        "eval_one_block_ms"))
+
     rows = bench.bench_sum_layer(settings, device)
     assert [r["K"] for r in rows] == list(settings.sum_channels)
     for row in rows:

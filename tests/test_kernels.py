@@ -53,8 +53,12 @@ def test_every_exp_and_log_kernel_agrees_with_torch(dtype):
     expected = torch.log(mixed) + shift
     for candidate in kernels.OPERATIONS["log_add"].candidates.values():
         for in_place in (False, True):
-            out = candidate.run(mixed.clone(), shift, in_place)
+            source = mixed.clone()
+            out = source if in_place else torch.empty_like(mixed)
+            assert candidate.run(source, shift, out) is out
             torch.testing.assert_close(out, expected, rtol=4 * torch.finfo(dtype).eps, atol=4 * torch.finfo(dtype).eps)
+            if not in_place:
+                assert torch.equal(source, mixed)  # the input is left as it was
 
 
 def fake_timings(monkeypatch, seconds: dict[str, float]) -> list[str]:
@@ -90,7 +94,8 @@ def test_a_candidate_replaces_torch_only_when_clearly_faster(monkeypatch, numpy_
     """On a CPU where NumPy's log2 is AVX-512 code it wins; where it is slower (AVX2) or about as
     fast (within the margin), PyTorch's log stays."""
     fake_timings(monkeypatch, {"torch": 1.0, "numpy": numpy_seconds})
-    kernels.log_add(torch.rand(8, 4), torch.zeros(8, 1), False)
+    mixed = torch.rand(8, 4)
+    kernels.log_add(mixed, torch.zeros(8, 1), mixed)
     assert kernels.chosen()["log_add"] == {("cpu", torch.float32, None, kernels.SIZE_CLASSES[0]): expected}
 
 
@@ -118,7 +123,7 @@ def test_each_size_class_is_timed_on_its_own_size_and_keeps_its_own_choice(monke
 def test_a_kernel_that_cannot_run_on_the_arguments_falls_back_to_torch(monkeypatch):
     fake_timings(monkeypatch, {"torch": 1.0, "numpy": 0.1})
     mixed = torch.rand(4, 8).t()  # not contiguous: NumPy's kernel does not apply
-    torch.testing.assert_close(kernels.log_add(mixed, torch.zeros(8, 1), False), mixed.log())
+    torch.testing.assert_close(kernels.log_add(mixed, torch.zeros(8, 1), torch.empty(8, 4)), mixed.log())
 
 
 def test_pinned_kernels_give_the_same_model_output_and_bad_names_are_refused(monkeypatch):

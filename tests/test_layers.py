@@ -181,6 +181,34 @@ def test_exact_paths_in_blocks_equal_the_whole_broadcast(monkeypatch, chunk, pos
     assert torch.autograd.gradcheck(log_sum_exact, (x, log_w))
 
 
+@pytest.mark.parametrize("budget", [1, 40, 1 << 18])
+@pytest.mark.parametrize("shared", [False, True])
+def test_the_fast_path_in_blocks_equals_one_block(monkeypatch, budget, shared):
+    """The CPU's blocks over positions (down to one position each): the values and both
+    gradients of log_einsum_exp equal those of one block, with and without autograd."""
+    x = torch.randn(6, 5, 4, dtype=torch.float64) * 10
+    x[2, 1] = -math.inf  # a row of -inf: shift 0, values -inf (gradients NaN, of log 0) in every block
+    weights = torch.softmax(torch.randn(1 if shared else 6, 3, 4, dtype=torch.float64), -1)
+    grad = torch.randn(6, 5, 3, dtype=torch.float64)
+
+    def run():
+        x_, w_ = x.clone().requires_grad_(), weights.clone().requires_grad_()
+        y = log_einsum_exp(x_, w_)
+        y.backward(grad)
+        with torch.no_grad():
+            return y.detach(), log_einsum_exp(x, weights), x_.grad, w_.grad
+
+    whole = run()
+    monkeypatch.setattr(layers, "CPU_BLOCK_VALUES", budget)
+    steps = {s.stop - s.start for s in layers._position_blocks(x, 3)[:-1]}
+    assert steps <= {max(1, budget // 20)} and len(layers._position_blocks(x, 3)) == -(-6 // max(1, budget // 20))
+    for blocked, one in zip(run(), whole):
+        torch.testing.assert_close(blocked, one, rtol=1e-14, atol=0, equal_nan=True)
+    assert torch.equal(whole[0][2, 1], torch.full((3,), -math.inf, dtype=torch.float64))
+    # a GPU's (any non-CPU device's) sum node is one block
+    assert layers._position_blocks(torch.empty(6, 5, 4, device="meta"), 3) == [slice(0, 6)]
+
+
 def naive_log_sum_log(x: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
     """Reference with log-weights: logsumexp_a(log w[p, j, a] + x[p, b, a]) over the broadcast."""
     return torch.logsumexp(log_weights.unsqueeze(1) + x.unsqueeze(2), dim=-1)
