@@ -92,9 +92,10 @@ CPU_BLOCK_VALUES = 1 << 18
 def _position_blocks(x: torch.Tensor, out_channels: int) -> list[slice]:
     """Slices of the ``P`` positions of ``x`` (P, B, K_in), each of at most
     :data:`CPU_BLOCK_VALUES` values in its input or output (at least one position) on the CPU;
-    one slice of all positions on other devices."""
+    one slice of all positions on other devices and under ``torch.compile`` (which fuses the
+    passes itself)."""
     positions, batch, in_channels = x.shape
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
         return [slice(0, positions)]
     step = max(1, CPU_BLOCK_VALUES // max(1, batch * max(in_channels, out_channels)))
     return [slice(i, i + step) for i in range(0, positions, step)]
