@@ -185,7 +185,8 @@ class Operation:
     @torch.no_grad()
     def _choose(self, key: tuple, device: torch.device) -> Candidate:
         _, dtype, channels, size = key
-        arguments = tuple(a.to(device, dtype) if isinstance(a, torch.Tensor) else a
+        moved: dict[int, torch.Tensor] = {}  # an argument passed twice (log_add's out) stays one tensor
+        arguments = tuple(moved.setdefault(id(a), a.to(device, dtype)) if isinstance(a, torch.Tensor) else a
                           for a in self.timing_input(torch.Generator().manual_seed(0), channels, 4 ** size))
         usable = [c for c in self.candidates.values() if c.applies(*arguments)]
         seconds = {c.name: _seconds(c, arguments, device) for c in usable}

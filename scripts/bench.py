@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import functools
 import getpass
 import json
 import math
@@ -47,17 +48,20 @@ from typing import Callable
 # Inductor's on-disk cache keys a compiled graph without the vector extensions its kernels were
 # built for: a graph cached by a plain run on an AVX-512 host crashes (SIGSEGV, heap corruption)
 # in a run under ATEN_CPU_CAPABILITY=avx2, and the other way round. An emulated dispatch gets a
-# cache of its own (set before torch is imported, which reads it).
+# cache of its own (Inductor reads the variable when it first needs its cache).
 if os.environ.get("ATEN_CPU_CAPABILITY") and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    try:
+        _user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this user id (some containers)
+        _user = str(os.getuid())
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
-        tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{os.environ['ATEN_CPU_CAPABILITY']}")
+        tempfile.gettempdir(), f"torchinductor_{_user}_{os.environ['ATEN_CPU_CAPABILITY']}")
 
 import torch  # noqa: E402
 
 from convac import Categorical, HTConvAC, kernels  # noqa: E402
 from cirkit_recipes import compile_circuit, quad_tree  # noqa: E402
 from convac import layers  # noqa: E402
-from convac.layers import log_einsum_exp  # noqa: E402
 
 SECTIONS = ["kernels", "sum_layer", "blocks", "train", "probe", "scaling", "compile", "fold"]
 
@@ -177,7 +181,7 @@ def bench_sum_layer(settings: Settings, device: torch.device) -> list[dict]:
 
         def ours():
             with torch.no_grad():
-                return log_einsum_exp(x, weights)
+                return layers.log_einsum_exp(x, weights)
 
         def naive():
             with torch.no_grad():
@@ -188,7 +192,7 @@ def bench_sum_layer(settings: Settings, device: torch.device) -> list[dict]:
 
         contenders = {"ours": ours, "naive": naive, "bmm": peak}
         if settings.sum_compiled:
-            compiled_sum = torch.compile(log_einsum_exp, dynamic=False)
+            compiled_sum = torch.compile(layers.log_einsum_exp, dynamic=False)
 
             def compiled():
                 with torch.no_grad():
@@ -205,7 +209,7 @@ def bench_sum_layer(settings: Settings, device: torch.device) -> list[dict]:
 
         def ours_fb():
             x_grad.grad = logits_grad.grad = None
-            log_einsum_exp(x_grad, torch.softmax(logits_grad, -1)).backward(grad_out)
+            layers.log_einsum_exp(x_grad, torch.softmax(logits_grad, -1)).backward(grad_out)
 
         def naive_fb():
             x_naive_grad.grad = logits_naive_grad.grad = None
@@ -547,41 +551,52 @@ def bench_kernels(settings: Settings, device: torch.device) -> list[dict]:
 # Blocks: the CPU sum node block by block against one block
 # ------------------------------------------------------------------------------------------
 def bench_blocks(settings: Settings, device: torch.device) -> list[dict]:
-    """A training step (forward, backward, Adam) and a no-grad likelihood of the training
-    models, with the sum nodes' CPU blocks (``convac.layers.CPU_BLOCK_VALUES``) and with the whole
-    tensor as one block, interleaved; rows ``{"dataset", "step_blocks_ms", "step_one_block_ms",
-    "eval_blocks_ms", "eval_one_block_ms"}``: the measurement behind ``CPU_BLOCK_VALUES``."""
-    rows, default = [], layers.CPU_BLOCK_VALUES
+    """The sum nodes' CPU blocks (``convac.layers.CPU_BLOCK_VALUES``) against blocks of half and
+    of twice that size and against the whole tensor as one block, interleaved in alternating
+    order: the sum layer's forward at each ``settings.sum_channels`` (the ``sum_layer`` section's
+    sizes), then a training step (forward, backward, Adam) and a likelihood without gradients of
+    each training model. Rows ``{"case", "blocks_ms", "half_ms", "double_ms", "one_block_ms"}``:
+    the measurement behind ``CPU_BLOCK_VALUES``."""
+    default = layers.CPU_BLOCK_VALUES
+    cases: list[tuple[str, Callable[[], None]]] = []
+    (gh, gw), batch = settings.sum_grid, settings.sum_batch
+    for k in settings.sum_channels:
+        gen = torch.Generator().manual_seed(k)
+        x = (torch.randn(gh * gw, batch, k, generator=gen) * 3).to(device)
+        weights = torch.softmax(torch.randn(gh * gw, k, k, generator=gen), -1).to(device)
+        cases.append((f"sum layer K={k}", torch.no_grad()(functools.partial(layers.log_einsum_exp, x, weights))))
     for name, shape, num_values in settings.train_cases:
         model = ht_model(shape, num_values, settings.train_channels, device)
         x, _ = _train_batch(shape, num_values, settings.train_batch, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
 
-        def run(budget: int, train: bool) -> Callable[[], None]:
-            def call() -> None:
-                layers.CPU_BLOCK_VALUES = budget
-                if train:
-                    optimizer.zero_grad()
-                    (-model.log_prob(x).mean()).backward()
-                    optimizer.step()
-                else:
-                    with torch.no_grad():
-                        model.log_prob(x)
-            return call
+        def step(model=model, x=x, optimizer=optimizer) -> None:
+            optimizer.zero_grad()
+            (-model.log_prob(x).mean()).backward()
+            optimizer.step()
 
-        best = {}
-        try:
-            for kind, train in (("step", True), ("eval", False)):
-                best |= interleaved_min({f"{kind}_blocks": run(default, train), f"{kind}_one_block": run(1 << 62, train)},
-                                        settings.train_repeats, settings.warmup, device, alternate=True)
-        finally:
-            layers.CPU_BLOCK_VALUES = default
-        row = {"dataset": name, **{f"{key}_ms": 1e3 * seconds for key, seconds in best.items()}}
-        rows.append(row)
-        print(f"  blocks {name}: step {row['step_one_block_ms']:.2f} -> {row['step_blocks_ms']:.2f} ms "
-              f"(x{row['step_one_block_ms'] / row['step_blocks_ms']:.2f}), no-grad likelihood "
-              f"{row['eval_one_block_ms']:.2f} -> {row['eval_blocks_ms']:.2f} ms "
-              f"(x{row['eval_one_block_ms'] / row['eval_blocks_ms']:.2f})", flush=True)
+        cases.append((f"{name} training step", step))
+        cases.append((f"{name} likelihood", torch.no_grad()(functools.partial(model.log_prob, x))))
+
+    def with_budget(budget: int, fn: Callable[[], None]) -> Callable[[], None]:
+        def call() -> None:
+            layers.CPU_BLOCK_VALUES = budget
+            fn()
+        return call
+
+    rows = []
+    try:
+        for case, fn in cases:
+            budgets = {"blocks": default, "half": default // 2, "double": default * 2, "one_block": 1 << 62}
+            best = interleaved_min({name: with_budget(budget, fn) for name, budget in budgets.items()},
+                                   settings.train_repeats, settings.warmup, device, alternate=True)
+            row = {"case": case, **{f"{name}_ms": 1e3 * seconds for name, seconds in best.items()}}
+            rows.append(row)
+            print(f"  blocks {case}: one block {row['one_block_ms']:.2f} ms, blocks {row['blocks_ms']:.2f} ms "
+                  f"(x{row['one_block_ms'] / row['blocks_ms']:.2f}); half-size blocks {row['half_ms']:.2f} ms, "
+                  f"double-size {row['double_ms']:.2f} ms", flush=True)
+    finally:
+        layers.CPU_BLOCK_VALUES = default
     return rows
 
 

@@ -27,9 +27,9 @@ def test_sections_at_dry_run_sizes(bench):
         assert row["chosen"] in row["ms"] and all(ms > 0 for ms in row["ms"].values()) and row["values"] == 4 ** row["size_class"]
 
     blocks = bench.bench_blocks(settings, device)
-    assert [r["dataset"] for r in blocks] == [case[0] for case in settings.train_cases]
-    assert all(r[key] > 0 for r in blocks for key in ("step_blocks_ms", "step_one_block_ms", "eval_blocks_ms",
-                                                        "eval_one_block_ms"))
+    assert [r["case"] for r in blocks] == [f"sum layer K={k}" for k in settings.sum_channels] + [
+        f"{case[0]} {kind}" for case in settings.train_cases for kind in ("training step", "likelihood")]
+    assert all(r[f"{name}_ms"] > 0 for r in blocks for name in ("blocks", "half", "double", "one_block"))
 
     rows = bench.bench_sum_layer(settings, device)
     assert [r["K"] for r in rows] == list(settings.sum_channels)
@@ -85,3 +85,19 @@ def test_summary_prints_every_speed_target(bench):
 def test_train_settings_can_be_overridden(bench):
     args = bench.parse_args(["--dry-run", "--train-channels", "8", "--train-batch", "4", "--only", "train", "compile"])
     assert args.train_channels == 8 and args.train_batch == 4 and args.only == ["train", "compile"]
+
+
+def test_kernel_keys_read_as_text(bench):
+    assert bench.kernel_key(("cpu", torch.float32, 16, 9)) == "cpu float32 K=16 4^9"
+    assert bench.kernel_key(("cuda", torch.bfloat16, None, 11)) == "cuda bfloat16 4^11"
+    assert bench.kernel_key(("pinned",)) == "pinned"
+
+
+def test_interleaved_rounds_alternate_their_order_on_request(bench):
+    calls = []
+    contenders = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    bench.interleaved_min(contenders, repeats=3, warmup=1, device=torch.device("cpu"), alternate=True)
+    assert "".join(calls) == "abc" + "abc" + "cba" + "abc"
+    calls.clear()
+    bench.interleaved_min(contenders, repeats=2, warmup=0, device=torch.device("cpu"))
+    assert "".join(calls) == "abcabc"

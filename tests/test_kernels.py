@@ -120,6 +120,31 @@ def test_each_size_class_is_timed_on_its_own_size_and_keeps_its_own_choice(monke
     assert sizes == [4 ** c for c in (6, 7, 10, 11) for _ in range(2)]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_add_is_timed_in_place_as_the_sum_node_runs_it(monkeypatch, dtype):
+    """The timing input passes ``mixed`` as its own ``out``: moved to the dtype and copied for
+    each round, the two stay one tensor, so every candidate is timed in place."""
+    seen = []
+
+    def run(mixed, shift, out):
+        seen.append(mixed is out)
+        return kernels.log_add_torch(mixed, shift, out)
+
+    monkeypatch.setitem(kernels.OPERATIONS["log_add"].candidates, "torch", kernels.Candidate("torch", run))
+    monkeypatch.setattr(kernels.OPERATIONS["log_add"], "reference", kernels.OPERATIONS["log_add"].candidates["torch"])
+    mixed = torch.rand(8, 4, dtype=dtype)
+    kernels.log_add(mixed, torch.zeros(8, 1, dtype=dtype), mixed)
+    assert len(seen) == kernels.TIMING_ROUNDS + 2 and all(seen)  # the timed rounds, then the call itself
+
+
+def test_numpy_log_needs_contiguous_input_and_output(monkeypatch):
+    kernels.pin(log_add="numpy")
+    mixed = torch.rand(8, 4)
+    out = torch.empty(4, 8).t()  # (8, 4), not contiguous: the NumPy kernel does not apply
+    assert kernels.log_add(mixed, torch.zeros(8, 1), out) is out
+    torch.testing.assert_close(out, mixed.log())
+
+
 def test_a_kernel_that_cannot_run_on_the_arguments_falls_back_to_torch(monkeypatch):
     fake_timings(monkeypatch, {"torch": 1.0, "numpy": 0.1})
     mixed = torch.rand(4, 8).t()  # not contiguous: NumPy's kernel does not apply
