@@ -550,13 +550,17 @@ def bench_kernels(settings: Settings, device: torch.device) -> list[dict]:
 # ------------------------------------------------------------------------------------------
 # Blocks: the CPU sum node block by block against one block
 # ------------------------------------------------------------------------------------------
-def bench_blocks(settings: Settings, device: torch.device) -> list[dict]:
+def bench_blocks(settings: Settings, device: torch.device) -> list[dict] | None:
     """The sum nodes' CPU blocks (``convac.layers.CPU_BLOCK_VALUES``) against blocks of half and
     of twice that size and against the whole tensor as one block, interleaved in alternating
     order: the sum layer's forward at each ``settings.sum_channels`` (the ``sum_layer`` section's
     sizes), then a training step (forward, backward, Adam) and a likelihood without gradients of
     each training model. Rows ``{"case", "blocks_ms", "half_ms", "double_ms", "one_block_ms"}``:
-    the measurement behind ``CPU_BLOCK_VALUES``."""
+    the measurement behind ``CPU_BLOCK_VALUES``. None on other devices, where the whole tensor is
+    always one block."""
+    if device.type != "cpu":
+        print(f"  blocks: skipped on {device.type} (the sum node's blocks are a CPU matter)", flush=True)
+        return None
     default = layers.CPU_BLOCK_VALUES
     cases: list[tuple[str, Callable[[], None]]] = []
     (gh, gw), batch = settings.sum_grid, settings.sum_batch
