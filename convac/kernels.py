@@ -139,13 +139,32 @@ def size_class(tensor: torch.Tensor) -> int:
     return min(max((tensor.numel().bit_length() - 1) // 2, SIZE_CLASSES[0]), SIZE_CLASSES[-1])
 
 
+def describe(key: tuple) -> str:
+    """A key of :func:`chosen` as text: ``"cpu float32 K=16 4^9"`` (device type, dtype, channels
+    where the choice depends on them, size class as ``4^class`` values), or ``"pinned"``."""
+    if key == ("pinned",):
+        return "pinned"
+    device, dtype, channels, size = key
+    parts = [device, str(dtype).removeprefix("torch."), *([] if channels is None else [f"K={channels}"]), f"4^{size}"]
+    return " ".join(parts)
+
+
+def _map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], arguments: tuple) -> tuple:
+    """``arguments`` with ``fn`` applied to each tensor once: a tensor passed twice (``log_add``'s
+    ``mixed`` as its own ``out``) stays one tensor, so the kernels are timed as they run."""
+    done: dict[int, torch.Tensor] = {}
+    for a in arguments:
+        if isinstance(a, torch.Tensor) and id(a) not in done:
+            done[id(a)] = fn(a)
+    return tuple(done.get(id(a), a) for a in arguments)
+
+
 def _seconds(candidate: Candidate, arguments: tuple, device: torch.device) -> float:
     """The fastest of :data:`TIMING_ROUNDS` runs (after one untimed run) of ``candidate`` on fresh
     copies of ``arguments`` (the kernels work in place; an argument passed twice stays one tensor)."""
     best = math.inf
     for round_ in range(TIMING_ROUNDS + 1):
-        fresh = {id(a): a.clone() for a in arguments if isinstance(a, torch.Tensor)}
-        copies = tuple(fresh.get(id(a), a) for a in arguments)
+        copies = _map_tensors(torch.Tensor.clone, arguments)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
@@ -185,19 +204,16 @@ class Operation:
     @torch.no_grad()
     def _choose(self, key: tuple, device: torch.device) -> Candidate:
         _, dtype, channels, size = key
-        moved: dict[int, torch.Tensor] = {}  # an argument passed twice (log_add's out) stays one tensor
-        arguments = tuple(moved.setdefault(id(a), a.to(device, dtype)) if isinstance(a, torch.Tensor) else a
-                          for a in self.timing_input(torch.Generator().manual_seed(0), channels, 4 ** size))
+        arguments = _map_tensors(lambda a: a.to(device, dtype),
+                                 self.timing_input(torch.Generator().manual_seed(0), channels, 4 ** size))
         usable = [c for c in self.candidates.values() if c.applies(*arguments)]
         seconds = {c.name: _seconds(c, arguments, device) for c in usable}
         fastest = min(usable, key=lambda c: seconds[c.name])
         chosen = fastest if seconds[fastest.name] * MARGIN <= seconds[self.reference.name] else self.reference
         self.choices[key] = chosen
         self.timings[key] = seconds
-        where = (f"{device.type} {str(dtype).removeprefix('torch.')}" + ("" if channels is None else f" K={channels}")
-                 + f", 4^{size} elements")
         times = ", ".join(f"{name} {1e3 * s:.3f} ms" for name, s in seconds.items())
-        logger.info("sum-node kernel %s on %s: %s (%s, per %d values)", self.name, where, chosen.name, times,
+        logger.info("sum-node kernel %s on %s: %s (%s, per %d values)", self.name, describe(key), chosen.name, times,
                     arguments[0].numel())
         return chosen
 

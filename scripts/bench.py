@@ -730,15 +730,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def kernel_key(key: tuple) -> str:
-    """A key of :func:`convac.kernels.chosen` as text: ``"cpu float32 K=16 4^10"`` (device type,
-    dtype, channels where the choice depends on them, size class as elements), or ``"pinned"``."""
-    if key == ("pinned",):
-        return "pinned"
-    device, dtype, channels, size = key
-    return " ".join([device, str(dtype).removeprefix("torch."), *([] if channels is None else [f"K={channels}"]), f"4^{size}"])
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     mode = "quick" if args.quick else "dry-run" if args.dry_run else "full"
@@ -777,7 +768,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["compile"] = bench_compile(settings, device)
     if "fold" in sections:
         results["fold"] = bench_fold(settings, device)
-    results["kernels"] = {op: {kernel_key(key): name for key, name in choices.items()}
+    results["kernels"] = {op: {kernels.describe(key): name for key, name in choices.items()}
                           for op, choices in kernels.chosen().items()}
     results["summary"] = summary(results) + [
         "sum-node kernels chosen here: " + "; ".join(f"{op} {choices}" for op, choices in results["kernels"].items())]

@@ -87,12 +87,6 @@ def test_train_settings_can_be_overridden(bench):
     assert args.train_channels == 8 and args.train_batch == 4 and args.only == ["train", "compile"]
 
 
-def test_kernel_keys_read_as_text(bench):
-    assert bench.kernel_key(("cpu", torch.float32, 16, 9)) == "cpu float32 K=16 4^9"
-    assert bench.kernel_key(("cuda", torch.bfloat16, None, 11)) == "cuda bfloat16 4^11"
-    assert bench.kernel_key(("pinned",)) == "pinned"
-
-
 def test_interleaved_rounds_alternate_their_order_on_request(bench):
     calls = []
     contenders = {name: (lambda name=name: calls.append(name)) for name in "abc"}

@@ -165,3 +165,10 @@ def test_pinned_kernels_give_the_same_model_output_and_bad_names_are_refused(mon
         kernels.pin(log_add="fast")
     with pytest.raises(ValueError, match="unknown sum-node operation"):
         kernels.pin(softmax="torch")
+
+
+def test_kernel_keys_read_as_text():
+    """The log lines and the bench's JSON name a choice by :func:`kernels.describe`."""
+    assert kernels.describe(("cpu", torch.float32, 16, 9)) == "cpu float32 K=16 4^9"
+    assert kernels.describe(("cuda", torch.bfloat16, None, 11)) == "cuda bfloat16 4^11"
+    assert kernels.describe(("pinned",)) == "pinned"
