@@ -154,6 +154,16 @@ def naive_log_sum(x: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_weights.unsqueeze(1) + x.unsqueeze(2), dim=-1)
 
 
+def sum_layer_inputs(settings: Settings, k: int, device: torch.device) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:
+    """The sum layer's timing inputs at ``K = k``, seeded by ``k``: the generator (for more draws),
+    log-values ``x`` (P, B, K) of std 3 and per-position logits (P, K, K), ``P`` the positions of
+    ``settings.sum_grid`` and ``B = settings.sum_batch``."""
+    (gh, gw), batch = settings.sum_grid, settings.sum_batch
+    gen = torch.Generator().manual_seed(k)
+    x = (torch.randn(gh * gw, batch, k, generator=gen) * 3).to(device)
+    return gen, x, torch.randn(gh * gw, k, k, generator=gen).to(device)
+
+
 def bench_sum_layer(settings: Settings, device: torch.device) -> list[dict]:
     """One row per ``K``: forward time of ours and of the naive form, the matmul GFLOP/s
     (``2 P B K^2`` flops) of ours and of plain ``torch.bmm`` on the same shapes (the practical
@@ -169,9 +179,7 @@ def bench_sum_layer(settings: Settings, device: torch.device) -> list[dict]:
     positions = gh * gw
     rows = []
     for k in settings.sum_channels:
-        gen = torch.Generator().manual_seed(k)
-        x = (torch.randn(positions, batch, k, generator=gen) * 3).to(device)
-        logits = torch.randn(positions, k, k, generator=gen).to(device)
+        gen, x, logits = sum_layer_inputs(settings, k, device)
         weights = torch.softmax(logits, -1)
         log_weights = torch.log_softmax(logits, -1)
         linear = torch.rand(positions, batch, k, generator=gen).to(device)
@@ -563,12 +571,9 @@ def bench_blocks(settings: Settings, device: torch.device) -> list[dict] | None:
         return None
     default = layers.CPU_BLOCK_VALUES
     cases: list[tuple[str, Callable[[], None]]] = []
-    (gh, gw), batch = settings.sum_grid, settings.sum_batch
     for k in settings.sum_channels:
-        gen = torch.Generator().manual_seed(k)
-        x = (torch.randn(gh * gw, batch, k, generator=gen) * 3).to(device)
-        weights = torch.softmax(torch.randn(gh * gw, k, k, generator=gen), -1).to(device)
-        cases.append((f"sum layer K={k}", torch.no_grad()(functools.partial(layers.log_einsum_exp, x, weights))))
+        _, x, logits = sum_layer_inputs(settings, k, device)
+        cases.append((f"sum layer K={k}", torch.no_grad()(functools.partial(layers.log_einsum_exp, x, logits.softmax(-1)))))
     for name, shape, num_values in settings.train_cases:
         model = ht_model(shape, num_values, settings.train_channels, device)
         x, _ = _train_batch(shape, num_values, settings.train_batch, device)
