@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The GPU checks (the gpu tests, the speed targets, an MNIST run) in one go (about 5-7 minutes on
-# one GPU; each stage has its own time limit, 570 s in all, so one stuck stage does not cost the
-# others). Run from the repository root:
+# The GPU checks (the gpu tests, the speed targets, the precisions, an MNIST run) in one go (about
+# 6-8 minutes on one GPU; each stage has its own time limit, 570 s in all, so one stuck stage does
+# not cost the others). Run from the repository root:
 #
 #     OUT=/some/folder bash scripts/gpu_check.sh
 #
-# Stages (their outputs go to $OUT, default results/gpu):
+# Stages, most needed first (their outputs go to $OUT, default results/gpu):
 #   1. environment: nvidia-smi, torch / CUDA versions, whether libcirkit is importable;
 #   2. the `gpu` tests (pytest -m gpu): CUDA equals CPU, and a training step synchronizes the host
 #      once (the exact-position plan) and runs under torch.cuda.set_sync_debug_mode("error") once
@@ -13,14 +13,18 @@
 #   3. scripts/bench.py --device cuda with a large model (K = 128, batch 512) beside libcirkit on
 #      the same GPU: the sum-node kernels chosen per size class, sum layer, training rows (28x28,
 #      digits, 64x64), probe -> bench_gpu.json;
-#   4. the scaling rows on the GPU (8x8 .. 128x128, peak memory) -> bench_gpu_scaling.json;
-#   5. torch.compile against eager on the GPU -> bench_gpu_compile.json;
-#   6. a 5-epoch MNIST t10k run (convac-train experiment=mnist_t10k_ht trainer=gpu) -> mnist/.
+#   4. the precisions on the GPU: scripts/results.py precision (the digits default and 5 epochs of
+#      the MNIST t10k recipe under 32-true, bf16-mixed and 16-mixed; 16-mixed with EM is refused
+#      by design, a row with its exit code) -> precision_gpu.json;
+#   5. a 5-epoch MNIST t10k run with the entropy probe (convac-train experiment=mnist_t10k_ht
+#      trainer=gpu) -> mnist/;
+#   6. the scaling rows on the GPU (8x8 .. 128x128, peak memory) -> bench_gpu_scaling.json;
+#   7. torch.compile against eager on the GPU -> bench_gpu_compile.json.
 #
 # MNIST is read from $MNIST_ROOT, else ../shared/data/mnist-t10k, else results/mnist-t10k (the
 # device machine only gets the working tree: copy the t10k IDX files to results/mnist-t10k, an
 # ignored folder, and name it in the run's carry list). The summary of every stage is printed at
-# the end; the numbers for the README's GPU table are in the JSON files and mnist/metrics.csv.
+# the end; the numbers for the docs' GPU table are in the JSON files and mnist/metrics.csv.
 set -u
 OUT=${OUT:-results/gpu}
 mkdir -p "$OUT"
@@ -38,35 +42,42 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $OUT/N
     STATUS+=("$name: exit $rc after $((SECONDS - start)) s")
 }
 
-stage environment 30 bash -c '
+stage environment 20 bash -c '
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     python -c "import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"\")"
     python -c "import cirkit, importlib.metadata as m; print(\"libcirkit\", m.version(\"libcirkit\"))" || echo "libcirkit: not importable (its bench columns are skipped)"
     python -c "import lightning, hydra; print(\"lightning\", lightning.__version__)" || echo "lightning/hydra: not importable (the MNIST stage will fail)"'
 
-stage gpu_tests 100 python -m pytest -q -m gpu -p no:cacheprovider tests/
+stage gpu_tests 90 python -m pytest -q -m gpu -p no:cacheprovider tests/
 
-stage bench 150 python scripts/bench.py --quick --device cuda --train-channels 128 --train-batch 512 \
+stage bench 140 python scripts/bench.py --quick --device cuda --train-channels 128 --train-batch 512 \
     --only kernels sum_layer train probe --out "$OUT/bench_gpu.json"
-
-stage scaling 80 python scripts/bench.py --quick --device cuda --only scaling --out "$OUT/bench_gpu_scaling.json"
-
-stage compile 120 python scripts/bench.py --quick --device cuda --only compile --out "$OUT/bench_gpu_compile.json"
 
 MNIST=${MNIST_ROOT:-}
 for candidate in ../shared/data/mnist-t10k results/mnist-t10k; do
     [ -z "$MNIST" ] && [ -d "$candidate" ] && MNIST=$candidate
 done
+# results.py reads <data root>/mnist-t10k: link the folder found there under that name
+mkdir -p results/gpu_runs/data
+[ -n "$MNIST" ] && ln -sfn "$(cd "$MNIST" && pwd)" results/gpu_runs/data/mnist-t10k
+stage precision 160 python scripts/results.py precision --precisions 32-true bf16-mixed 16-mixed \
+    --overrides trainer=gpu --data-root results/gpu_runs/data --runs results/gpu_runs --out "$OUT/precision_gpu.json"
+
 if [ -n "$MNIST" ]; then
-    stage mnist 90 python -m convac.cli.train experiment=mnist_t10k_ht "data.root=$MNIST" trainer=gpu \
+    stage mnist 60 python -m convac.cli.train experiment=mnist_t10k_ht "data.root=$MNIST" trainer=gpu \
         trainer.max_epochs=5 trainer.enable_progress_bar=false "hydra.run.dir=$OUT/mnist"
 else
     STATUS+=("mnist: skipped (no MNIST t10k files; set MNIST_ROOT)")
 fi
 
+stage scaling 50 python scripts/bench.py --quick --device cuda --only scaling --out "$OUT/bench_gpu_scaling.json"
+
+stage compile 50 python scripts/bench.py --quick --device cuda --only compile --out "$OUT/bench_gpu_compile.json"
+
 echo "=== summary"
 printf '%s\n' "${STATUS[@]}"
 grep -h -A8 "^summary" "$OUT"/bench.log "$OUT"/scaling.log "$OUT"/compile.log 2>/dev/null
+grep -h "^|" "$OUT"/precision.log 2>/dev/null
 [ -f "$OUT/mnist/entropy.csv" ] && python - "$OUT/mnist" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(f"{sys.argv[1]}/entropy.csv")))

@@ -5,7 +5,7 @@ default run, the DEBD recipe's time on an unseen set, and the precisions.
     python scripts/results.py density [--datasets digits nltcs] [--out results/density.json]   (scripts/density.py)
     python scripts/results.py default-run [--threads null 1] [--out results/default.json]
     python scripts/results.py recipe-time [--rows 15000] [--variables 100] [--out results/recipe_time.json]
-    python scripts/results.py precision [--precisions 32-true bf16-mixed] [--out results/precision.json]
+    python scripts/results.py precision [--precisions 32-true bf16-mixed] [--overrides trainer=gpu] [--out results/precision.json]
 
 ``missing`` follows the protocol of Sharir et al.'s tensorial mixture models (``missing_protocol.py``):
 test images with pixels missing i.i.d. at several rates, or inside 1 to 3 random squares,
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -112,28 +113,43 @@ PRECISION_RUNS = {
 }
 
 
-def run_precision(run_dir: Path, data_root: Path, precisions: list[str]) -> list[dict]:
-    """Every run of :data:`PRECISION_RUNS` under every precision: test NLL, epochs, seconds per epoch."""
+def run_precision(run_dir: Path, data_root: Path, precisions: list[str], overrides: list[str]) -> list[dict]:
+    """Every run of :data:`PRECISION_RUNS` under every precision, with ``overrides`` added (e.g.
+    ``trainer=gpu``): test NLL, epochs, seconds per epoch. A run that ``convac-train`` refuses or
+    that fails is a row with its exit code (its message is on stderr), and the next run goes on.
+    Each row is printed to stderr (after ``done:``) as it finishes, so a run cut short keeps the rows before it."""
     rows = []
-    for name, (overrides, folder) in PRECISION_RUNS.items():
+    for name, (run_overrides, folder) in PRECISION_RUNS.items():
         if folder is not None and not (data_root / folder).is_dir():
             print(f"skipping {name}: no {data_root / folder}", file=sys.stderr)
             continue
         for precision in precisions:
-            args = [*overrides, f"trainer.precision={precision}", "threads=1", "~callbacks.entropy_probe", "~callbacks.pictures"]
+            args = [*run_overrides, f"trainer.precision={precision}", "threads=1", "~callbacks.entropy_probe",
+                    "~callbacks.pictures", *overrides]
             args += [f"data.root={data_root / folder}"] if folder else []
             slug = "".join(c if c.isalnum() else "_" for c in f"{name}_{precision}")
-            seconds, metrics = run_training(args, run_dir / slug)
-            epochs = trained_epochs(metrics)
-            rows.append({"run": name, "precision": precision, "test_nll": last_logged(metrics, "test/nll"),
-                         "epochs": epochs, "seconds_per_epoch": seconds / epochs, "command": " ".join(["convac-train", *args])})
+            row = {"run": name, "precision": precision, "command": " ".join(["convac-train", *args])}
+            try:
+                seconds, metrics = run_training(args, run_dir / slug)
+            except subprocess.CalledProcessError as error:
+                row["exit_code"] = error.returncode
+            else:
+                epochs = trained_epochs(metrics)
+                row.update(test_nll=last_logged(metrics, "test/nll"), epochs=epochs, seconds_per_epoch=seconds / epochs)
+            rows.append(row)
+            print("done:", markdown_precision(rows).splitlines()[-1], file=sys.stderr, flush=True)
     return rows
 
 
 def markdown_precision(rows: list[dict]) -> str:
+    """The precision table: each run against its first precision that trained; a failed run
+    gives its exit code."""
     lines = ["| run | precision | test NLL | vs the first precision | epochs | s / epoch |", "|---|---|---|---|---|---|"]
     first = {}
     for r in rows:
+        if "test_nll" not in r:
+            lines.append(f"| {r['run']} | {r['precision']} | failed (exit {r['exit_code']}) | | | |")
+            continue
         base = first.setdefault(r["run"], r["test_nll"])
         lines.append(f"| {r['run']} | {r['precision']} | {r['test_nll']:.3f} | {100 * (r['test_nll'] - base) / base:+.2f}% | "
                      f"{r['epochs']} | {r['seconds_per_epoch']:.2f} |")
@@ -181,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     precision.add_argument("--precisions", nargs="*", default=["32-true", "bf16-mixed"])
     precision.add_argument("--data-root", type=Path, default=SHARED_DATA, help="folder holding mnist-t10k/")
     precision.add_argument("--runs", type=Path, default=Path("results"), help="folder for the training runs")
+    precision.add_argument("--overrides", nargs="*", default=[],
+                           help="more convac-train overrides for every run, e.g. trainer=gpu")
     precision.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -200,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{result['command']}: {result['rows']:,} rows x {result['variables']} variables, "
               f"{result['wall_s']:.0f} s, {result['epochs']} epochs, test NLL {result['test_nll']:.3f}")
     elif args.table == "precision":
-        result = {"rows": run_precision(args.runs / "runs" / "precision", args.data_root, args.precisions)}
+        result = {"rows": run_precision(args.runs / "runs" / "precision", args.data_root, args.precisions, args.overrides)}
         print(markdown_precision(result["rows"]))
     else:
         result = run_density(args.runs, args.data_root, set(args.datasets) if args.datasets else None)

@@ -34,3 +34,16 @@ def test_sampled_debd_set_rejects_bad_sizes(results, tmp_path):
     with pytest.raises(ValueError, match="rows must be at least 10"):
         results.write_sampled_debd(tmp_path, "sampled", rows=9, variables=5, seed=0)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_refused_precision_is_a_row_and_the_next_run_goes_on(results, tmp_path, capfd):
+    """``convac-train`` refuses ``16-true`` before training; the precision table records the exit
+    code instead of stopping (the GPU check runs every precision in one stage)."""
+    rows = results.run_precision(tmp_path / "runs", tmp_path / "no-data", ["16-true", "bf16-true"], ["trainer.max_epochs=1"])
+    assert [(r["run"], r["precision"]) for r in rows] == [("digits default", "16-true"), ("digits default", "bf16-true")]
+    assert all(r["exit_code"] != 0 and "test_nll" not in r for r in rows)
+    assert rows[0]["command"].endswith("trainer.max_epochs=1")
+    table = results.markdown_precision(rows)
+    assert table.count("failed (exit") == 2
+    err = capfd.readouterr().err
+    assert "skipping MNIST t10k" in err and "use trainer.precision=bf16-mixed" in err
