@@ -5,6 +5,10 @@
 #
 #     OUT=/some/folder bash scripts/gpu_check.sh
 #
+# On a lent machine that has no package registry, first make its wheels and data here with
+# scripts/gpu_carry.sh. DEVICE=cpu rehearses every stage on the CPU (the large stages may reach
+# their limits there): it checks the script, its imports and its files without a GPU.
+#
 # Stages, most needed first (their outputs go to $OUT, default results/gpu):
 #   1. environment: nvidia-smi, torch / CUDA versions, whether libcirkit is importable;
 #   2. the `gpu` tests (pytest -m gpu): CUDA equals CPU, and a training step synchronizes the host
@@ -27,10 +31,19 @@
 # the end; the numbers for the docs' GPU table are in the JSON files and mnist/metrics.csv.
 set -u
 OUT=${OUT:-results/gpu}
+PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+TRAINER=$([ "$DEVICE" = cuda ] && echo gpu || echo "$DEVICE")
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 STATUS=()
+
+# The tree's configs/ is the package convac.configs only in an installed convac: where none is
+# importable (a bare GPU machine), install this tree, editable, as CI does, fetching nothing
+if ! "$PY" -c "import convac.configs" 2> /dev/null; then
+    "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e . > "$OUT/install.log" 2>&1 \
+        || { cat "$OUT/install.log"; echo "gpu_check: could not install convac from $PWD"; exit 1; }
+fi
 
 stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log
     local name=$1 limit=$2; shift 2
@@ -42,15 +55,15 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $OUT/N
     STATUS+=("$name: exit $rc after $((SECONDS - start)) s")
 }
 
-stage environment 20 bash -c '
+stage environment 20 env PY="$PY" bash -c '
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-    python -c "import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"\")"
-    python -c "import cirkit, importlib.metadata as m; print(\"libcirkit\", m.version(\"libcirkit\"))" || echo "libcirkit: not importable (its bench columns are skipped)"
-    python -c "import lightning, hydra; print(\"lightning\", lightning.__version__)" || echo "lightning/hydra: not importable (the MNIST stage will fail)"'
+    "$PY" -c "import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"\")"
+    "$PY" -c "import cirkit, importlib.metadata as m; print(\"libcirkit\", m.version(\"libcirkit\"))" || echo "libcirkit: not importable (its bench columns are skipped)"
+    "$PY" -c "import lightning, hydra, convac.configs; print(\"lightning\", lightning.__version__, \"hydra\", hydra.__version__)" || echo "lightning/hydra: not importable (the precision and MNIST stages will fail)"'
 
-stage gpu_tests 90 python -m pytest -q -m gpu -p no:cacheprovider tests/
+stage gpu_tests 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/
 
-stage bench 140 python scripts/bench.py --quick --device cuda --train-channels 128 --train-batch 512 \
+stage bench 140 "$PY" scripts/bench.py --quick --device "$DEVICE" --train-channels 128 --train-batch 512 \
     --only kernels sum_layer train probe --out "$OUT/bench_gpu.json"
 
 MNIST=${MNIST_ROOT:-}
@@ -60,29 +73,29 @@ done
 # results.py reads <data root>/mnist-t10k: link the folder found there under that name
 mkdir -p results/gpu_runs/data
 [ -n "$MNIST" ] && ln -sfn "$(cd "$MNIST" && pwd)" results/gpu_runs/data/mnist-t10k
-stage precision 160 python scripts/results.py precision --precisions 32-true bf16-mixed 16-mixed \
-    --overrides trainer=gpu --data-root results/gpu_runs/data --runs results/gpu_runs --out "$OUT/precision_gpu.json"
+stage precision 160 "$PY" scripts/results.py precision --precisions 32-true bf16-mixed 16-mixed \
+    --overrides trainer=$TRAINER --data-root results/gpu_runs/data --runs results/gpu_runs --out "$OUT/precision_gpu.json"
 
 if [ -n "$MNIST" ]; then
-    stage mnist 60 python -m convac.cli.train experiment=mnist_t10k_ht "data.root=$MNIST" trainer=gpu \
+    stage mnist 60 "$PY" -m convac.cli.train experiment=mnist_t10k_ht "data.root=$MNIST" trainer=$TRAINER \
         trainer.max_epochs=5 trainer.enable_progress_bar=false "hydra.run.dir=$OUT/mnist"
 else
     STATUS+=("mnist: skipped (no MNIST t10k files; set MNIST_ROOT)")
 fi
 
-stage scaling 50 python scripts/bench.py --quick --device cuda --only scaling --out "$OUT/bench_gpu_scaling.json"
+stage scaling 50 "$PY" scripts/bench.py --quick --device "$DEVICE" --only scaling --out "$OUT/bench_gpu_scaling.json"
 
-stage compile 50 python scripts/bench.py --quick --device cuda --only compile --out "$OUT/bench_gpu_compile.json"
+stage compile 50 "$PY" scripts/bench.py --quick --device "$DEVICE" --only compile --out "$OUT/bench_gpu_compile.json"
 
 echo "=== summary"
 printf '%s\n' "${STATUS[@]}"
 grep -h -A8 "^summary" "$OUT"/bench.log "$OUT"/scaling.log "$OUT"/compile.log 2>/dev/null
 grep -h "^|" "$OUT"/precision.log 2>/dev/null
-[ -f "$OUT/mnist/entropy.csv" ] && python - "$OUT/mnist" <<'PY'
+[ -f "$OUT/mnist/entropy.csv" ] && "$PY" - "$OUT/mnist" <<'SUMMARY'
 import csv, sys
 rows = list(csv.DictReader(open(f"{sys.argv[1]}/entropy.csv")))
 metrics = [r for r in csv.DictReader(open(f"{sys.argv[1]}/metrics.csv")) if r.get("test/nll")]
 shares = sorted(float(r["entropy/probe_share"]) for r in rows)
-print(f"mnist: {len(rows)} epochs, median probe share {100 * shares[len(shares) // 2]:.1f}%,",
+print(f"mnist: {len(rows)} probed epochs, median probe share {100 * shares[len(shares) // 2]:.1f}%,",
       f"test NLL {float(metrics[-1]['test/nll']):.2f}" if metrics else "no test row")
-PY
+SUMMARY

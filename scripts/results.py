@@ -166,7 +166,7 @@ def markdown_default(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="table", required=True)
     missing = sub.add_parser("missing", help="classification under missing data (the TMM protocol)")
@@ -200,7 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     precision.add_argument("--overrides", nargs="*", default=[],
                            help="more convac-train overrides for every run, e.g. trainer=gpu")
     precision.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(1)
     if args.table == "missing":
         result = run_missing(args.dataset, args.model, args.data_root, args.seed, args.knn_rows)
