@@ -1,6 +1,7 @@
 """Mixed precision: under autocast the sum nodes compute in float32 (their gradients agree with
 float64), a model's likelihood and gradients are those of float32, ``bf16-mixed`` trains the
-digits default to the test NLL of float32, and half-precision parameters are refused."""
+digits default to the test NLL of float32, a 16-mixed step with loss scaling is the float32
+step, and half-precision parameters are refused."""
 from __future__ import annotations
 
 import pytest
@@ -68,6 +69,33 @@ def test_a_model_under_autocast_gives_the_float32_likelihood_and_gradients(leaf)
         out[autocast] = [log_p.detach(), *(v.detach() for v in levels), *(p.grad.clone() for p in model.parameters())]
     for a, b in zip(out[True], out[False]):
         torch.testing.assert_close(a, b)
+
+
+def test_a_16_mixed_step_with_loss_scaling_equals_the_float32_step():
+    """``16-mixed`` as Lightning runs it on a GPU: float16 autocast and a ``GradScaler`` that
+    multiplies the loss by 2^16 before the backward pass and divides the gradients before the
+    optimizer step. On the CPU with the same two pieces, the step is taken (no gradient
+    overflows through the custom backward passes) and gives the float32 step's parameters."""
+    def trained(scaled: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = HTConvAC((1, 4, 4), Categorical(5), num_components=4, channels=[6, 5], num_classes=1)
+        x = torch.randint(0, 5, (64, 1, 4, 4), generator=torch.Generator().manual_seed(1))
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, enabled=scaled)
+        for _ in range(3):
+            optimizer.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16, enabled=scaled):
+                loss = -model.log_prob(x).mean()
+            assert loss.dtype == torch.float32
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        if scaled:
+            assert scaler.get_scale() == 2.0 ** 16  # no step was skipped for an inf or NaN gradient
+        return [p.detach().clone() for p in model.parameters()]
+
+    for a, b in zip(trained(True), trained(False)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("precision, use_em, works", [
