@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from convac import kernels
 from convac.fixed import FixedParameters
@@ -318,8 +319,29 @@ def refresh_exact_positions(layers: Iterable["SumLayer"]) -> None:
         return
     flags = [layer._small_positions() for layer in stale]
     host = torch.cat(flags).cpu()  # the one host read
-    for layer, small in zip(stale, host.split([len(f) for f in flags])):
-        layer._set_plan(small)
+    for layer, small, on_host in zip(stale, flags, host.split([len(f) for f in flags])):
+        layer._set_plan(small, on_host)
+
+
+def _advance_versions_of_fused_updates(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    """Advance the version counter of every parameter that a fused optimizer step updated.
+
+    PyTorch's fused optimizers (``fused=True``: Adam, AdamW, SGD, ...) update their parameters in
+    place without advancing their version counters, as their other implementations do (torch
+    2.13: ``p._version`` stays 0 through ``Adam(fused=True).step()``). A sum layer's exact-position
+    plan is keyed by its logits' version counter (:meth:`SumLayer._logits_key`): without this, the
+    plan made before the first step would stay in force, and a position whose weights fell below
+    :func:`min_log_weight` would keep the fast path. Registered for every optimizer of the process
+    when this module is imported (``register_optimizer_step_post_hook``);
+    it only increments counters, no kernel runs."""
+    for group in optimizer.param_groups:
+        if group.get("fused"):
+            for parameter in group["params"]:
+                if parameter.grad is not None:
+                    torch.autograd.graph.increment_version(parameter)
+
+
+register_optimizer_step_post_hook(_advance_versions_of_fused_updates)
 
 
 class SumLayer(FixedParameters, nn.Module):
@@ -411,15 +433,20 @@ class SumLayer(FixedParameters, nn.Module):
             bound = (low - high).reshape(-1, self.out_channels).amin(1) - math.log(self.in_channels)
             return bound < min_log_weight(self.logits.dtype, self.in_channels)
 
-    def _set_plan(self, small: torch.Tensor) -> None:
-        """Cache the plan from the host copy ``small`` (P or 1,) of :meth:`_small_positions`; its
-        index tensors are normal tensors even when made under ``torch.inference_mode`` (the
-        entropy probe), so that a later training step may save them for its backward pass."""
+    def _set_plan(self, small: torch.Tensor, on_host: torch.Tensor) -> None:
+        """Cache the plan from :meth:`_small_positions` ``small`` (P or 1,) and its host copy
+        ``on_host``: the index tensors are made on the logits' device by a stable sort of the flags
+        (fast positions first, each part in ascending order), split at the count read from the host
+        copy, so that nothing more is read back or copied in (on a GPU, ``nonzero`` and a copy from
+        the host each synchronize). They are normal tensors even when made under
+        ``torch.inference_mode`` (the entropy probe), so that a later training step may save them
+        for its backward pass."""
         self._plan = None
-        if small.any():
-            device = self.logits.device
+        if on_host.any():
+            fast_count = int((~on_host).sum())
             with torch.inference_mode(False):
-                self._plan = (torch.nonzero(~small).flatten().to(device), torch.nonzero(small).flatten().to(device))
+                order = torch.sort(small.to(torch.uint8), stable=True).indices
+                self._plan = (order[:fast_count], order[fast_count:])
         self._plan_key = self._logits_key()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -258,10 +258,22 @@ def test_exact_positions_come_from_a_conservative_bound():
     assert 0 < len(exact) < 20
 
 
-def test_a_model_reads_the_exact_positions_of_all_sum_layers_at_once(monkeypatch):
-    """After an optimizer step every sum layer's plan is stale; the model's next forward remakes all
-    of them with one host read (one ``refresh_exact_positions`` over every layer, before the
-    upward pass), and a forward without a step in between reads nothing."""
+OPTIMIZERS = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.1),
+    "sgd-foreach": lambda p: torch.optim.SGD(p, lr=0.1, foreach=True),
+    "sgd-fused": lambda p: torch.optim.SGD(p, lr=0.1, fused=True),
+    "adam-fused": lambda p: torch.optim.Adam(p, lr=0.1, fused=True),  # convac-train's default
+    "adamw-fused": lambda p: torch.optim.AdamW(p, lr=0.1, fused=True),
+}
+
+
+@pytest.mark.parametrize("make_optimizer", OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
+def test_a_model_reads_the_exact_positions_of_all_sum_layers_at_once(monkeypatch, make_optimizer):
+    """After an optimizer step every sum layer's plan is stale, whichever implementation took
+    the step (PyTorch's fused kernels do not advance the version counters themselves:
+    ``convac.layers`` does it for them); the model's next forward remakes all plans with one host
+    read (one ``refresh_exact_positions`` over every layer, before the upward pass), and a
+    forward without a step in between reads nothing."""
     import convac.model
 
     torch.manual_seed(0)
@@ -276,7 +288,7 @@ def test_a_model_reads_the_exact_positions_of_all_sum_layers_at_once(monkeypatch
     monkeypatch.setattr(convac.model, "refresh_exact_positions", counting_refresh)
     small_positions = SumLayer._small_positions
     monkeypatch.setattr(SumLayer, "_small_positions", lambda layer: flags.append(layer) or small_positions(layer))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer = make_optimizer(model.parameters())
     x = torch.randint(0, 3, (5, 1, 4, 4))
     for _ in range(2):
         optimizer.zero_grad()

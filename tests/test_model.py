@@ -510,12 +510,14 @@ def test_no_mask_work_when_nothing_can_be_missing(monkeypatch):
     assert torch.isfinite(gaussian.log_prob(x)).all() and seen[-1].sum() == 1
 
 
+@pytest.mark.parametrize("exact", [False, True], ids=["fast", "with-exact-positions"])
 @pytest.mark.parametrize("leaf,x", [(Categorical(5), torch.randint(0, 5, (4, 1, 4, 4))), (Gaussian(), torch.randn(4, 1, 4, 4))])
-def test_a_training_step_reads_nothing_back_but_the_exact_positions(monkeypatch, leaf, x):
+def test_a_training_step_reads_nothing_back_but_the_exact_positions(monkeypatch, leaf, x, exact):
     """Forward, backward and optimizer steps of a model on the ``meta`` device (which has no data:
     any host read of a value raises there, as it would synchronize a GPU), with the value checks
     off. The only host read is the exact-position plan, once per step for all sum layers
-    (:func:`convac.layers.refresh_exact_positions`), replaced here by one that reads nothing."""
+    (:func:`convac.layers.refresh_exact_positions`), replaced here by one that reads nothing; a
+    plan with exact positions is made and used without any other read."""
     import convac.model
 
     refreshes = []
@@ -523,8 +525,10 @@ def test_a_training_step_reads_nothing_back_but_the_exact_positions(monkeypatch,
     def plan_without_reading(layers):
         layers = list(layers)
         refreshes.append(sum(not layer._plan_is_current() for layer in layers))
-        for layer in layers:  # what the read would find for ordinary weights: no exact position
-            layer._set_plan(torch.zeros(1 if layer.shared else layer.num_positions, dtype=torch.bool))
+        for layer in layers:  # what the read would find: no exact position, or the first one exact
+            on_host = torch.zeros(1 if layer.shared else layer.num_positions, dtype=torch.bool)
+            on_host[0] = exact and len(on_host) > 1
+            layer._set_plan(on_host.to("meta"), on_host)
 
     monkeypatch.setattr(convac.model, "refresh_exact_positions", plan_without_reading)
     model = HTConvAC((1, 4, 4), leaf, 3, 3).to("meta")
