@@ -293,6 +293,38 @@ def poisoned_from(call: int):
     return poison
 
 
+class OverflowingGradient(L.LightningModule):
+    """A finite loss (0) whose gradients (+-3e34) overflow float32 once scaled by 2^14 or more."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(2))
+
+    def training_step(self, batch, batch_idx):
+        return (self.w[0] - self.w[1]) * 3e34
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1e-40)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.zeros(3, 1), batch_size=1)
+
+
+def test_guard_leaves_an_overflowing_gradient_under_loss_scaling_to_the_scaler(tmp_path):
+    """16-mixed as on a GPU (float16 autocast and a GradScaler; Lightning's plugin, here on the
+    CPU): the scaler skips the overflowing updates and lowers its scale, and the guard lets it."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    module = OverflowingGradient()
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[FiniteGuard()],
+                        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    trainer.fit(module)
+    assert scaler.get_scale() == 2.0 ** 13  # three steps, each skipped: the scale halved three times
+    assert module.w.tolist() == [1.0, 1.0]  # no update applied
+
+
 def test_guard_names_the_batch_and_the_layer_of_a_nan_gradient(tmp_path):
     module = ConvACModule("ht", MODEL)
     dict(module.named_parameters())["model.sums.1.logits"].register_hook(poisoned_from(3))

@@ -50,6 +50,11 @@ class FiniteGuard(L.Callback):
       that batch (:func:`first_nonfinite_output`: one extra forward pass of the batch's inputs
       ``batch[0]``, only once it has failed).
 
+    Under loss scaling (``trainer.precision=16-mixed``: the precision plugin holds a
+    ``GradScaler``) the gradients are not checked: a non-finite gradient there is the scaler's
+    business, which skips that update and lowers the scale. The loss (as scaled for the
+    backward pass) still is.
+
     Cost: one host synchronization per optimizer step. Under DDP the ranks decide together
     (gradients are already all-reduced; the loss flags are OR-reduced), so all of them stop.
 
@@ -72,7 +77,8 @@ class FiniteGuard(L.Callback):
         self._loss_ok = ok if self._loss_ok is None else self._loss_ok & ok  # accumulated batches
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
-        named_grads = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
+        loss_scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
+        named_grads = [] if loss_scaled else [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
         loss_ok = self._loss_ok if self._loss_ok is not None else torch.tensor(True)
         self._loss_ok = None
         flags = torch.stack([loss_ok.to(pl_module.device)] + [g.isfinite().all() for _, g in named_grads])
