@@ -460,7 +460,7 @@ def scaling_point(size: int, settings: Settings, device: torch.device) -> dict:
     where ``/proc`` cannot measure it. ``state_mb``: parameters, gradients and the two Adam
     moments (16 bytes per float32 parameter); ``per_example_mb``: the rest of the peak over the
     batch size, the activations and temporaries of one example. :func:`bench_scaling` runs each
-    size in a fresh process."""
+    size on the CPU in a fresh process."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     baseline_kb = _reset_peak_rss() if device.type == "cpu" else None
@@ -481,13 +481,21 @@ def scaling_point(size: int, settings: Settings, device: torch.device) -> dict:
 
 
 def bench_scaling(settings: Settings, device: torch.device, mode: str, threads: int, overrides: dict) -> list[dict]:
-    """One fresh process per input size (clean peak memory), sizes in increasing order."""
+    """:func:`scaling_point` at each input size, in increasing order: on the CPU each in a fresh
+    process (a process's peak resident set cannot be reset below what it already holds), on a
+    GPU in this one (the allocator's peak is reset per size, and a process would spend seconds
+    starting CUDA)."""
     rows = []
     for size in settings.scaling_sizes:
-        command = [sys.executable, __file__, f"--{mode}", "--device", str(device), "--threads", str(threads), "--scaling-point", str(size)]
-        command += [f"--{k.replace('_', '-')}={v}" for k, v in overrides.items() if v is not None]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
-        row = json.loads(done.stdout.strip().splitlines()[-1])
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the previous size's cached blocks
+            row = scaling_point(size, settings, device)
+        else:
+            command = [sys.executable, __file__, f"--{mode}", "--device", str(device), "--threads", str(threads),
+                       "--scaling-point", str(size)]
+            command += [f"--{k.replace('_', '-')}={v}" for k, v in overrides.items() if v is not None]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
         peak = "n/a" if row["peak_mb"] is None else f"{row['peak_mb']:.1f} MB ({row['per_example_mb']:.2f} MB per example)"
         print(f"  scaling {row['size']:>7}: {row['img_s']:9.1f} img/s  peak {peak}", flush=True)

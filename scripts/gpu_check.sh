@@ -73,19 +73,19 @@ done
 # results.py reads <data root>/mnist-t10k: link the folder found there under that name
 mkdir -p results/gpu_runs/data
 [ -n "$MNIST" ] && ln -sfn "$(cd "$MNIST" && pwd)" results/gpu_runs/data/mnist-t10k
-stage precision 160 "$PY" scripts/results.py precision --precisions 32-true bf16-mixed 16-mixed \
+stage precision 150 "$PY" scripts/results.py precision --precisions 32-true bf16-mixed 16-mixed \
     --overrides trainer=$TRAINER --data-root results/gpu_runs/data --runs results/gpu_runs --out "$OUT/precision_gpu.json"
 
 if [ -n "$MNIST" ]; then
-    stage mnist 60 "$PY" -m convac.cli.train experiment=mnist_t10k_ht "data.root=$MNIST" trainer=$TRAINER \
+    stage mnist 50 "$PY" -m convac.cli.train experiment=mnist_t10k_ht "data.root=$MNIST" trainer=$TRAINER \
         trainer.max_epochs=5 trainer.enable_progress_bar=false "hydra.run.dir=$OUT/mnist"
 else
     STATUS+=("mnist: skipped (no MNIST t10k files; set MNIST_ROOT)")
 fi
 
-stage scaling 50 "$PY" scripts/bench.py --quick --device "$DEVICE" --only scaling --out "$OUT/bench_gpu_scaling.json"
+stage scaling 40 "$PY" scripts/bench.py --quick --device "$DEVICE" --only scaling --out "$OUT/bench_gpu_scaling.json"
 
-stage compile 50 "$PY" scripts/bench.py --quick --device "$DEVICE" --only compile --out "$OUT/bench_gpu_compile.json"
+stage compile 80 "$PY" scripts/bench.py --quick --device "$DEVICE" --only compile --out "$OUT/bench_gpu_compile.json"
 
 echo "=== summary"
 printf '%s\n' "${STATUS[@]}"
