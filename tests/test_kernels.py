@@ -34,6 +34,18 @@ def test_every_maximum_kernel_is_the_maximum_bit_for_bit(k):
         assert out.data_ptr() != x.data_ptr()  # a new tensor: the caller fills its NaN in place
 
 
+@pytest.mark.parametrize("k", [1, 2, 16, 17, 32, 64])
+def test_every_spread_kernel_is_max_minus_min_bit_for_bit(k):
+    x = torch.randn(3, 5, k) * 100
+    x[0, 0, 0] = -math.inf
+    x[1, 1, k // 2] = math.nan
+    expected = x.amax(-1) - x.amin(-1)
+    for candidate in kernels.OPERATIONS["spread"].candidates.values():
+        out = candidate.run(x)
+        assert out.shape == (3, 5) and torch.allclose(out, expected, rtol=0, atol=0, equal_nan=True)
+    assert out[1, 1].isnan() and (out[0, 0] == math.inf if k > 1 else out[0, 0].isnan())  # -inf alone: -inf - (-inf)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_every_exp_and_log_kernel_agrees_with_torch(dtype):
     g = torch.Generator().manual_seed(0)
