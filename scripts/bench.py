@@ -538,7 +538,7 @@ def bench_compile(settings: Settings, device: torch.device) -> list[dict]:
 # ------------------------------------------------------------------------------------------
 def bench_kernels(settings: Settings, device: torch.device) -> list[dict]:
     """Every candidate of every sum-node operation timed at each size class in
-    ``settings.kernel_classes`` (the shift at each of ``settings.kernel_channels``), by
+    ``settings.kernel_classes`` (the shift and the spread at each of ``settings.kernel_channels``), by
     ``convac.kernels``' own measurement, the one a run makes on first use (the choices made
     before are forgotten); rows ``{"operation", "K", "size_class", "values", "ms", "chosen"}``,
     ``ms`` in milliseconds per candidate."""
@@ -547,6 +547,7 @@ def bench_kernels(settings: Settings, device: torch.device) -> list[dict]:
         values = 4 ** size
         for k in settings.kernel_channels:
             kernels.channel_max(torch.zeros(values // k, k, device=device))
+            kernels.spread(torch.zeros(values // k, k, device=device))
         kernels.exp_(torch.zeros(values, device=device))
         mixed = torch.ones(values // 16, 16, device=device)
         kernels.log_add(mixed, torch.zeros(values // 16, 1, device=device), mixed)

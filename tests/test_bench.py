@@ -21,7 +21,7 @@ def test_sections_at_dry_run_sizes(bench):
     settings, device = bench.DRY_RUN, torch.device("cpu")
     timings = bench.bench_kernels(settings, device)
     assert sorted((r["operation"], r["K"], r["size_class"]) for r in timings) == sorted(
-        [("shift", k, c) for k in settings.kernel_channels for c in settings.kernel_classes]
+        [(op, k, c) for op in ("shift", "spread") for k in settings.kernel_channels for c in settings.kernel_classes]
         + [(op, None, c) for op in ("exp", "log_add") for c in settings.kernel_classes])
     for row in timings:
         assert row["chosen"] in row["ms"] and all(ms > 0 for ms in row["ms"].values()) and row["values"] == 4 ** row["size_class"]
