@@ -320,11 +320,11 @@ def refresh_exact_positions(layers: Iterable["SumLayer"]) -> None:
     flags = [layer._small_positions() for layer in stale]
     host = torch.cat(flags).cpu()  # the one host read
     for layer, small, on_host in zip(stale, flags, host.split([len(f) for f in flags])):
-        layer._set_plan(small, on_host)
+        layer._set_plan(small, int((~on_host).sum()))
 
 
 def _advance_versions_of_fused_updates(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
-    """Advance the version counter of every parameter that a fused optimizer step updated.
+    """Advance the version counter of every sum layer's logits that a fused optimizer step updated.
 
     PyTorch's fused optimizers (``fused=True``: Adam, AdamW, SGD, ...) update their parameters in
     place without advancing their version counters, as their other implementations do (torch
@@ -332,12 +332,13 @@ def _advance_versions_of_fused_updates(optimizer: torch.optim.Optimizer, args, k
     plan is keyed by its logits' version counter (:meth:`SumLayer._logits_key`): without this, the
     plan made before the first step would stay in force, and a position whose weights fell below
     :func:`min_log_weight` would keep the fast path. Registered for every optimizer of the process
-    when this module is imported (``register_optimizer_step_post_hook``);
-    it only increments counters, no kernel runs."""
+    when this module is imported (``register_optimizer_step_post_hook``), it touches only sum
+    layers' logits (marked ``_plan_keyed`` by :meth:`SumLayer._logits_key`), so other parameters
+    keep PyTorch's behaviour; it only increments counters, no kernel runs."""
     for group in optimizer.param_groups:
         if group.get("fused"):
             for parameter in group["params"]:
-                if parameter.grad is not None:
+                if parameter.grad is not None and getattr(parameter, "_plan_keyed", False):
                     torch.autograd.graph.increment_version(parameter)
 
 
@@ -416,6 +417,7 @@ class SumLayer(FixedParameters, nn.Module):
         optimizer step, advances it; edits through ``logits.data`` bypass it), storage, dtype and
         device."""
         logits = self.logits
+        logits._plan_keyed = True  # (again, if the parameter was replaced) for fused optimizer steps
         return logits._version, logits.data_ptr(), logits.dtype, logits.device
 
     def _plan_is_current(self) -> bool:
@@ -433,17 +435,16 @@ class SumLayer(FixedParameters, nn.Module):
             widest = kernels.spread(self.logits).reshape(-1, self.out_channels).amax(1)
             return widest > -min_log_weight(self.logits.dtype, self.in_channels) - math.log(self.in_channels)
 
-    def _set_plan(self, small: torch.Tensor, on_host: torch.Tensor) -> None:
-        """Cache the plan from :meth:`_small_positions` ``small`` (P or 1,) and its host copy
-        ``on_host``: the index tensors are made on the logits' device by a stable sort of the flags
-        (fast positions first, each part in ascending order), split at the count read from the host
-        copy, so that nothing more is read back or copied in (on a GPU, ``nonzero`` and a copy from
-        the host each synchronize). They are normal tensors even when made under
+    def _set_plan(self, small: torch.Tensor, fast_count: int) -> None:
+        """Cache the plan from :meth:`_small_positions` ``small`` (P or 1,) and ``fast_count``, its
+        number of False flags as read from the host: the index tensors are made on the logits'
+        device by a stable sort of the flags (fast positions first, each part in ascending order),
+        split at that count, so that nothing more is read back or copied in (on a GPU, ``nonzero``
+        and a copy from the host each synchronize). They are normal tensors even when made under
         ``torch.inference_mode`` (the entropy probe), so that a later training step may save them
         for its backward pass."""
         self._plan = None
-        if on_host.any():
-            fast_count = int((~on_host).sum())
+        if fast_count < len(small):
             with torch.inference_mode(False):
                 order = torch.sort(small.to(torch.uint8), stable=True).indices
                 self._plan = (order[:fast_count], order[fast_count:])

@@ -528,7 +528,7 @@ def test_a_training_step_reads_nothing_back_but_the_exact_positions(monkeypatch,
         for layer in layers:  # what the read would find: no exact position, or the first one exact
             on_host = torch.zeros(1 if layer.shared else layer.num_positions, dtype=torch.bool)
             on_host[0] = exact and len(on_host) > 1
-            layer._set_plan(on_host.to("meta"), on_host)
+            layer._set_plan(on_host.to("meta"), int((~on_host).sum()))
 
     monkeypatch.setattr(convac.model, "refresh_exact_positions", plan_without_reading)
     model = HTConvAC((1, 4, 4), leaf, 3, 3).to("meta")

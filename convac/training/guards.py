@@ -53,7 +53,8 @@ class FiniteGuard(L.Callback):
     Under loss scaling (``trainer.precision=16-mixed``: the precision plugin holds a
     ``GradScaler``) the gradients are not checked: a non-finite gradient there is the scaler's
     business, which skips that update and lowers the scale. The loss (as scaled for the
-    backward pass) still is.
+    backward pass) still is. A gradient that stays non-finite (a bug, not an overflow) is then
+    not stopped here: it shows as a loss scale that halves at every step (``GradScaler.get_scale``).
 
     Cost: one host synchronization per optimizer step. Under DDP the ranks decide together
     (gradients are already all-reduced; the loss flags are OR-reduced), so all of them stop.
