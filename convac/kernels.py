@@ -20,11 +20,11 @@ and ``log`` may not vectorize at all, and NumPy's ``log2`` is several times fast
 No rule about the hardware predicts this, so, as cuDNN's benchmark mode picks a convolution
 algorithm, every operation times its candidates on a fixed representative input the first time
 it runs on a ``(device type, dtype)``, a size class (:func:`size_class`: per-call costs decide
-on small tensors, the loops on large ones) and, for ``shift``, a channel count; it keeps the
+on small tensors, the loops on large ones) and, for ``shift`` and ``spread``, a channel count; it keeps the
 fastest and logs the choice once (logger ``convac.kernels``, INFO). The first candidate is
 PyTorch's own operation; another replaces it only when measured at least :data:`MARGIN` times
 faster, so that candidates of equal speed do not flip between runs. The choice does not depend on the thread
-count set later. ``shift`` candidates agree bit for bit; ``exp`` and ``log_add`` candidates
+count set later. ``shift`` and ``spread`` candidates agree bit for bit; ``exp`` and ``log_add`` candidates
 agree to about one float32 ulp. Under ``torch.compile`` the PyTorch operation is always used.
 
 :func:`pin` fixes a choice (reproducibility to the last bit across machines, tests); :func:`chosen`
@@ -86,8 +86,8 @@ def spread_aminmax(t: torch.Tensor) -> torch.Tensor:
 
 def spread_amax_amin(t: torch.Tensor) -> torch.Tensor:
     """``(..., K) -> (...)``: ``max - min`` over the last axis from an ``amax`` and an ``amin``: two
-    reductions, each vectorized where ``aminmax`` is not (10x faster at K = 64 on AVX2 and
-    AVX-512 alike, 2x slower at K = 16)."""
+    reductions that eager PyTorch vectorizes over multiples of 32 floats, where its ``aminmax``
+    does not (10x faster at K = 64 on AVX2 and AVX-512 alike, 2x slower at K = 16)."""
     return t.amax(-1) - t.amin(-1)
 
 
@@ -137,8 +137,8 @@ class Candidate:
 
 # ------------------------------------------------------------------------------- choosing
 # Representative inputs (seeded; the values of a sum node's pass), on the CPU in float32: the
-# arguments an operation's candidates are timed on, given the channel count for ``shift``.
-def _shift_input(g: torch.Generator, channels: int | None, elements: int) -> tuple:
+# arguments an operation's candidates are timed on, given the channel count for ``shift`` and ``spread``.
+def _rows_input(g: torch.Generator, channels: int | None, elements: int) -> tuple:
     return (torch.randn(max(1, elements // channels), channels, generator=g).mul_(3),)
 
 
@@ -237,13 +237,13 @@ class Operation:
 
 
 OPERATIONS = {
-    "shift": Operation("shift", [Candidate("amax", max_reduce), Candidate("halving", max_halving)], _shift_input,
+    "shift": Operation("shift", [Candidate("amax", max_reduce), Candidate("halving", max_halving)], _rows_input,
                        by_channels=True),
     "exp": Operation("exp", [Candidate("exp", exp_direct), Candidate("exp2", exp_by_exp2)], _exp_input),
     "log_add": Operation("log_add", [Candidate("torch", log_add_torch), Candidate("numpy", log_add_numpy, _numpy_applies)],
                          _log_add_input),
     "spread": Operation("spread", [Candidate("aminmax", spread_aminmax), Candidate("amax_amin", spread_amax_amin)],
-                        _shift_input, by_channels=True),
+                        _rows_input, by_channels=True),
 }
 channel_max = OPERATIONS["shift"]
 exp_ = OPERATIONS["exp"]

@@ -99,7 +99,7 @@ class Settings:
         ((1, 28, 28), 256, 100), ((1, 8, 8), 17, 100), ((1, 8, 8), 17, 8), ((1, 1, 100), 2, 100),
     )
     kernel_classes: tuple[int, ...] = tuple(kernels.SIZE_CLASSES)  # size classes of the kernels section
-    kernel_channels: tuple[int, ...] = (16, 32)  # channel counts of its shift
+    kernel_channels: tuple[int, ...] = (16, 32)  # channel counts of its shift and spread
 
 
 FULL = Settings()
