@@ -5,10 +5,12 @@
 #     bash scripts/gpu_carry.sh
 #
 # It writes, into folders git ignores:
-#   .whl/               wheels of the packages the GPU image lacks (its torch, Lightning, NumPy,
-#                       scikit-learn, SciPy, safetensors and pytest are used as they are): Hydra,
-#                       OmegaConf and its parser runtime (built here from its source archive, the
-#                       only form it is published in), libcirkit 0.3.1 and graphviz for the bench;
+#   .whl/               wheels of the packages the GPU image lacks: Hydra, OmegaConf and its
+#                       parser runtime (built here from its source archive, the only form it is
+#                       published in), libcirkit and graphviz for the bench. The image's own
+#                       torch, Lightning, NumPy, SciPy, scikit-learn, matplotlib, Pillow,
+#                       safetensors, PyYAML, einops, opt-einsum, setuptools, pytest and
+#                       hypothesis are used as they are (the lent machines' image holds them);
 #   results/mnist-t10k  the MNIST t10k IDX files, from $MNIST_ROOT or ../shared/data/mnist-t10k.
 #
 # On the GPU machine, with both paths carried, the checks then run as
@@ -28,12 +30,13 @@ download() {  # download NAME...: pure-Python wheels of the versions installed h
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_17_x86_64 --platform any -d .whl "${specs[@]}"
 }
-download hydra-core omegaconf graphviz
-"$PY" -m pip download -q --no-deps --only-binary=:all: -d .whl libcirkit==0.3.1
+download hydra-core omegaconf graphviz libcirkit
 "$PY" -m pip wheel -q --no-deps -w .whl "antlr4-python3-runtime==$(version antlr4-python3-runtime)"
 
 MNIST=${MNIST_ROOT:-../shared/data/mnist-t10k}
-rm -rf results/mnist-t10k && mkdir -p results/mnist-t10k
-cp "$MNIST"/t10k-* results/mnist-t10k/
+if [ "$(cd "$MNIST" && pwd)" != "$PWD/results/mnist-t10k" ]; then
+    rm -rf results/mnist-t10k && mkdir -p results/mnist-t10k
+    cp "$MNIST"/t10k-* results/mnist-t10k/
+fi
 ls -l .whl results/mnist-t10k
 du -sh .whl results/mnist-t10k

@@ -35,14 +35,20 @@ PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 TRAINER=$([ "$DEVICE" = cuda ] && echo gpu || echo "$DEVICE")
 mkdir -p "$OUT"
+rm -f "$OUT"/*.log "$OUT"/*.json  # an earlier run's outputs: a stage that fails now leaves none
 export PYTHONUNBUFFERED=1
 STATUS=()
 
-# The tree's configs/ is the package convac.configs only in an installed convac: where none is
-# importable (a bare GPU machine), install this tree, editable, as CI does, fetching nothing
-if ! "$PY" -c "import convac.configs" 2> /dev/null; then
-    "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e . > "$OUT/install.log" 2>&1 \
-        || { cat "$OUT/install.log"; echo "gpu_check: could not install convac from $PWD"; exit 1; }
+# The tree's configs/ is the package convac.configs only in an installed convac: unless this
+# tree is importable so (a bare GPU machine, or another checkout installed), install it,
+# editable, as CI does, fetching nothing
+if ! "$PY" -c "import sys, convac, convac.configs; sys.exit(not convac.__file__.startswith('$PWD/'))" 2> /dev/null; then
+    if "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e . > "$OUT/install.log" 2>&1; then
+        STATUS+=("install: this tree, editable")
+    else
+        tail -n 5 "$OUT/install.log"
+        STATUS+=("install: failed, see install.log (the stages that train will fail)")
+    fi
 fi
 
 stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log
@@ -58,7 +64,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $OUT/N
 stage environment 20 env PY="$PY" bash -c '
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     "$PY" -c "import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"\")"
-    "$PY" -c "import cirkit, importlib.metadata as m; print(\"libcirkit\", m.version(\"libcirkit\"))" || echo "libcirkit: not importable (its bench columns are skipped)"
+    "$PY" -c "import cirkit.pipeline, importlib.metadata as m; print(\"libcirkit\", m.version(\"libcirkit\"))" || echo "libcirkit: not importable (its bench columns are skipped)"
     "$PY" -c "import lightning, hydra, convac.configs; print(\"lightning\", lightning.__version__, \"hydra\", hydra.__version__)" || echo "lightning/hydra: not importable (the precision and MNIST stages will fail)"'
 
 stage gpu_tests 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/
@@ -71,10 +77,10 @@ for candidate in ../shared/data/mnist-t10k results/mnist-t10k; do
     [ -z "$MNIST" ] && [ -d "$candidate" ] && MNIST=$candidate
 done
 # results.py reads <data root>/mnist-t10k: link the folder found there under that name
-mkdir -p results/gpu_runs/data
-[ -n "$MNIST" ] && ln -sfn "$(cd "$MNIST" && pwd)" results/gpu_runs/data/mnist-t10k
+mkdir -p "$OUT/data" && rm -f "$OUT/data/mnist-t10k"
+[ -n "$MNIST" ] && ln -s "$(cd "$MNIST" && pwd)" "$OUT/data/mnist-t10k"
 stage precision 150 "$PY" scripts/results.py precision --precisions 32-true bf16-mixed 16-mixed \
-    --overrides trainer=$TRAINER --data-root results/gpu_runs/data --runs results/gpu_runs --out "$OUT/precision_gpu.json"
+    --overrides trainer=$TRAINER --data-root "$OUT/data" --runs "$OUT" --out "$OUT/precision_gpu.json"
 
 if [ -n "$MNIST" ]; then
     stage mnist 50 "$PY" -m convac.cli.train experiment=mnist_t10k_ht "data.root=$MNIST" trainer=$TRAINER \
@@ -90,7 +96,7 @@ stage compile 80 "$PY" scripts/bench.py --quick --device "$DEVICE" --only compil
 echo "=== summary"
 printf '%s\n' "${STATUS[@]}"
 grep -h -A8 "^summary" "$OUT"/bench.log "$OUT"/scaling.log "$OUT"/compile.log 2>/dev/null
-grep -h "^|" "$OUT"/precision.log 2>/dev/null
+grep -h -e "^|" -e "^done: |" "$OUT"/precision.log 2>/dev/null  # the rows so far, if cut short
 [ -f "$OUT/mnist/entropy.csv" ] && "$PY" - "$OUT/mnist" <<'SUMMARY'
 import csv, sys
 rows = list(csv.DictReader(open(f"{sys.argv[1]}/entropy.csv")))

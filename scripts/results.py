@@ -113,20 +113,28 @@ PRECISION_RUNS = {
 }
 
 
+def precision_args(name: str, precision: str, overrides: list[str], data_root: Path) -> list[str]:
+    """The ``convac-train`` overrides of the run ``name`` of :data:`PRECISION_RUNS` under the
+    Lightning precision ``precision``: one thread, probe and pictures off, ``overrides`` added."""
+    run_overrides, folder = PRECISION_RUNS[name]
+    args = [*run_overrides, f"trainer.precision={precision}", "threads=1", "~callbacks.entropy_probe",
+            "~callbacks.pictures", *overrides]
+    return args + ([f"data.root={data_root / folder}"] if folder else [])
+
+
 def run_precision(run_dir: Path, data_root: Path, precisions: list[str], overrides: list[str]) -> list[dict]:
-    """Every run of :data:`PRECISION_RUNS` under every precision, with ``overrides`` added (e.g.
-    ``trainer=gpu``): test NLL, epochs, seconds per epoch. A run that ``convac-train`` refuses or
-    that fails is a row with its exit code (its message is on stderr), and the next run goes on.
-    Each row is printed to stderr (after ``done:``) as it finishes, so a run cut short keeps the rows before it."""
+    """Every run of :data:`PRECISION_RUNS` under every precision (:func:`precision_args`), with
+    ``overrides`` added (e.g. ``trainer=gpu``): test NLL, epochs, seconds per epoch. A run that
+    ``convac-train`` refuses or that exits with an error is a row with its exit code (its message
+    is on stderr), and the next run goes on. Each row is printed to stderr (after ``done:``) as
+    it finishes, so a run cut short keeps the rows before it."""
     rows = []
-    for name, (run_overrides, folder) in PRECISION_RUNS.items():
+    for name, (_, folder) in PRECISION_RUNS.items():
         if folder is not None and not (data_root / folder).is_dir():
             print(f"skipping {name}: no {data_root / folder}", file=sys.stderr)
             continue
         for precision in precisions:
-            args = [*run_overrides, f"trainer.precision={precision}", "threads=1", "~callbacks.entropy_probe",
-                    "~callbacks.pictures", *overrides]
-            args += [f"data.root={data_root / folder}"] if folder else []
+            args = precision_args(name, precision, overrides, data_root)
             slug = "".join(c if c.isalnum() else "_" for c in f"{name}_{precision}")
             row = {"run": name, "precision": precision, "command": " ".join(["convac-train", *args])}
             try:

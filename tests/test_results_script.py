@@ -47,3 +47,12 @@ def test_a_refused_precision_is_a_row_and_the_next_run_goes_on(results, tmp_path
     assert table.count("failed (exit") == 2
     err = capfd.readouterr().err
     assert "skipping MNIST t10k" in err and "use trainer.precision=bf16-mixed" in err
+
+
+def test_the_precision_table_compares_each_run_with_its_first_precision_that_trained(results):
+    rows = [{"run": "a", "precision": "16-mixed", "exit_code": 1},
+            {"run": "a", "precision": "32-true", "test_nll": 100.0, "epochs": 5, "seconds_per_epoch": 2.0},
+            {"run": "a", "precision": "bf16-mixed", "test_nll": 101.0, "epochs": 5, "seconds_per_epoch": 2.5}]
+    lines = results.markdown_precision(rows).splitlines()[2:]
+    assert lines == ["| a | 16-mixed | failed (exit 1) | | | |", "| a | 32-true | 100.000 | +0.00% | 5 | 2.00 |",
+                     "| a | bf16-mixed | 101.000 | +1.00% | 5 | 2.50 |"]
