@@ -96,7 +96,7 @@ stage compile 80 "$PY" scripts/bench.py --quick --device "$DEVICE" --only compil
 echo "=== summary"
 printf '%s\n' "${STATUS[@]}"
 grep -h -A8 "^summary" "$OUT"/bench.log "$OUT"/scaling.log "$OUT"/compile.log 2>/dev/null
-grep -h -e "^|" -e "^done: |" "$OUT"/precision.log 2>/dev/null  # the rows so far, if cut short
+grep -h "^|" "$OUT"/precision.log 2>/dev/null || grep -h "^done: |" "$OUT"/precision.log 2>/dev/null  # the table, or the rows of a stage cut short
 [ -f "$OUT/mnist/entropy.csv" ] && "$PY" - "$OUT/mnist" <<'SUMMARY'
 import csv, sys
 rows = list(csv.DictReader(open(f"{sys.argv[1]}/entropy.csv")))
