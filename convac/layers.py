@@ -333,8 +333,8 @@ def _advance_versions_of_fused_updates(optimizer: torch.optim.Optimizer, args, k
     plan made before the first step would stay in force, and a position whose weights fell below
     :func:`min_log_weight` would keep the fast path. Registered for every optimizer of the process
     when this module is imported (``register_optimizer_step_post_hook``), it touches only sum
-    layers' logits (marked ``_plan_keyed`` by :meth:`SumLayer._logits_key`), so other parameters
-    keep PyTorch's behaviour; it only increments counters, no kernel runs."""
+    layers' logits (marked ``_plan_keyed`` when their plan is made, :meth:`SumLayer._set_plan`),
+    so other parameters keep PyTorch's behaviour; it only increments counters, no kernel runs."""
     for group in optimizer.param_groups:
         if group.get("fused"):
             for parameter in group["params"]:
@@ -417,7 +417,6 @@ class SumLayer(FixedParameters, nn.Module):
         optimizer step, advances it; edits through ``logits.data`` bypass it), storage, dtype and
         device."""
         logits = self.logits
-        logits._plan_keyed = True  # (again, if the parameter was replaced) for fused optimizer steps
         return logits._version, logits.data_ptr(), logits.dtype, logits.device
 
     def _plan_is_current(self) -> bool:
@@ -448,6 +447,7 @@ class SumLayer(FixedParameters, nn.Module):
             with torch.inference_mode(False):
                 order = torch.sort(small.to(torch.uint8), stable=True).indices
                 self._plan = (order[:fast_count], order[fast_count:])
+        self.logits._plan_keyed = True  # a replaced parameter too: fused optimizer steps now advance its counter
         self._plan_key = self._logits_key()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
