@@ -559,8 +559,7 @@ def bench_kernels(settings: Settings, device: torch.device) -> list[dict]:
                    "ms": {name: 1e3 * s for name, s in seconds.items()}, "chosen": chosen[operation][key]}
             rows.append(row)
             times = ", ".join(f"{name} {ms:.3f} ms" for name, ms in row["ms"].items())
-            where = f"{operation}{'' if channels is None else f' K={channels}'} at 4^{size} values"
-            print(f"  kernel {where}: {times} -> {row['chosen']}", flush=True)
+            print(f"  kernel {operation} on {kernels.describe(key)}: {times} -> {row['chosen']}", flush=True)
     return rows
 
 
@@ -571,7 +570,7 @@ def bench_blocks(settings: Settings, device: torch.device) -> list[dict] | None:
     """The sum nodes' CPU blocks (``convac.layers.CPU_BLOCK_VALUES``) against blocks of half and
     of twice that size and against the whole tensor as one block, interleaved in alternating
     order: the sum layer's forward at each ``settings.sum_channels`` (the ``sum_layer`` section's
-    sizes), then a training step (forward, backward, Adam) and a likelihood without gradients of
+    sizes), then a training step (:func:`_train_step`) and a likelihood without gradients of
     each training model. Rows ``{"case", "blocks_ms", "half_ms", "double_ms", "one_block_ms"}``:
     the measurement behind ``CPU_BLOCK_VALUES``. None on other devices, where the whole tensor is
     always one block."""
@@ -586,14 +585,7 @@ def bench_blocks(settings: Settings, device: torch.device) -> list[dict] | None:
     for name, shape, num_values in settings.train_cases:
         model = ht_model(shape, num_values, settings.train_channels, device)
         x, _ = _train_batch(shape, num_values, settings.train_batch, device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-
-        def step(model=model, x=x, optimizer=optimizer) -> None:
-            optimizer.zero_grad()
-            (-model.log_prob(x).mean()).backward()
-            optimizer.step()
-
-        cases.append((f"{name} training step", step))
+        cases.append((f"{name} training step", _train_step(model, lambda model=model, x=x: -model.log_prob(x).mean())))
         cases.append((f"{name} likelihood", torch.no_grad()(functools.partial(model.log_prob, x))))
 
     def with_budget(budget: int, fn: Callable[[], None]) -> Callable[[], None]:
