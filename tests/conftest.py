@@ -27,6 +27,18 @@ def imported_script(name: str) -> Iterator:
     sys.path.remove(str(SCRIPTS))
 
 
+@pytest.fixture(scope="module")
+def bench():
+    """The module of ``scripts/bench.py`` (:func:`imported_script`)."""
+    yield from imported_script("bench")
+
+
+@pytest.fixture(scope="module")
+def results():
+    """The module of ``scripts/results.py`` (:func:`imported_script`)."""
+    yield from imported_script("results")
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

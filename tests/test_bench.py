@@ -6,15 +6,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
-from tests.conftest import imported_script
-
-
-@pytest.fixture(scope="module")
-def bench():
-    yield from imported_script("bench")
 
 
 def test_sections_at_dry_run_sizes(bench):

@@ -10,10 +10,8 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import pytest
 from hydra import compose, initialize_config_module
 
-from tests.conftest import imported_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
 VARIABLES = {"$PY": "python3", "$DEVICE": "cuda", "$TRAINER": "gpu", "$OUT": "results/gpu", "$MNIST": "results/mnist-t10k"}
@@ -39,16 +37,6 @@ def composes(overrides: list[str]) -> None:
     option or key)."""
     with initialize_config_module("convac.configs", version_base="1.3"):
         compose("train", overrides=[o for o in overrides if not o.startswith("hydra.")])
-
-
-@pytest.fixture(scope="module")
-def bench():
-    yield from imported_script("bench")
-
-
-@pytest.fixture(scope="module")
-def results():
-    yield from imported_script("results")
 
 
 def test_the_script_is_valid_bash():

@@ -5,12 +5,6 @@ from __future__ import annotations
 import pytest
 
 from convac.data import create_datamodule
-from tests.conftest import imported_script
-
-
-@pytest.fixture(scope="module")
-def results():
-    yield from imported_script("results")
 
 
 def test_sampled_debd_set_reads_as_debd(results, tmp_path):
